@@ -1,0 +1,157 @@
+"""Per-session chat client: history to prompt ids, history budget, streaming text, stats.
+
+Lightweight by design: a browser session or a terminal builds one over the shared scheduler and
+chat tokenizer. It never touches the engine; it submits a request and reads token events.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from edgechat.config import SamplingParams
+from edgechat.errors import RequestError
+from edgechat.scheduler import Event, Scheduler
+from edgechat.templates import ChatTokenizer, Message
+
+# Tokens kept free for the answer when trimming history (fewer if max_new_tokens is smaller).
+MIN_ANSWER_ROOM = 64
+BLANK_INPUT_HINT = "Type a question first: empty input is ignored."
+
+
+@dataclass
+class TurnStats:
+    """What the user sees under an answer; None where not measured (no token produced)."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    completion_tokens: int = 0
+    queue_wait_s: float = 0.0
+    first_token_s: float | None = None
+    decode_tps: float | None = None
+    trimmed_messages: int = 0
+    finish_reason: str = ""
+    error: str | None = None
+    notice: str | None = None
+
+    def summary(self) -> str:
+        parts = []
+        if self.first_token_s is not None:
+            parts.append(f"first token {self.first_token_s:.2f} s")
+        if self.decode_tps is not None:
+            parts.append(f"{self.decode_tps:.1f} tok/s")
+        parts.append(f"{self.completion_tokens} tokens")
+        if self.queue_wait_s >= 0.05:
+            parts.append(f"queued {self.queue_wait_s:.1f} s")
+        return " · ".join(parts)
+
+
+class ChatClient:
+    """`chat_stream(input, history)` yields the answer as text pieces; `last_stats` afterwards."""
+
+    def __init__(
+        self,
+        engine: Scheduler,
+        tokenizer: ChatTokenizer,
+        *,
+        sampling: SamplingParams | None = None,
+        system: str | None = None,
+        max_len: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingParams()
+        self.system = system
+        self.max_len = max_len or engine.engine.max_len
+        self.session = uuid.uuid4().hex
+        self.last_stats = TurnStats()
+        self.on_event: Callable[[Event], None] | None = None  # queue position etc., for the page
+
+    def build_messages(self, input: str, history: Sequence[Message]) -> list[Message]:
+        """System prompt + history + the new question; a history that already ends with this
+        question (the seed's web_demo passes it so) is not repeated."""
+        turns = [Message(role=m["role"], content=m["content"]) for m in history]
+        if turns and turns[-1]["role"] == "user" and turns[-1]["content"] == input:
+            turns.pop()
+        system = [Message(role="system", content=self.system)] if self.system else []
+        if turns and turns[0]["role"] == "system":
+            system, turns = [turns[0]], turns[1:]
+        return [*system, *turns, Message(role="user", content=input)]
+
+    def fit(self, messages: list[Message], sampling: SamplingParams) -> tuple[list[int], int]:
+        """Prompt ids that fit the context, dropping the oldest turns first; the count dropped.
+        Raises RequestError when the question alone does not fit."""
+        budget = self.max_len - min(sampling.max_new_tokens, MIN_ANSWER_ROOM)
+        head = 1 if messages[0]["role"] == "system" else 0
+        dropped = 0
+        while True:
+            ids = self.tokenizer.render(messages)
+            if len(ids) <= budget:
+                return ids, dropped
+            if len(messages) - head <= 1:
+                raise RequestError(
+                    f"input length is too long: your message is {len(ids)} tokens with the prompt "
+                    f"format, and this model's context holds {budget} before the answer; shorten it"
+                )
+            # Drop the oldest turn; keep the history starting at a user turn.
+            del messages[head]
+            dropped += 1
+            while len(messages) - head > 1 and messages[head]["role"] != "user":
+                del messages[head]
+                dropped += 1
+
+    def prompt_ids(self, input: str, history: Sequence[Message] = ()) -> list[int]:
+        messages = self.build_messages(input, history)
+        return self.fit(messages, self.sampling)[0]
+
+    def chat_stream(
+        self,
+        input: str,
+        history: Sequence[Message] = (),
+        *,
+        sampling: SamplingParams | None = None,
+    ) -> Iterator[str]:
+        sampling = sampling or self.sampling
+        self.last_stats = stats = TurnStats()
+        if not input.strip():
+            stats.notice = BLANK_INPUT_HINT
+            return
+        try:
+            ids, stats.trimmed_messages = self.fit(self.build_messages(input, history), sampling)
+            handle = self.engine.submit(ids, sampling, self.tokenizer.stop_ids, session=self.session)
+        except (RequestError, ValueError) as err:
+            stats.notice = str(err)
+            yield str(err)
+            return
+        detok = self.tokenizer.detokenizer()
+        try:
+            for event in handle:
+                if event.kind == "token":
+                    text = detok.feed(event.token)
+                    if text:
+                        yield text
+                elif event.kind == "error":
+                    stats.error = event.message
+                elif self.on_event is not None:
+                    self.on_event(event)
+            tail = detok.flush()
+            if tail:
+                yield tail
+        finally:
+            handle.cancel()  # no-op when finished; frees the sequence when the consumer stopped
+            self._record(stats, handle.stats.as_dict())
+
+    @staticmethod
+    def _record(stats: TurnStats, measured: dict[str, Any]) -> None:
+        for key in (
+            "prompt_tokens",
+            "reused_tokens",
+            "completion_tokens",
+            "queue_wait_s",
+            "first_token_s",
+            "decode_tps",
+        ):
+            setattr(stats, key, measured[key])
+        stats.finish_reason = measured["finish_reason"] or "cancelled"

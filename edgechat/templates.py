@@ -1,0 +1,143 @@
+"""Chat templates: model-family knowledge that turns messages into prompt token ids.
+
+Templates, not engines, know turn markers and stop ids. A template's own markers are tokenized
+with `special=True`; message contents always with `special=False`, so text a person types can never
+become a control token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Protocol, TypedDict
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from edgechat.tokenizers import IncrementalDetokenizer, Tokenizer, decode
+
+
+class Message(TypedDict):
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+ROLES = ("system", "user", "assistant")
+
+
+class ChatTemplate(Protocol):
+    name: str
+
+    def render(self, messages: Sequence[Message]) -> list[int]:
+        """Prompt ids for `messages`, ending where the assistant's answer begins."""
+        ...
+
+
+# Content stand-ins: private-use code points that no template touches, so the rendered text can
+# be split back into template markers and verbatim message contents.
+_MARK = re.compile("\ue000(\\d+)\ue001")
+
+
+class JinjaChatTemplate:
+    """The `tokenizer.chat_template` carried in a GGUF, rendered as transformers and llama.cpp do
+    (sandboxed jinja2, `add_generation_prompt=True`, `bos_token`/`eos_token` defined)."""
+
+    name = "jinja"
+
+    def __init__(self, source: str, tokenizer: Tokenizer, bos_token: str = "", eos_token: str = "") -> None:
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
+        )
+        env.globals["raise_exception"] = _raise_template_error
+        env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateSyntaxError as err:
+            raise ValueError(f"the model's chat template does not parse: {err}") from None
+        self._tokenizer = tokenizer
+        self._bos_token = bos_token
+        self._eos_token = eos_token
+
+    def render_text(self, messages: Sequence[Message]) -> str:
+        return self._template.render(
+            messages=list(messages),
+            add_generation_prompt=True,
+            bos_token=self._bos_token,
+            eos_token=self._eos_token,
+        )
+
+    def render(self, messages: Sequence[Message]) -> list[int]:
+        marked = [Message(role=m["role"], content=f"\ue000{i}\ue001") for i, m in enumerate(messages)]
+        text = self.render_text(marked)
+        ids: list[int] = []
+        pos = 0
+        for match in _MARK.finditer(text):
+            ids += self._tokenizer.encode(text[pos : match.start()], special=True)
+            ids += self._tokenizer.encode(messages[int(match.group(1))]["content"], special=False)
+            pos = match.end()
+        ids += self._tokenizer.encode(text[pos:], special=True)
+        bos = self._tokenizer.bos_id
+        if self._tokenizer.add_bos and bos is not None and (not ids or ids[0] != bos):
+            ids.insert(0, bos)
+        return ids
+
+
+def _raise_template_error(message: str) -> None:
+    raise ValueError(f"chat template: {message}")
+
+
+class Baichuan2ChatTemplate:
+    """Baichuan2-Chat's turn format: `<reserved_106>` (195) opens a user turn, `<reserved_107>` (196)
+    opens the assistant's; an answered assistant turn ends with eos. A system prompt goes first,
+    unmarked, as in Baichuan2's own build_chat_input."""
+
+    name = "baichuan2"
+    USER_ID = 195
+    ASSISTANT_ID = 196
+    EOS_ID = 2
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+
+    def render(self, messages: Sequence[Message]) -> list[int]:
+        ids: list[int] = []
+        for m in messages:
+            text = self._tokenizer.encode(m["content"].strip(), special=False)
+            if m["role"] == "system":
+                ids += text
+            elif m["role"] == "user":
+                ids += [self.USER_ID, *text, self.ASSISTANT_ID]
+            else:
+                if not ids or ids[-1] != self.ASSISTANT_ID:
+                    ids.append(self.ASSISTANT_ID)
+                ids += [*text, self.EOS_ID]
+        if not ids or ids[-1] != self.ASSISTANT_ID:
+            ids.append(self.ASSISTANT_ID)
+        return ids
+
+
+def check_messages(messages: Sequence[Message]) -> None:
+    for m in messages:
+        if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"a history entry must be {{'role': one of {ROLES}, 'content': str}}; got {m!r}")
+
+
+class ChatTokenizer:
+    """What a chat client needs of the model family: prompt ids for messages, stop ids and a
+    detokenizer. This is the `tokenizer` handed to `Baichuan2(handle, engine, tokenizer)`."""
+
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate) -> None:
+        self.tokenizer = tokenizer
+        self.template = template
+        self.stop_ids = tokenizer.stop_ids
+
+    def render(self, messages: Sequence[Message]) -> list[int]:
+        check_messages(messages)
+        return self.template.render(messages)
+
+    def detokenizer(self) -> IncrementalDetokenizer:
+        return IncrementalDetokenizer(self.tokenizer)
+
+    def decode(self, ids: Sequence[int], special: bool = False) -> str:
+        return decode(self.tokenizer, ids, special)

@@ -1,0 +1,72 @@
+"""The per-session client: history handling, context budget, notices, stats."""
+
+from dataclasses import replace
+
+from baichuan2 import Baichuan2
+from edgechat.client import BLANK_INPUT_HINT
+from edgechat.runtime import Runtime
+from edgechat.templates import Message
+from tests.conftest import GREEDY
+
+
+def client(runtime: Runtime, **options: object) -> Baichuan2:
+    return Baichuan2(runtime.handle, runtime.engine, runtime.tokenizer, sampling=GREEDY, **options)
+
+
+def test_seed_history_ending_with_the_question_is_not_repeated(runtime: Runtime) -> None:
+    c = client(runtime)
+    history = [Message(role="user", content="Hello"), Message(role="assistant", content="Hi!")]
+    alone = c.prompt_ids("What is 2+2?", history)
+    seed_style = c.prompt_ids("What is 2+2?", [*history, Message(role="user", content="What is 2+2?")])
+    assert alone == seed_style
+
+
+def test_answer_streams_text_and_reports_stats(runtime: Runtime) -> None:
+    c = client(runtime)
+    text = "".join(c.chat_stream("What is 2+2?", []))
+    assert "4" in text
+    s = c.last_stats
+    assert s.prompt_tokens > 10 and s.completion_tokens > 0 and s.first_token_s is not None
+    assert s.finish_reason in ("stop", "length") and s.error is None
+
+
+def test_oldest_turns_are_trimmed_to_fit(runtime: Runtime) -> None:
+    c = client(runtime)
+    long_turn = "word " * 150
+    history: list[Message] = []
+    for i in range(8):
+        history += [
+            Message(role="user", content=f"Q{i} {long_turn}"),
+            Message(role="assistant", content=f"A{i} {long_turn}"),
+        ]
+    ids = c.prompt_ids("Last question?", history)
+    assert len(ids) <= c.max_len
+    text = "".join(c.chat_stream("Last question?", history))
+    assert text and c.last_stats.trimmed_messages >= 2 and c.last_stats.error is None
+    prompt = runtime.tokenizer.decode(ids)
+    assert "Q7" in prompt and "Q0 " not in prompt  # newest kept, oldest dropped
+
+
+def test_input_that_cannot_fit_gets_a_notice(runtime: Runtime) -> None:
+    c = client(runtime)
+    out = "".join(c.chat_stream("tell me " * 2000, []))
+    assert out.startswith("input length is too long") and c.last_stats.notice == out
+
+
+def test_blank_input_is_ignored_with_a_hint(runtime: Runtime) -> None:
+    c = client(runtime)
+    assert list(c.chat_stream("   \n\t", [])) == []
+    assert c.last_stats.notice == BLANK_INPUT_HINT
+
+
+def test_system_prompt_reaches_the_model(runtime: Runtime) -> None:
+    c = client(runtime, system="You are a pirate.")
+    prompt = runtime.tokenizer.decode(c.prompt_ids("Hi"), special=True)
+    assert prompt.startswith("<|im_start|>system\nYou are a pirate.<|im_end|>")
+    assert "SmolLM" not in prompt
+
+
+def test_max_new_tokens_bounds_the_answer(runtime: Runtime) -> None:
+    c = client(runtime)
+    text = "".join(c.chat_stream("Write a long story about a dragon.", [], sampling=replace(GREEDY, max_new_tokens=5)))
+    assert text and c.last_stats.completion_tokens == 5 and c.last_stats.finish_reason == "length"

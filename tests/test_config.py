@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+
+from edgechat.config import default_model_path, parse_settings
+from edgechat.errors import ConfigError
+
+
+def test_defaults_use_the_embedded_model() -> None:
+    settings = parse_settings([], env={})
+    assert settings.model is None and settings.resolved_backend == "llamacpp"
+    path = default_model_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+
+
+def test_environment_sets_defaults_and_flags_win() -> None:
+    env = {"EDGECHAT_TEMPERATURE": "0.2", "EDGECHAT_MAX_NEW_TOKENS": "7", "EDGECHAT_DEV_IDS": "1,2"}
+    settings = parse_settings([], env=env)
+    assert settings.sampling.temperature == 0.2 and settings.sampling.max_new_tokens == 7
+    assert settings.dev_ids == (1, 2)
+    assert parse_settings(["--temperature", "0.9"], env=env).sampling.temperature == 0.9
+
+
+def test_seed_flags_choose_the_tpu_backend() -> None:
+    settings = parse_settings(["--bmodel", "m.bmodel", "--token", "tok", "--dev_ids", "0"], env={})
+    assert settings.resolved_backend == "sail"
+    assert settings.bmodel == Path("m.bmodel") and settings.token == Path("tok") and settings.dev_ids == (0,)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--temperature", "-1"], {}, "--temperature"),
+        (["--top-p", "0"], {}, "--top-p"),
+        (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        ([], {"EDGECHAT_TOP_K": "many"}, "EDGECHAT_TOP_K"),
+        ([], {"EDGECHAT_BACKEND": "gpu"}, "EDGECHAT_BACKEND"),
+    ],
+)
+def test_bad_configuration_is_one_clear_line(argv: list[str], env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(argv, env=env)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert err.value.exit_code == 2

@@ -1,0 +1,128 @@
+"""One engine, many threads: batching, equality with solo runs, cancellation, KV reuse, queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgechat.errors import RequestError
+from edgechat.runtime import Runtime
+from edgechat.scheduler import Scheduler
+from edgechat.templates import Message
+from tests.conftest import GREEDY
+
+QUESTIONS = ["What is 2+2?", "What color is the sky on a clear day?", "Name a fruit that is yellow."]
+
+
+def prompt(runtime: Runtime, question: str, history: list[Message] | None = None) -> list[int]:
+    return runtime.tokenizer.render([*(history or []), Message(role="user", content=question)])
+
+
+def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], session: str | None = None) -> list[int]:
+    return [e.token for e in scheduler.submit(ids, GREEDY, stop, session=session) if e.kind == "token"]
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_concurrent_requests_equal_solo_runs(runtime: Runtime) -> None:
+    sched, stop = runtime.engine, runtime.tokenizer.stop_ids
+    prompts = [prompt(runtime, q) for q in QUESTIONS]
+    solo = [run(sched, p, stop) for p in prompts]
+    results: dict[int, list[int]] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, run(sched, prompts[i], stop))) for i in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [results[i] for i in range(3)] == solo
+    texts = [runtime.tokenizer.decode(s) for s in solo]
+    assert "4" in texts[0] and "blue" in texts[1].lower()
+
+
+def test_cancel_frees_the_sequence_within_a_step(runtime: Runtime) -> None:
+    sched = runtime.engine
+    before = sched.stats()["sequences_in_use"]
+    handle = sched.submit(
+        prompt(runtime, "Tell me a very long story."), replace(GREEDY, max_new_tokens=400), frozenset()
+    )
+    events = iter(handle)
+    assert next(events).kind == "token"
+    assert sched.stats()["sequences_in_use"] == before + 1
+    handle.cancel()
+    assert wait_for(lambda: sched.stats()["sequences_in_use"] == before)
+    assert handle.stats.finish_reason == "cancelled" and handle.stats.completion_tokens < 400
+
+
+def test_closing_the_stream_cancels(runtime: Runtime) -> None:
+    from baichuan2 import Baichuan2
+
+    client = Baichuan2(runtime.handle, runtime.engine, runtime.tokenizer, sampling=replace(GREEDY, max_new_tokens=400))
+    before = runtime.engine.stats()["sequences_in_use"]
+    stream = client.chat_stream("Tell me a very long story.", [])
+    next(stream)
+    stream.close()  # the browser tab went away / Stop
+    assert wait_for(lambda: runtime.engine.stats()["sequences_in_use"] == before)
+    assert runtime.engine.stats()["running"] == 0
+
+
+def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runtime) -> None:
+    sched, stop, chat = runtime.engine, runtime.tokenizer.stop_ids, runtime.tokenizer
+    first = prompt(runtime, "What is 2+2?")
+    answer = run(sched, first, stop, session="reuse-test")
+    history = [Message(role="user", content="What is 2+2?"), Message(role="assistant", content=chat.decode(answer))]
+    second = prompt(runtime, "And 3+3?", history)
+    handle = sched.submit(second, GREEDY, stop, session="reuse-test")
+    reused_tokens = [e.token for e in handle if e.kind == "token"]
+    assert handle.stats.reused_tokens >= len(first)
+    fresh = run(sched, second, stop)  # no session: full prefill
+    assert reused_tokens == fresh
+    sched.forget_session("reuse-test")  # New chat: the next request starts from scratch
+    handle = sched.submit(second, GREEDY, stop, session="reuse-test")
+    assert [e.token for e in handle if e.kind == "token"] == fresh and handle.stats.reused_tokens == 0
+
+
+def test_queue_cap_refuses_with_a_clear_message(runtime: Runtime) -> None:
+    small = _SmallScheduler(runtime)
+    try:
+        stop = runtime.tokenizer.stop_ids
+        long = replace(GREEDY, max_new_tokens=200)
+        ids = prompt(runtime, "Tell me a long story.")
+        first = small.submit(ids, long, stop)
+        second = small.submit(ids, long, stop)  # waits: max_running=1
+        events = iter(second)
+        queued = next(events)
+        assert queued.kind == "queued" and queued.position == 1 and queued.eta_s > 0
+        with pytest.raises(RequestError, match="busy"):
+            small.submit(ids, long, stop)
+        first.cancel()
+        assert any(e.kind == "token" for e in events)  # the waiting one runs once a slot frees
+        second.cancel()
+    finally:
+        small.close()
+
+
+class _SmallScheduler(Scheduler):
+    """A scheduler with room for one running request and one waiting one, over its own engine."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        from edgechat.engines.llamacpp import LlamaCppEngine
+
+        self._own = LlamaCppEngine(Path(runtime.engine.engine.model_path), context_length=512, max_sequences=1)
+        super().__init__(self._own, max_running=1, max_queue=1)
+
+    def close(self) -> None:
+        super().close()
+        self._own.close()
