@@ -8,6 +8,7 @@ history and settings in `st.session_state`.
 from __future__ import annotations
 
 import sys
+import time
 
 import streamlit as st
 
@@ -20,6 +21,7 @@ from edgechat.scheduler import Event
 from edgechat.templates import Message
 
 STOPPED_MARK = " ⏹"
+STREAM_INTERVAL_S = 0.05
 
 
 @st.cache_resource(show_spinner=False)
@@ -107,18 +109,25 @@ def answer(client: Baichuan2, prompt: str) -> None:
         st.markdown(prompt)
     with st.chat_message("assistant"):
         status = st.empty()
-        st.button("Stop", key="stop", help="stop this answer and keep what was written")
+        st.button("Stop generating", key="stop", help="stop this answer and keep what was written")
 
         def on_event(event: Event) -> None:
             if event.kind == "queued":
                 status.caption(f"queue position {event.position}, about {event.eta_s:.0f} s")
 
         def pieces():  # noqa: ANN202 — a generator for st.write_stream
-            ss.partial = ""
+            """Coalesce tokens into ~20 updates a second: each update is a websocket message and a
+            Markdown re-render in every browser, CPU the model would rather have."""
+            ss.partial, pending, flushed = "", "", time.monotonic()
             for piece in client.chat_stream(prompt, history):
                 status.empty()
                 ss.partial += piece
-                yield piece
+                pending += piece
+                if time.monotonic() - flushed >= STREAM_INTERVAL_S:
+                    yield pending
+                    pending, flushed = "", time.monotonic()
+            if pending:
+                yield pending
 
         client.on_event = on_event
         text = st.write_stream(pieces())

@@ -161,7 +161,7 @@ class LlamaCppEngine:
         return {
             "backend": self.name,
             "model": self.model_path,
-            "model_name": self.metadata.get("general.name") or Path(self.model_path).name,
+            "model_name": Path(self.model_path).stem,  # general.name is often a training-run label
             "device": f"CPU, {self.threads} threads (llama.cpp {lc.__version__})",
             "context_length": self.max_len,
             "max_sessions": self.max_sequences,
