@@ -146,10 +146,12 @@ class BaichuanTokenizer:
     def _find_special_ids(self) -> frozenset[int]:
         sp = self._sp
         found = {t for t in (self.bos_id, self.eos_id, USER_ID, ASSISTANT_ID) if t is not None and t < self.vocab_size}
-        for token in range(self.vocab_size):
-            if sp.is_byte(token):
-                continue
-            if sp.is_control(token) or sp.is_unknown(token) or TAG.fullmatch(self._text(token)):
+        found.add(sp.unk_id())
+        pieces = sp.id_to_piece(list(range(self.vocab_size)))
+        for token, piece in enumerate(pieces):
+            if piece.startswith("<") and TAG.fullmatch(piece.replace(SPACE_PIECE, " ")) and not sp.is_byte(token):
+                found.add(token)
+            elif sp.is_control(token):
                 found.add(token)
         return frozenset(found)
 
