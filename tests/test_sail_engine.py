@@ -392,3 +392,23 @@ def test_the_seed_flags_bad_input(bmodel: Path, token_dir: Path, flags: list[str
     out = cli("--bmodel", str(bmodel), "--token", str(token_dir), *flags, "--prompt", "hi")
     assert out.returncode == 2
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_the_page_with_the_seed_flags(bmodel: Path, token_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    flags = ["--bmodel", str(bmodel), "--token", str(token_dir), "--dev_ids", "0", "--max-new-tokens", "16"]
+    monkeypatch.setattr("sys.argv", ["web_demo.py", *flags])
+    at = AppTest.from_file(str(REPO / "web_demo.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "baichuan2-emulated"
+    question = "你好，今天怎么样？"
+    at.chat_input[0].set_value(question).run()
+    assert not at.exception, at.exception
+
+    tok = at.session_state.client.tokenizer
+    prompt = tok.render([Message(role="user", content=question)])
+    expected = tok.decode(Reference(bmodel).generate(prompt, 16, tok.stop_ids))
+    shown = [(m.name, m.markdown[0].value.strip()) for m in at.chat_message]  # Markdown drops edge spaces
+    assert shown == [("user", question), ("assistant", expected.strip())]
