@@ -79,7 +79,7 @@ def load_sail(settings: Settings) -> tuple[Any, SailEngine, BaichuanTokenizer]:
     handle = sail.Handle(settings.dev_ids[0])
     try:
         net = sail.EngineLLM(str(bmodel), list(settings.dev_ids))
-    except RuntimeError as err:
+    except Exception as err:  # sail's own error classes differ between versions
         raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(settings.dev_ids)}: {err}") from None
     engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, settings.max_sessions, settings.dev_ids)
     return handle, engine, tokenizer
@@ -187,7 +187,7 @@ class SailEngine:
             "backend": self.name,
             "model": self.model_path,
             "model_name": Path(self.model_path).stem,
-            "device": f"{self._handle.get_target()} TPU {list(self.dev_ids)} (sophon-sail {_sail_version()})",
+            "device": f"{_target(self._handle)} TPU {list(self.dev_ids)} (sophon-sail {_sail_version()})",
             "context_length": self.max_len,
             "max_sessions": self.max_sequences,
             "layers": self.num_layers,
@@ -413,6 +413,12 @@ def _numpy_dtype(dtype: Any, what: str) -> Any:
 
 def _dtype_size(dtype: Any) -> int:
     return _DTYPE_SIZES.get(_dtype_name(dtype), 2)
+
+
+def _target(handle: Any) -> str:
+    """The chip name (BM1684X); older sail builds lack Handle.get_target."""
+    get_target = getattr(handle, "get_target", None)
+    return str(get_target()) if get_target is not None else "Sophgo"
 
 
 def _sail_version() -> str:
