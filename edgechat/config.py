@@ -48,6 +48,10 @@ class Settings:
     context_length: int = 2048
     max_sessions: int = 8
     threads: int | None = None
+    max_running: int | None = None  # default: every sequence the engine holds
+    max_queue: int = 32
+    kv_budget: int | None = None  # tokens held in KV caches, idle sessions included
+    request_timeout: float | None = None  # seconds
     system: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
@@ -96,6 +100,12 @@ def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
     p.add_argument("--context-length", type=int, default=d.context_length, help="context tokens per session")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="sequences held at once")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--max-running", type=int, default=None, help="requests generating at once (default: --max-sessions)"
+    )
+    p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting; beyond it: 'busy, try again'")
+    p.add_argument("--kv-budget", type=int, default=None, help="KV tokens kept, idle sessions evicted LRU beyond it")
+    p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request is stopped")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
     p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy")
@@ -138,6 +148,14 @@ def _check(ns: argparse.Namespace) -> None:
         raise ConfigError("--context-length must be at least 64")
     if ns.max_sessions < 1:
         raise ConfigError("--max-sessions must be at least 1")
+    if ns.max_running is not None and ns.max_running < 1:
+        raise ConfigError("--max-running must be at least 1")
+    if ns.max_queue < 0:
+        raise ConfigError("--max-queue must be >= 0")
+    if ns.kv_budget is not None and ns.kv_budget < 64:
+        raise ConfigError("--kv-budget must be at least 64 tokens")
+    if ns.request_timeout is not None and ns.request_timeout <= 0:
+        raise ConfigError("--request-timeout must be > 0 seconds")
     if ns.max_new_tokens < 1:
         raise ConfigError("--max-new-tokens must be at least 1")
     if ns.temperature < 0:
@@ -166,6 +184,10 @@ def parse_settings(
         context_length=ns.context_length,
         max_sessions=ns.max_sessions,
         threads=ns.threads,
+        max_running=ns.max_running,
+        max_queue=ns.max_queue,
+        kv_budget=ns.kv_budget,
+        request_timeout=ns.request_timeout,
         system=ns.system,
         sampling=SamplingParams(
             temperature=ns.temperature,

@@ -36,8 +36,14 @@ def load_runtime(settings: Settings) -> Runtime:
     raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail or llamacpp")
 
 
-def _scheduler(engine: Any) -> Scheduler:
-    return Scheduler(engine)
+def _scheduler(engine: Any, settings: Settings) -> Scheduler:
+    return Scheduler(
+        engine,
+        max_running=settings.max_running,
+        max_queue=settings.max_queue,
+        kv_budget_tokens=settings.kv_budget,
+        request_timeout_s=settings.request_timeout,
+    )
 
 
 def _load_llamacpp(settings: Settings) -> Runtime:
@@ -54,7 +60,7 @@ def _load_llamacpp(settings: Settings) -> Runtime:
     tokenizer = GgufTokenizer(engine.model)
     template = chat_template_for(engine.metadata, tokenizer)
     info = {**engine.describe(), "template": template.name}
-    return Runtime(None, _scheduler(engine), ChatTokenizer(tokenizer, template), info)
+    return Runtime(None, _scheduler(engine, settings), ChatTokenizer(tokenizer, template), info)
 
 
 def _load_sail(settings: Settings) -> Runtime:
@@ -64,4 +70,4 @@ def _load_sail(settings: Settings) -> Runtime:
     handle, engine, tokenizer = load_sail(settings)
     template = Baichuan2ChatTemplate(tokenizer)
     info = {**engine.describe(), "template": template.name}
-    return Runtime(handle, _scheduler(engine), ChatTokenizer(tokenizer, template), info)
+    return Runtime(handle, _scheduler(engine, settings), ChatTokenizer(tokenizer, template), info)

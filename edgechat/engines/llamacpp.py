@@ -98,7 +98,9 @@ class LlamaCppEngine:
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
-        cparams.kv_unified = False  # each sequence gets its own max_len of cache
+        # A KV buffer per sequence: a sequence's greedy answer is then the same batched or alone
+        # (a unified buffer batched somewhat faster here but changed answers on near-ties).
+        cparams.kv_unified = False
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)
