@@ -4,7 +4,8 @@
     python3 baichuan2.py                                        # embedded SmolLM2 on the CPU
     python3 baichuan2.py --prompt "What is 2+2?" --temperature 0   # answer once and exit
 
-Type at `Question:`; `clear` starts over, `exit` (or Ctrl-D) quits, Ctrl-C stops an answer.
+Type at `Question:`; `clear` starts over, `stats` shows the engine's figures, `exit` (or Ctrl-D)
+quits, Ctrl-C stops an answer.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def client_for(runtime: Runtime, settings: Settings) -> Baichuan2:
 def stats_line(stats: TurnStats) -> str:
     ftl = "-" if stats.first_token_s is None else f"{stats.first_token_s:.3f} s"
     tps = "-" if stats.decode_tps is None else f"{stats.decode_tps:.1f} token/s"
-    return f"FTL: {ftl}  TPS: {tps}  tokens: {stats.completion_tokens}  prompt: {stats.prompt_tokens}"
+    return (
+        f"FTL: {ftl}  TPS: {tps}  tokens: {stats.completion_tokens}  prompt: {stats.prompt_tokens}"
+        f" (reused {stats.reused_tokens})  queued: {stats.queue_wait_s:.2f} s"
+    )
 
 
 def answer(client: Baichuan2, question: str, history: Sequence[Message]) -> str:
@@ -71,6 +75,9 @@ def interactive(client: Baichuan2) -> None:
             break
         if question.strip() == "exit":
             break
+        if question.strip() == "stats":
+            print(json.dumps(client.engine.stats(), indent=1))
+            continue
         if question.strip() == "clear":
             history = []
             client.engine.forget_session(client.session)

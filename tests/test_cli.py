@@ -36,9 +36,10 @@ def test_prompt_answers_once_with_the_default_model(question: str, needle: str) 
 
 
 def test_interactive_question_clear_exit() -> None:
-    out = cli("--temperature", "0", "--max-new-tokens", "32", stdin="What is 2+2?\n   \nclear\nexit\n")
+    out = cli("--temperature", "0", "--max-new-tokens", "32", stdin="What is 2+2?\n   \nstats\nclear\nexit\n")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("Question: ") == 4 and "Answer: " in out.stdout
+    assert out.stdout.count("Question: ") == 5 and "Answer: " in out.stdout
+    assert '"completed": 1' in out.stdout  # the engine's stats after one answer
     assert "4" in out.stdout.split("Answer: ")[1]
     assert "empty input is ignored" in out.stdout
 
