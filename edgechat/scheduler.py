@@ -154,10 +154,9 @@ class _Plan:
 
 @dataclass
 class _Outputs:
-    decoded: list[int] = field(default_factory=list)
-    decode_error: str | None = None
+    decoded: dict[_Request, int] = field(default_factory=dict)
     prefill_token: int | None = None
-    prefill_error: str | None = None
+    failed: dict[_Request, str] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -378,40 +377,43 @@ class Scheduler:
         out = _Outputs()
         if plan.decode:
             try:
-                out.decoded = self.engine.decode([(r.seq, r.generated[-1]) for r in plan.decode])
-            except Exception as err:  # noqa: BLE001 — fail these requests, keep serving others
-                log.exception("decode failed")
-                out.decode_error = f"{type(err).__name__}: {err}"
+                tokens = self.engine.decode([(r.seq, r.generated[-1]) for r in plan.decode])
+                out.decoded = dict(zip(plan.decode, tokens, strict=True))
+            except Exception as err:  # noqa: BLE001 — isolate the failing sequence, serve the rest
+                if len(plan.decode) == 1:
+                    out.failed[plan.decode[0]] = _describe(err)
+                else:
+                    log.warning("batched decode failed (%s); retrying one by one", _describe(err))
+                    for request in plan.decode:
+                        try:
+                            out.decoded[request] = self.engine.decode([(request.seq, request.generated[-1])])[0]
+                        except Exception as one:  # noqa: BLE001
+                            out.failed[request] = _describe(one)
         if plan.prefill is not None:
             try:
                 out.prefill_token = self.engine.prefill(plan.prefill.seq, plan.prefill_tokens)
             except Exception as err:  # noqa: BLE001
-                log.exception("prefill failed")
-                out.prefill_error = f"{type(err).__name__}: {err}"
+                out.failed[plan.prefill] = _describe(err)
         return out
 
     def _update(self, plan: _Plan, out: _Outputs) -> None:
         now = time.monotonic()
         produced = 0
-        if out.decode_error is not None:
-            for request in plan.decode:
-                self._fail(request, out.decode_error)
-        else:
-            for request, token in zip(plan.decode, out.decoded, strict=True):
-                request.cached.append(request.generated[-1])
-                self._accept(request, token, now)
-                produced += 1
+        for request, message in out.failed.items():
+            log.error("request %d failed: %s", request.id, message)
+            self._fail(request, message)
+        for request, token in out.decoded.items():
+            request.cached.append(request.generated[-1])
+            self._accept(request, token, now)
+            produced += 1
         request = plan.prefill
-        if request is not None:
-            if out.prefill_error is not None:
-                self._fail(request, out.prefill_error)
-            else:
-                request.cached.extend(plan.prefill_tokens)
-                if len(request.cached) == len(request.prompt):
-                    request.status = Status.RUNNING
-                    request.stats.first_token_at = now
-                    self._accept(request, out.prefill_token, now)  # type: ignore[arg-type]
-                    produced += 1
+        if request is not None and request not in out.failed:
+            request.cached.extend(plan.prefill_tokens)
+            if len(request.cached) == len(request.prompt):
+                request.status = Status.RUNNING
+                request.stats.first_token_at = now
+                self._accept(request, out.prefill_token, now)  # type: ignore[arg-type]
+                produced += 1
         if produced:
             self._recent.append((now, produced))
 
@@ -475,6 +477,10 @@ class Scheduler:
         for seq, _ in self._idle.values():
             self.engine.release(seq)
         self._idle.clear()
+
+
+def _describe(err: Exception) -> str:
+    return f"the engine failed on this request ({type(err).__name__}: {err}); try again"
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -137,15 +137,13 @@ class LlamaCppEngine:
         sampler = self._samplers[seq]
         for start in range(0, len(tokens), self.prefill_chunk):
             chunk = tokens[start : start + self.prefill_chunk]
-            self._fill([(seq, t, i == len(chunk) - 1) for i, t in enumerate(chunk)])
-            self._run()
+            self._forward([(seq, t, i == len(chunk) - 1) for i, t in enumerate(chunk)])
             for t in chunk:
                 lc.llama_sampler_accept(sampler, t)
         return int(lc.llama_sampler_sample(sampler, self.ctx, len(chunk) - 1))
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
-        self._fill([(seq, token, True) for seq, token in batch])
-        self._run()
+        self._forward([(seq, token, True) for seq, token in batch])
         return [int(lc.llama_sampler_sample(self._samplers[seq], self.ctx, i)) for i, (seq, _) in enumerate(batch)]
 
     def cached_tokens(self, seq: int) -> int:
@@ -186,6 +184,19 @@ class LlamaCppEngine:
             lc.llama_sampler_free(old)
         if sampler is not None:
             self._samplers[seq] = sampler
+
+    def _forward(self, items: Sequence[tuple[int, int, bool]]) -> None:
+        """One llama_decode; on failure every sequence is rolled back to where it was, so the
+        scheduler can retry the survivors of a failed batch one by one."""
+        before = {seq: self._pos[seq] for seq, _, _ in items}
+        try:
+            self._fill(items)
+            self._run()
+        except Exception:
+            for seq, pos in before.items():
+                lc.llama_memory_seq_rm(self.memory, seq, pos, -1)
+                self._pos[seq] = pos
+            raise
 
     def _fill(self, items: Sequence[tuple[int, int, bool]]) -> None:
         """Load (seq, token, want_logits) rows into the batch at each sequence's next position."""
