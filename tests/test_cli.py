@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from edgechat.config import default_model_path
 from tests.conftest import REPO
 
 
@@ -61,11 +62,32 @@ def test_show_prompt_keeps_special_strings_as_text() -> None:
     [
         (["--model", "/nonexistent/model.gguf"], "model file not found: /nonexistent/model.gguf"),
         (["--model", str(REPO / "README.md")], "is not a GGUF file"),
+        (["--model", str(REPO)], "is a directory"),
+        (["--model", "TRUNCATED"], "llama.cpp could not load"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--temperature", "-2"], "--temperature must be >= 0"),
     ],
 )
-def test_bad_configuration_exits_2_with_one_line(args: list[str], needle: str) -> None:
+def test_bad_configuration_exits_2_with_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
+    if "TRUNCATED" in args:  # a damaged GGUF: the right magic, then the file ends
+        truncated = tmp_path / "damaged.gguf"
+        truncated.write_bytes(default_model_path().read_bytes()[:4096])
+        args = [str(truncated) if a == "TRUNCATED" else a for a in args]
     out = cli(*args, "--prompt", "hi")
     assert out.returncode == 2
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_port_already_in_use_is_reported(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "streamlit", "run", str(REPO / "web_demo.py"), "--server.address", "127.0.0.1",
+             "--server.port", str(port), "--server.headless", "true"],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )  # fmt: skip
+    assert out.returncode != 0 and f"Port {port} is not available" in out.stdout + out.stderr

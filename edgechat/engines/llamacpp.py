@@ -39,13 +39,16 @@ def _init_backend() -> None:
 
 @lc.llama_log_callback
 def _quiet_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp logs every tensor at load; keep only errors."""
-    if level == GGML_LOG_LEVEL_ERROR:
+    """llama.cpp logs every tensor at load, and its own multi-line story of a failure that this
+    module reports in one line; EDGECHAT_DEBUG=1 shows its errors."""
+    if level == GGML_LOG_LEVEL_ERROR and os.environ.get("EDGECHAT_DEBUG"):
         os.write(2, text)
 
 
 def check_gguf(path: Path) -> None:
     """One clear line before llama.cpp sees a file it would reject with a vague failure."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory — pass --model PATH to a .gguf file")
     if not path.is_file():
         raise ConfigError(f"model file not found: {path} — pass --model PATH to a .gguf file")
     try:
