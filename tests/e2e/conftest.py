@@ -74,12 +74,17 @@ class Server:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-@pytest.fixture(scope="module")
-def browser():  # noqa: ANN201
+def require_chromium() -> None:
+    """Skip without Debian's chromium, except where CI says the browser tests must run."""
     if not CHROMIUM.exists():
         if os.environ.get("EDGECHAT_REQUIRE_BROWSER"):
             pytest.fail("Debian chromium is required here: apt-get install chromium")
         pytest.skip("Debian chromium not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

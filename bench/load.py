@@ -1,0 +1,139 @@
+"""Real-browser load: N people × T turns against one `streamlit run`: `python3 bench/load.py --json`.
+
+Each person is a separate chromium context (its own Streamlit session) typing questions tagged with
+its own name; afterwards every page must show exactly its own questions, in order (cross-talk
+check). Prints one JSON object: completed turns, errors, cross-talk, first-token latency p50/p95
+and aggregate tok/s as the pages show them, and the server's RSS before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
+
+QUESTIONS = [
+    "What is 2+2?",
+    "What color is the sky on a clear day?",
+    "What is the opposite of hot?",
+    "How many legs does a dog have?",
+    "What is 3+3?",
+]
+STATS = re.compile(r"first token ([\d.]+) s · ([\d.]+) tok/s · (\d+) tokens")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def person(browser, url: str, name: str, turns: int, timeout_ms: int, out: dict) -> None:  # noqa: ANN001
+    context = await browser.new_context(viewport={"width": 1000, "height": 800})
+    page = await context.new_page()
+    asked: list[str] = []
+    try:
+        await page.goto(url)
+        box = page.get_by_test_id("stChatInputTextArea")
+        for turn in range(turns):
+            question = f"[{name}] {QUESTIONS[turn % len(QUESTIONS)]}"
+            await box.wait_for(timeout=timeout_ms)
+            await page.wait_for_function(
+                "() => !document.querySelector('[data-testid=stChatInputTextArea]').disabled", timeout=timeout_ms
+            )
+            await box.fill(question)
+            await box.press("Enter")
+            asked.append(question)
+            done = page.get_by_test_id("stChatMessage").filter(has_text="tok/s").nth(turn)
+            await done.wait_for(timeout=timeout_ms)
+            match = STATS.search(await done.inner_text())
+            if match:
+                out["ftl"].append(float(match.group(1)))
+                out["tokens"] += int(match.group(3))
+            out["completed"] += 1
+        shown = await page.get_by_test_id("stChatMessage").all_inner_texts()
+        users = [line for text in shown for line in text.splitlines() if line.startswith("[")]
+        if users != asked:
+            out["cross_talk"] += 1
+            out["cross_talk_examples"].append({"person": name, "expected": asked, "shown": users[:10]})
+    except Exception as err:  # noqa: BLE001 — a load run counts failures, it does not stop at one
+        out["errors"] += 1
+        out["error_examples"].append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+    finally:
+        await context.close()
+
+
+async def run(sessions: int, turns: int, timeout_s: float, flags: list[str]) -> dict:
+    from playwright.async_api import async_playwright
+
+    server = Server(*flags)
+    try:
+        out: dict = {"completed": 0, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": []}
+        out["cross_talk_examples"], out["error_examples"] = [], []
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            warmup = await browser.new_page()  # the first visit loads the model; measure after it
+            await warmup.goto(server.url)
+            await warmup.get_by_test_id("stChatInputTextArea").wait_for(timeout=int(timeout_s * 1000))
+            await warmup.close()
+            rss_before = rss_mib(server.proc.pid)
+            start = time.monotonic()
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(person(browser, server.url, f"p{i}", turns, int(timeout_s * 1000), out) for i in range(sessions))
+                ),
+                timeout=timeout_s,
+            )
+            wall = time.monotonic() - start
+            await browser.close()
+        ftl = sorted(out.pop("ftl"))
+        return {
+            "sessions": sessions,
+            "turns_per_session": turns,
+            "completed_turns": out["completed"],
+            "expected_turns": sessions * turns,
+            "errors": out["errors"],
+            "cross_talk": out["cross_talk"],
+            "ftl_p50_s": statistics.median(ftl) if ftl else None,
+            "ftl_p95_s": ftl[min(len(ftl) - 1, round(0.95 * (len(ftl) - 1)))] if ftl else None,
+            "aggregate_tps": out["tokens"] / wall,
+            "wall_s": wall,
+            "server_rss_before_mib": rss_before,
+            "server_rss_after_mib": rss_mib(server.proc.pid),
+            "examples": out["cross_talk_examples"][:3] + out["error_examples"][:3],
+        }
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the only output mode)")
+    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    flags = ["--temperature", "0", "--max-new-tokens", str(args.max_new_tokens), "--max-sessions", str(args.sessions)]
+    result = asyncio.run(run(args.sessions, args.turns, args.timeout, flags))
+    result["targets_met"] = {
+        "all_turns": result["completed_turns"] == result["expected_turns"],
+        "no_errors": result["errors"] == 0,
+        "no_cross_talk": result["cross_talk"] == 0,
+    }
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
