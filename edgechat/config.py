@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ class Settings:
     threads: int | None = None
     max_running: int | None = None  # default: every sequence the engine holds
     max_queue: int = 32
-    kv_budget: int | None = None  # tokens held in KV caches, idle sessions included
+    kv_budget: str | None = None  # "4096" tokens or "256MiB" of KV cache, idle sessions included
     request_timeout: float | None = None  # seconds
     system: str | None = None
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -104,7 +105,11 @@ def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
         "--max-running", type=int, default=None, help="requests generating at once (default: --max-sessions)"
     )
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting; beyond it: 'busy, try again'")
-    p.add_argument("--kv-budget", type=int, default=None, help="KV tokens kept, idle sessions evicted LRU beyond it")
+    p.add_argument(
+        "--kv-budget",
+        default=None,
+        help="KV cache kept, in tokens (4096) or MiB (256MiB); idle sessions evicted LRU beyond it",
+    )
     p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request is stopped")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
@@ -152,8 +157,8 @@ def _check(ns: argparse.Namespace) -> None:
         raise ConfigError("--max-running must be at least 1")
     if ns.max_queue < 0:
         raise ConfigError("--max-queue must be >= 0")
-    if ns.kv_budget is not None and ns.kv_budget < 64:
-        raise ConfigError("--kv-budget must be at least 64 tokens")
+    if ns.kv_budget is not None:
+        parse_kv_budget(ns.kv_budget, bytes_per_token=1)  # the shape is checked now, the size at load
     if ns.request_timeout is not None and ns.request_timeout <= 0:
         raise ConfigError("--request-timeout must be > 0 seconds")
     if ns.max_new_tokens < 1:
@@ -166,6 +171,17 @@ def _check(ns: argparse.Namespace) -> None:
         raise ConfigError("--top-k must be >= 0 (0 = off)")
     if ns.repetition_penalty <= 0:
         raise ConfigError("--repetition-penalty must be > 0 (1 = off)")
+
+
+def parse_kv_budget(value: str, bytes_per_token: int) -> int:
+    """`--kv-budget` in tokens: a plain number is tokens, `NMiB`/`NGiB` is converted with the
+    engine's KV bytes per token."""
+    match = re.fullmatch(r"\s*(\d+)\s*(MiB|GiB|MB|GB)?\s*", value, flags=re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"--kv-budget {value!r}: give tokens (4096) or mebibytes (256MiB)")
+    number, unit = int(match.group(1)), (match.group(2) or "").lower()
+    scale = {"": 0, "mib": 1 << 20, "mb": 1 << 20, "gib": 1 << 30, "gb": 1 << 30}[unit]
+    return number if not scale else number * scale // max(1, bytes_per_token)
 
 
 def parse_settings(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgechat.config import Settings, default_model_path
+from edgechat.config import Settings, default_model_path, parse_kv_budget
 from edgechat.errors import ConfigError
 from edgechat.scheduler import Scheduler
 from edgechat.templates import ChatTokenizer
@@ -41,9 +41,21 @@ def _scheduler(engine: Any, settings: Settings) -> Scheduler:
         engine,
         max_running=settings.max_running,
         max_queue=settings.max_queue,
-        kv_budget_tokens=settings.kv_budget,
+        kv_budget_tokens=_kv_budget_tokens(engine, settings),
         request_timeout_s=settings.request_timeout,
     )
+
+
+def _kv_budget_tokens(engine: Any, settings: Settings) -> int | None:
+    if settings.kv_budget is None:
+        return None
+    tokens = parse_kv_budget(settings.kv_budget, engine.kv_bytes_per_token)
+    if tokens < engine.max_len:
+        raise ConfigError(
+            f"--kv-budget {settings.kv_budget} holds {tokens} tokens, less than one session's context of "
+            f"{engine.max_len}; raise it or lower --context-length"
+        )
+    return tokens
 
 
 def _load_llamacpp(settings: Settings) -> Runtime:

@@ -42,3 +42,19 @@ def test_bad_configuration_is_one_clear_line(argv: list[str], env: dict[str, str
         parse_settings(argv, env=env)
     assert needle in str(err.value) and "\n" not in str(err.value)
     assert err.value.exit_code == 2
+
+
+def test_kv_budget_in_tokens_or_mebibytes() -> None:
+    from edgechat.config import parse_kv_budget
+
+    assert parse_kv_budget("4096", bytes_per_token=23040) == 4096
+    assert parse_kv_budget("90MiB", bytes_per_token=23040) == 90 * 2**20 // 23040
+    with pytest.raises(ConfigError, match="--kv-budget"):
+        parse_settings(["--kv-budget", "lots"], env={})
+
+
+def test_kv_budget_smaller_than_one_session_is_refused() -> None:
+    from edgechat.runtime import load_runtime
+
+    with pytest.raises(ConfigError, match="less than one session's context"):
+        load_runtime(parse_settings(["--kv-budget", "1MiB", "--context-length", "1024", "--max-sessions", "1"], env={}))

@@ -86,6 +86,11 @@ class LlamaCppEngine:
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.metadata = _read_metadata(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        head_dim = lc.llama_model_n_embd(self.model) // max(1, lc.llama_model_n_head(self.model))
+        # K and V, f16, every layer: what one cached token costs (for --kv-budget in MiB).
+        self.kv_bytes_per_token = (
+            2 * 2 * lc.llama_model_n_layer(self.model) * lc.llama_model_n_head_kv(self.model) * head_dim
+        )
         trained = lc.llama_model_n_ctx_train(self.model)
         self.max_len = min(context_length, trained) if trained > 0 else context_length
         self.max_sequences = max_sequences
@@ -168,6 +173,7 @@ class LlamaCppEngine:
             "device": f"CPU, {self.threads} threads (llama.cpp {lc.__version__})",
             "context_length": self.max_len,
             "max_sessions": self.max_sequences,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
         }
 
     def close(self) -> None:

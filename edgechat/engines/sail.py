@@ -289,6 +289,11 @@ class SailEngine:
         _, fo = self._first
         return 2 * self.num_layers * math.prod(fo[1].shape) * _dtype_size(fo[1].dtype)
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """For `--kv-budget` in MiB (slots are allocated whole, so the budget counts idle slots)."""
+        return self.kv_bytes_per_slot // self.max_len
+
     # ---- the graphs ----
 
     def _slot(self, seq: int) -> _Slot:
