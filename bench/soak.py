@@ -39,7 +39,9 @@ QUESTIONS = [
 def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading.Lock) -> None:
     """One simulated user: picks an action per turn, like someone at the demo would."""
     rng = random.Random(seed)
-    client = Baichuan2(rt.handle, rt.engine, rt.tokenizer, sampling=SamplingParams(temperature=0.7, max_new_tokens=96, seed=seed))
+    client = Baichuan2(
+        rt.handle, rt.engine, rt.tokenizer, sampling=SamplingParams(temperature=0.7, max_new_tokens=96, seed=seed)
+    )
     history: list[Message] = []
     while time.monotonic() < until:
         question = rng.choice(QUESTIONS)
