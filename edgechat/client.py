@@ -9,12 +9,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgechat.config import SamplingParams
 from edgechat.errors import RequestError
 from edgechat.scheduler import Event, Scheduler
 from edgechat.templates import ChatTokenizer, Message
+
+if TYPE_CHECKING:
+    from edgechat.engines.remote import RemoteEngine
 
 # Tokens kept free for the answer when trimming history (fewer if max_new_tokens is smaller).
 MIN_ANSWER_ROOM = 64
@@ -53,8 +56,8 @@ class ChatClient:
 
     def __init__(
         self,
-        engine: Scheduler,
-        tokenizer: ChatTokenizer,
+        engine: Scheduler | RemoteEngine,
+        tokenizer: ChatTokenizer | None,
         *,
         sampling: SamplingParams | None = None,
         system: str | None = None,
@@ -64,7 +67,9 @@ class ChatClient:
         self.tokenizer = tokenizer
         self.sampling = sampling or SamplingParams()
         self.system = system
-        self.max_len = max_len or engine.engine.max_len
+        # A remote server takes messages, not ids: it templates, tokenizes and batches itself.
+        self.chat_level = getattr(engine, "chat_level", False)
+        self.max_len = max_len or (engine.max_len if self.chat_level else engine.engine.max_len)
         self.session = uuid.uuid4().hex
         self.last_stats = TurnStats()
         self.on_event: Callable[[Event], None] | None = None  # queue position etc., for the page
@@ -118,6 +123,9 @@ class ChatClient:
         if not input.strip():
             stats.notice = BLANK_INPUT_HINT
             return
+        if self.chat_level:
+            yield from self._chat_remote(input, history, sampling, stats)
+            return
         try:
             ids, stats.trimmed_messages = self.fit(self.build_messages(input, history), sampling)
             handle = self.engine.submit(ids, sampling, self.tokenizer.stop_ids, session=self.session)
@@ -142,6 +150,18 @@ class ChatClient:
         finally:
             handle.cancel()  # no-op when finished; frees the sequence when the consumer stopped
             self._record(stats, handle.stats.as_dict())
+
+    def _chat_remote(
+        self, input: str, history: Sequence[Message], sampling: SamplingParams, stats: TurnStats
+    ) -> Iterator[str]:
+        """The chat-level path: the engine streams text; closing this generator closes the stream."""
+        request = self.engine.chat(self.build_messages(input, history), sampling)  # type: ignore[union-attr]
+        stats.trimmed_messages = request.trimmed_messages
+        try:
+            yield from request
+        finally:
+            stats.error = request.error
+            self._record(stats, request.stats.as_dict())
 
     @staticmethod
     def _record(stats: TurnStats, measured: dict[str, Any]) -> None:

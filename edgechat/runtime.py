@@ -7,24 +7,28 @@ client takes these three and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgechat.config import Settings, default_model_path, parse_kv_budget
 from edgechat.errors import ConfigError
 from edgechat.scheduler import Scheduler
 from edgechat.templates import ChatTokenizer
 
+if TYPE_CHECKING:
+    from edgechat.engines.remote import RemoteEngine
+
 
 @dataclass
 class Runtime:
     handle: Any  # sail.Handle on a Sophgo TPU; None on other backends
-    engine: Scheduler
-    tokenizer: ChatTokenizer
+    engine: Scheduler | RemoteEngine  # RemoteEngine: chat-level, the server batches (no scheduler)
+    tokenizer: ChatTokenizer | None  # None for a remote server: it renders and tokenizes
     info: dict[str, Any] = field(default_factory=dict)  # backend, model, device, context length
 
     def close(self) -> None:
         self.engine.close()
-        self.engine.engine.close()
+        if isinstance(self.engine, Scheduler):
+            self.engine.engine.close()
 
 
 def load_runtime(settings: Settings) -> Runtime:
@@ -33,7 +37,9 @@ def load_runtime(settings: Settings) -> Runtime:
         return _load_llamacpp(settings)
     if backend == "sail":
         return _load_sail(settings)
-    raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail or llamacpp")
+    if backend == "openai":
+        return _load_remote(settings)
+    raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
 
 
 def _scheduler(engine: Any, settings: Settings) -> Scheduler:
@@ -83,3 +89,10 @@ def _load_sail(settings: Settings) -> Runtime:
     template = Baichuan2ChatTemplate(tokenizer)
     info = {**engine.describe(), "template": template.name}
     return Runtime(handle, _scheduler(engine, settings), ChatTokenizer(tokenizer, template), info)
+
+
+def _load_remote(settings: Settings) -> Runtime:
+    from edgechat.engines.remote import load_remote
+
+    engine = load_remote(settings)
+    return Runtime(None, engine, None, engine.describe())

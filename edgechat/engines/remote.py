@@ -1,0 +1,274 @@
+"""Chat-level backend: an OpenAI-compatible server (vLLM, llama.cpp server, Ollama) renders the
+chat template, tokenizes and batches; this module streams `/v1/chat/completions` for each turn.
+
+There is no scheduler on this path: every session's turn is its own HTTP stream through the
+official `openai` client, so sessions never wait on each other here and the server does the
+batching. Closing a turn's iterator (Stop, a closed tab) closes its HTTP stream, which is how
+these servers learn to stop generating.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+import httpx2
+import openai
+
+from edgechat.config import SamplingParams, Settings
+from edgechat.errors import ConfigError
+from edgechat.scheduler import RequestStats
+from edgechat.templates import Message
+
+CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 300.0  # a busy vLLM may hold a request in its queue this long
+HEALTH_TIMEOUT_S = 2.0  # the page waits for this at most, once per HEALTH_TTL_S
+HEALTH_TTL_S = 5.0
+STATS_WINDOW_S = 5.0
+# History is trimmed by characters: the server tokenizes, and a round trip per turn to count
+# tokens is not worth it. 2 characters a token is safe for English (~4) and close for Chinese
+# (~1.5 with Baichuan2's vocabulary); a prompt that still does not fit gets the server's own 400.
+CHARS_PER_TOKEN = 2
+NO_KEY = "none"  # the openai client insists on a key; servers without auth ignore it
+
+
+class RemoteEngine:
+    """One OpenAI-compatible endpoint shared by every session of the process."""
+
+    name = "openai"
+    chat_level = True  # ChatClient sends messages, not token ids (DESIGN: the client chooses the path)
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model_name: str | None = None,
+        context_length: int = 2048,
+        request_timeout: float | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.max_len = context_length
+        self.request_timeout = request_timeout
+        read_timeout = request_timeout or DEFAULT_READ_TIMEOUT_S
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            api_key=api_key or NO_KEY,
+            max_retries=0,  # a retry would double a request the person is waiting on; they can resend
+            timeout=httpx2.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S),
+        )
+        self._lock = threading.Lock()
+        self._running = 0
+        self._recent: deque[float] = deque()  # arrival times of streamed chunks, for aggregate tok/s
+        self._health: tuple[float, str] = (0.0, "")
+        self.model_name = model_name or self._served_model()
+
+    def _served_model(self) -> str:
+        """The first model in /v1/models; read once at start-up so a wrong URL fails early."""
+        try:
+            models = self._client.models.list().data
+        except (openai.APIError, httpx2.HTTPError) as err:
+            raise ConfigError(f"--base-url {self.base_url}: {describe_error(err, self.base_url, None)}") from None
+        if not models:
+            raise ConfigError(f"--base-url {self.base_url}: the server lists no model; start it with one")
+        return models[0].id
+
+    def chat(self, messages: Sequence[Message], sampling: SamplingParams) -> RemoteRequest:
+        kept, trimmed = trim_history(list(messages), self.max_len - sampling.max_new_tokens)
+        return RemoteRequest(self, kept, sampling, trimmed)
+
+    def health(self) -> str:
+        """One line for the page's server panel: a `/v1/models` round trip, cached for a few
+        seconds so many open pages cost the server one cheap request."""
+        with self._lock:
+            checked, line = self._health
+            if time.monotonic() - checked < HEALTH_TTL_S:
+                return line
+            start = time.monotonic()
+            try:
+                ids = [m.id for m in self._client.with_options(timeout=HEALTH_TIMEOUT_S).models.list().data]
+                ok = self.model_name in ids
+                line = f"server up · {1000 * (time.monotonic() - start):.0f} ms" + (
+                    "" if ok else f" · but it does not list {self.model_name!r}"
+                )
+            except (openai.APIError, httpx2.HTTPError) as err:
+                line = f"server down: {describe_error(err, self.base_url, self.model_name)}"
+            self._health = (time.monotonic(), line)
+            return line
+
+    def stats(self) -> dict[str, Any]:
+        """This process's view (the server's queue is its own): streams open, recent tok/s."""
+        with self._lock:
+            self._trim_recent(time.monotonic())
+            return {
+                "running": self._running,
+                "prefilling": 0,
+                "waiting": 0,
+                "aggregate_tps": len(self._recent) / STATS_WINDOW_S,
+                "alive": True,
+            }
+
+    def forget_session(self, session: str) -> None:
+        """New chat: nothing to drop here; the server's prefix cache is the server's business."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "model": self.model_name,
+            "model_name": PurePosixPath(self.model_name).name or self.model_name,  # vLLM ids are org/name
+            "device": f"OpenAI-compatible server at {self.base_url}",
+            "context_length": self.max_len,
+            "template": "the server's",
+        }
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _count(self, running: int = 0, chunks: int = 0) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._running += running
+            self._recent.extend([now] * chunks)
+            self._trim_recent(now)
+
+    def _trim_recent(self, now: float) -> None:
+        while self._recent and self._recent[0] < now - STATS_WINDOW_S:
+            self._recent.popleft()
+
+
+class RemoteRequest:
+    """One turn: iterate it for text; `error` says what went wrong (the text so far stands);
+    closing the iterator closes the HTTP stream."""
+
+    def __init__(self, engine: RemoteEngine, messages: list[Message], sampling: SamplingParams, trimmed: int) -> None:
+        self._engine = engine
+        self._messages = messages
+        self._sampling = sampling
+        self.trimmed_messages = trimmed
+        self.stats = RequestStats(submitted_at=time.monotonic())
+        self.error: str | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        engine, s, stats = self._engine, self._sampling, self.stats
+        deadline = None if engine.request_timeout is None else stats.submitted_at + engine.request_timeout
+        stream = None
+        chunks, usage_tokens = 0, None
+        engine._count(running=1)
+        try:
+            stream = engine._client.chat.completions.create(
+                model=engine.model_name,
+                messages=self._messages,  # type: ignore[arg-type]
+                stream=True,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_new_tokens,
+                seed=s.seed,
+                # Not in OpenAI's API: vLLM reads top_k/repetition_penalty, llama.cpp top_k/repeat_penalty,
+                # and both ignore the other's name. top_k 0 (off) is left to the server's default.
+                extra_body={
+                    **({"top_k": s.top_k} if s.top_k > 0 else {}),
+                    "repetition_penalty": s.repetition_penalty,
+                    "repeat_penalty": s.repetition_penalty,
+                },
+            )
+            stats.started_at = stats.submitted_at  # the server's own queue is not visible from here
+            for chunk in stream:
+                if chunk.usage is not None:
+                    usage_tokens = chunk.usage.completion_tokens
+                    stats.prompt_tokens = chunk.usage.prompt_tokens
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                text = choice.delta.content
+                if text:
+                    if stats.first_token_at is None:
+                        stats.first_token_at = time.monotonic()
+                    chunks += 1
+                    engine._count(chunks=1)
+                    yield text
+                if choice.finish_reason:
+                    stats.finish_reason = "stop" if choice.finish_reason == "stop" else choice.finish_reason
+                if deadline is not None and time.monotonic() > deadline:
+                    self.error = f"stopped after {engine.request_timeout:g} s (--request-timeout)"
+                    stats.finish_reason = "timeout"
+                    return
+            if not stats.finish_reason:
+                self.error = "the model server ended the answer without finishing it; try again"
+        except (openai.APIError, httpx2.HTTPError) as err:
+            self.error = describe_error(err, engine.base_url, engine.model_name, midway=chunks > 0)
+            stats.finish_reason = "error"
+        finally:
+            if stream is not None:
+                stream.close()  # Stop / closed tab: the server sees the disconnect and stops
+            engine._count(running=-1)
+            stats.finished_at = time.monotonic()
+            # Servers that send usage (vLLM with include_usage) count tokens; otherwise one chunk
+            # is one token, which is what vLLM, llama.cpp and Ollama stream.
+            stats.completion_tokens = usage_tokens if usage_tokens is not None else chunks
+
+
+def trim_history(messages: list[Message], budget_tokens: int) -> tuple[list[Message], int]:
+    """Drop the oldest turns (keeping a system prompt and the question) until the characters fit
+    `budget_tokens` at CHARS_PER_TOKEN; the question alone is never dropped: the server judges it."""
+    budget = max(0, budget_tokens) * CHARS_PER_TOKEN
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    dropped = 0
+    while len(messages) - head > 1 and sum(len(m["content"]) for m in messages) > budget:
+        del messages[head]
+        dropped += 1
+        while len(messages) - head > 1 and messages[head]["role"] != "user":
+            del messages[head]
+            dropped += 1
+    return messages, dropped
+
+
+def describe_error(err: Exception, base_url: str, model: str | None, midway: bool = False) -> str:
+    """One line a person can act on, for every way a remote turn fails."""
+    kept = " (the answer so far is kept)" if midway else ""
+    if isinstance(err, openai.APITimeoutError):
+        return f"the model server at {base_url} did not answer in time{kept}; it may be overloaded — try again"
+    if isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__ or err
+        return f"cannot connect to the model server at {base_url} ({cause}); is it running? check --base-url"
+    if isinstance(err, openai.AuthenticationError):
+        return f"the model server at {base_url} refused the API key (401): set --api-key or EDGECHAT_API_KEY"
+    if isinstance(err, openai.PermissionDeniedError):
+        return f"the API key may not use this model server (403): {_server_message(err)}"
+    if isinstance(err, openai.NotFoundError):
+        return (
+            f"the model server at {base_url} answered 404 for model {model!r}: check --model-name (or leave "
+            "it out to use the server's first model) and that --base-url is the server's /v1 root"
+        )
+    if isinstance(err, openai.RateLimitError):
+        return "the model server is busy (429, rate limited): try again in a moment"
+    if isinstance(err, openai.APIStatusError):
+        if err.status_code >= 500:
+            return f"the model server failed ({err.status_code}): {_server_message(err)}; try again"
+        return f"the model server rejected the request ({err.status_code}): {_server_message(err)}"
+    if isinstance(err, httpx2.HTTPError):
+        return f"the connection to the model server broke mid-answer ({err}){kept}; try again"
+    return f"the model server reported an error{kept}: {err}"
+
+
+def _server_message(err: openai.APIStatusError, limit: int = 200) -> str:
+    """The server's own words: OpenAI and vLLM put them in error.message (the client unwraps
+    `error`), FastAPI servers in detail."""
+    body = err.body
+    text = (body.get("message") or body.get("detail")) if isinstance(body, dict) else body
+    text = str(text or err.message).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def load_remote(settings: Settings) -> RemoteEngine:
+    assert settings.base_url is not None  # config checks --backend openai has one
+    return RemoteEngine(
+        settings.base_url,
+        api_key=settings.api_key,
+        model_name=settings.model_name,
+        context_length=settings.context_length,
+        request_timeout=settings.request_timeout,
+    )
