@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgechat.client import BLANK_INPUT_HINT, ChatClient, TurnStats
 from edgechat.config import Settings, parse_settings
@@ -22,11 +22,16 @@ from edgechat.runtime import Runtime, load_runtime
 from edgechat.scheduler import Scheduler
 from edgechat.templates import ChatTokenizer, Message
 
+if TYPE_CHECKING:
+    from edgechat.engines.remote import RemoteEngine  # imports openai (~1 s): only when used
+
 
 class Baichuan2(ChatClient):
     """The seed's per-session client; `handle` is the sail.Handle on a TPU (None elsewhere)."""
 
-    def __init__(self, handle: Any, engine: Scheduler, tokenizer: ChatTokenizer, **options: Any) -> None:
+    def __init__(
+        self, handle: Any, engine: Scheduler | RemoteEngine, tokenizer: ChatTokenizer | None, **options: Any
+    ) -> None:
         super().__init__(engine, tokenizer, **options)
         self.handle = handle
 
@@ -92,6 +97,8 @@ def interactive(client: Baichuan2) -> None:
 
 
 def show_prompt(client: Baichuan2, question: str) -> None:
+    if client.tokenizer is None:
+        raise ValueError("--show-prompt needs a local model: a remote server renders the prompt itself")
     ids = client.prompt_ids(question)
     text = client.tokenizer.decode(ids, special=True)
     print(json.dumps({"template": client.tokenizer.template.name, "ids": ids, "text": text}, ensure_ascii=False))

@@ -86,6 +86,8 @@ def sidebar(runtime: Runtime, client: Baichuan2) -> None:
         st.subheader("Server")
         st.caption(f"**{info['model_name']}** · {info['backend']}")
         st.caption(f"{info['device']} · context {info['context_length']} tokens")
+        if getattr(runtime.engine, "chat_level", False):  # a remote server
+            st.caption(runtime.engine.health())  # a cached /v1/models round trip
         stats = runtime.engine.stats()
         st.caption(
             f"running {stats['running'] + stats['prefilling']} · waiting {stats['waiting']} · "
