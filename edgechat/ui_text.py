@@ -1,0 +1,115 @@
+"""Every string the page shows, in English and Chinese, so a translation is one file to review.
+
+`t(lang, key, **fields)` formats one string. Engine and server messages (errors, "busy") come from
+below the UI and stay as they are. The per-answer stats line keeps the English wording of
+`TurnStats.summary()` so tools that read pages (bench/load.py) parse either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+LANG_NAMES = {"en": "English", "zh": "中文"}
+
+TEXT: dict[str, dict[str, str]] = {
+    # page
+    "loading": {"en": "Loading the model…", "zh": "正在加载模型…"},
+    "tagline": {
+        "en": "edgechat · {backend} · one shared model, your own conversation",
+        "zh": "edgechat · {backend} · 大家共用一个模型，对话各自独立",
+    },
+    "language": {"en": "Language · 语言", "zh": "语言 · Language"},
+    "ask": {"en": "Ask a question", "zh": "输入你的问题"},
+    "blank": {"en": "Type a question first: empty input is ignored.", "zh": "请先输入问题：空白输入会被忽略。"},
+    "too_long": {
+        "en": "Your message is {n} characters; this server accepts up to {limit}. Shorten it and send again.",
+        "zh": "你的消息有 {n} 个字符，本服务器最多接受 {limit} 个。请缩短后重新发送。",
+    },
+    "rate_limited": {
+        "en": "Too many requests: up to {limit} a minute per person. Try again in {wait} s.",
+        "zh": "请求过于频繁：每人每分钟最多 {limit} 次。请 {wait} 秒后再试。",
+    },
+    # controls
+    "new_chat": {"en": "New chat", "zh": "新对话"},
+    "stop": {"en": "Stop generating", "zh": "停止生成"},
+    "stop_help": {"en": "stop this answer and keep what was written", "zh": "停止本次回答，保留已生成的内容"},
+    "regenerate": {"en": "Regenerate", "zh": "重新生成"},
+    "edit": {"en": "Edit question", "zh": "修改问题"},
+    "edit_label": {"en": "Your last question", "zh": "上一个问题"},
+    "resend": {"en": "Resend", "zh": "重新发送"},
+    "cancel": {"en": "Cancel", "zh": "取消"},
+    # answer settings
+    "settings": {"en": "Answer settings", "zh": "回答设置"},
+    "system": {"en": "System prompt", "zh": "系统提示词"},
+    "system_help": {
+        "en": "Sent before your conversation. Empty: the model's default.",
+        "zh": "放在对话最前面；留空则使用模型默认值。",
+    },
+    "temperature": {"en": "Temperature", "zh": "温度 (temperature)"},
+    "temperature_help": {
+        "en": "0 = always the most likely word: the same question gets the same answer",
+        "zh": "0 表示总选最可能的词：同一问题得到同一回答",
+    },
+    "top_p": {"en": "Top-p", "zh": "Top-p 核采样"},
+    "top_k": {"en": "Top-k (0 = off)", "zh": "Top-k（0 为关闭）"},
+    "repetition_penalty": {"en": "Repetition penalty (1 = off)", "zh": "重复惩罚（1 为关闭）"},
+    "max_new_tokens": {"en": "Max new tokens", "zh": "最大生成 token 数"},
+    "settings_note": {
+        "en": "These settings are yours alone; nobody else's chat changes.",
+        "zh": "这些设置只对你自己生效，不影响其他人。",
+    },
+    # server panel
+    "server": {"en": "Server", "zh": "服务器"},
+    "server_model": {"en": "model file {file}", "zh": "模型文件 {file}"},
+    "server_device": {"en": "{device} · context {context} tokens", "zh": "{device} · 上下文 {context} tokens"},
+    "server_load": {
+        "en": "generating {running} · waiting {waiting} · {tps:.1f} tok/s",
+        "zh": "生成中 {running} · 排队 {waiting} · {tps:.1f} tok/s",
+    },
+    "server_lan": {"en": "Others on the LAN open {url}", "zh": "局域网内其他人打开 {url}"},
+    # one answer
+    "queued": {"en": "queue position {position}, about {eta:.0f} s", "zh": "排队第 {position} 位，约 {eta:.0f} 秒"},
+    "stat_first": {"en": "first token {s:.2f} s", "zh": "首字 {s:.2f} 秒"},
+    "stat_tps": {"en": "{tps:.1f} tok/s", "zh": "{tps:.1f} tok/s"},
+    "stat_tokens": {"en": "{n} tokens", "zh": "{n} 个 token"},
+    "stat_queued": {"en": "queued {s:.1f} s", "zh": "排队 {s:.1f} 秒"},
+    "stopped": {"en": "stopped", "zh": "已停止"},
+    "trimmed": {
+        "en": "{n} earlier messages were left out so this conversation fits the model's context of {context} tokens.",
+        "zh": "为放入模型 {context} tokens 的上下文，较早的 {n} 条消息未发送给模型。",
+    },
+    # export
+    "export": {"en": "Export this chat", "zh": "导出对话"},
+    "export_title": {"en": "Chat with {model}", "zh": "与 {model} 的对话"},
+    "role_user": {"en": "You", "zh": "你"},
+    "role_assistant": {"en": "Assistant", "zh": "助手"},
+    # password gate
+    "password_title": {"en": "This chat needs a password", "zh": "此对话需要密码"},
+    "password": {"en": "Password", "zh": "密码"},
+    "password_enter": {"en": "Enter", "zh": "进入"},
+    "password_wrong": {"en": "Wrong password.", "zh": "密码错误。"},
+    "password_locked": {
+        "en": "Too many attempts: try again in {wait} s.",
+        "zh": "尝试次数过多：请 {wait} 秒后再试。",
+    },
+}
+
+
+def t(lang: str, key: str, **fields: Any) -> str:
+    """The string in `lang`, falling back to English so a missing translation never breaks the page."""
+    entry = TEXT[key]
+    return entry.get(lang, entry["en"]).format(**fields)
+
+
+def stats_line(stats: Mapping[str, Any], lang: str) -> str:
+    """The line under an answer; in English exactly `TurnStats.summary()`."""
+    parts = []
+    if stats.get("first_token_s") is not None:
+        parts.append(t(lang, "stat_first", s=stats["first_token_s"]))
+    if stats.get("decode_tps") is not None:
+        parts.append(t(lang, "stat_tps", tps=stats["decode_tps"]))
+    parts.append(t(lang, "stat_tokens", n=stats.get("completion_tokens", 0)))
+    if stats.get("queue_wait_s", 0.0) >= 0.05:
+        parts.append(t(lang, "stat_queued", s=stats["queue_wait_s"]))
+    return " · ".join(parts)

@@ -1,0 +1,48 @@
+"""Password check and per-session rate limits, on a fake clock."""
+
+from __future__ import annotations
+
+from edgechat.access import RateLimiter, password_ok
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_password_must_match_exactly() -> None:
+    assert password_ok("s3cret", "s3cret")
+    assert not password_ok("s3cre", "s3cret") and not password_ok("S3CRET", "s3cret") and not password_ok("", "x")
+    assert password_ok("密码🔑", "密码🔑")  # non-ASCII passwords work (compare_digest needs bytes)
+
+
+def test_rate_limit_allows_n_a_minute_then_says_how_long_to_wait() -> None:
+    clock = Clock()
+    limiter = RateLimiter(3, clock=clock)
+    for _ in range(3):  # at 1000, 1010, 1020
+        assert limiter.hit() == 0
+        clock.now += 10
+    assert limiter.hit() == 30  # at 1030: the first of the three leaves the window at 1060
+    clock.now += 29.5
+    assert limiter.hit() == 1
+    clock.now += 0.5
+    assert limiter.hit() == 0 and limiter.hit() == 10  # the one at 1010 leaves at 1070
+
+
+def test_refused_attempts_do_not_extend_the_wait() -> None:
+    clock = Clock()
+    limiter = RateLimiter(1, clock=clock)
+    assert limiter.hit() == 0
+    for _ in range(10):
+        clock.now += 5
+        limiter.hit()
+    clock.now = 1060.0
+    assert limiter.hit() == 0
+
+
+def test_zero_means_no_limit() -> None:
+    limiter = RateLimiter(0)
+    assert all(limiter.hit() == 0 for _ in range(1000))
