@@ -72,7 +72,7 @@ class RemoteEngine:
         try:
             models = self._client.models.list().data
         except (openai.APIError, httpx2.HTTPError) as err:
-            raise ConfigError(f"--base-url {self.base_url}: {describe_error(err, self.base_url, None)}") from None
+            raise ConfigError(describe_error(err, self.base_url, None)) from None
         if not models:
             raise ConfigError(f"--base-url {self.base_url}: the server lists no model; start it with one")
         return models[0].id
@@ -163,6 +163,7 @@ class RemoteRequest:
                 model=engine.model_name,
                 messages=self._messages,  # type: ignore[arg-type]
                 stream=True,
+                stream_options={"include_usage": True},  # exact token counts where the server sends them
                 temperature=s.temperature,
                 top_p=s.top_p,
                 max_tokens=s.max_new_tokens,
@@ -196,8 +197,9 @@ class RemoteRequest:
                     self.error = f"stopped after {engine.request_timeout:g} s (--request-timeout)"
                     stats.finish_reason = "timeout"
                     return
-            if not stats.finish_reason:
-                self.error = "the model server ended the answer without finishing it; try again"
+            if not stats.finish_reason:  # llama.cpp fails a too-long prompt this way, after the 200
+                self.error = "the model server ended the answer without finishing it (a prompt too long?); try again"
+                stats.finish_reason = "error"
         except (openai.APIError, httpx2.HTTPError) as err:
             self.error = describe_error(err, engine.base_url, engine.model_name, midway=chunks > 0)
             stats.finish_reason = "error"
@@ -229,6 +231,9 @@ def trim_history(messages: list[Message], budget_tokens: int) -> tuple[list[Mess
 def describe_error(err: Exception, base_url: str, model: str | None, midway: bool = False) -> str:
     """One line a person can act on, for every way a remote turn fails."""
     kept = " (the answer so far is kept)" if midway else ""
+    if midway and isinstance(err, (openai.APIConnectionError, httpx2.HTTPError)):
+        cause = err.__cause__ or err
+        return f"the connection to the model server broke mid-answer ({cause}){kept}; try again"
     if isinstance(err, openai.APITimeoutError):
         return f"the model server at {base_url} did not answer in time{kept}; it may be overloaded — try again"
     if isinstance(err, openai.APIConnectionError):
@@ -238,6 +243,8 @@ def describe_error(err: Exception, base_url: str, model: str | None, midway: boo
         return f"the model server at {base_url} refused the API key (401): set --api-key or EDGECHAT_API_KEY"
     if isinstance(err, openai.PermissionDeniedError):
         return f"the API key may not use this model server (403): {_server_message(err)}"
+    if isinstance(err, openai.NotFoundError) and model is None:
+        return f"the model server at {base_url} answered 404 for its model list: is --base-url its /v1 root?"
     if isinstance(err, openai.NotFoundError):
         return (
             f"the model server at {base_url} answered 404 for model {model!r}: check --model-name (or leave "
@@ -250,7 +257,7 @@ def describe_error(err: Exception, base_url: str, model: str | None, midway: boo
             return f"the model server failed ({err.status_code}): {_server_message(err)}; try again"
         return f"the model server rejected the request ({err.status_code}): {_server_message(err)}"
     if isinstance(err, httpx2.HTTPError):
-        return f"the connection to the model server broke mid-answer ({err}){kept}; try again"
+        return f"the connection to the model server at {base_url} failed ({err}); try again"
     return f"the model server reported an error{kept}: {err}"
 
 

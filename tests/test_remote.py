@@ -1,0 +1,283 @@
+"""The remote backend against a real OpenAI-compatible server: llama-cpp-python's
+`python -m llama_cpp.server` on the embedded model, on a free 127.0.0.1 port, started and
+stopped here. No part of the OpenAI API is mocked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from baichuan2 import Baichuan2
+from edgechat.config import SamplingParams, Settings, default_model_path
+from edgechat.engines.remote import RemoteEngine, trim_history
+from edgechat.errors import ConfigError
+from edgechat.runtime import Runtime, load_runtime
+from edgechat.templates import Message
+from tests.conftest import REPO
+
+pytest.importorskip("llama_cpp.server.app", reason="pip install -r requirements-dev.txt (llama-cpp-python[server])")
+
+KEY = "edgechat-test-key"
+SHORT = SamplingParams(temperature=0.0, max_new_tokens=24)
+LONG_PROMPT = "Write a very long story about a dragon who learns to bake bread. Use many chapters."
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(log: Path, api_key: str | None = KEY) -> Server:
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "llama_cpp.server",
+        "--model", str(default_model_path()),
+        "--host", "127.0.0.1", "--port", str(port),
+        "--n_ctx", "1024", "--n_threads", "2", "--verbose", "False",
+        "--interrupt_requests", "False",  # its default stops a stream when another request arrives
+    ]  # fmt: skip
+    if api_key:
+        cmd += ["--api_key", api_key]
+    out = log.open("wb")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(proc, f"http://127.0.0.1:{port}/v1", log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # ready once it answers at all (401 without a key is an answer)
+        if proc.poll() is not None:
+            pytest.fail(f"llama_cpp.server exited {proc.returncode}:\n{server.log_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{server.url}/models", timeout=1).close()
+            return server
+        except urllib.error.HTTPError:
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    pytest.fail("llama_cpp.server did not start within 60 s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("llama_server") / "server.log")
+    yield srv
+    srv.stop()
+
+
+def remote(url: str, **options: object) -> Runtime:
+    settings = Settings(backend="openai", base_url=url, **options)  # type: ignore[arg-type]
+    return load_runtime(settings)
+
+
+@pytest.fixture(scope="module")
+def rt(server: Server) -> Iterator[Runtime]:
+    runtime = remote(server.url, api_key=KEY)
+    yield runtime
+    runtime.close()
+
+
+def session(runtime: Runtime, sampling: SamplingParams = SHORT) -> Baichuan2:
+    return Baichuan2(runtime.handle, runtime.engine, runtime.tokenizer, sampling=sampling)
+
+
+def terminal(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "baichuan2.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), **(env or {})},
+    )
+
+
+def test_terminal_answers_through_the_server_with_the_configured_key(server: Server) -> None:
+    out = terminal(
+        "--backend", "openai", "--base-url", server.url, "--prompt", "What is 2+2?", "--temperature", "0",
+        env={"EDGECHAT_API_KEY": KEY},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "4" in out.stdout
+    assert "SmolLM2" in out.stderr  # the served model's name, read from /v1/models
+    assert "FTL:" in out.stderr and "TPS:" in out.stderr
+
+
+def test_wrong_or_missing_key_is_a_clear_401(server: Server) -> None:
+    out = terminal("--base-url", server.url, "--api-key", "wrong", "--prompt", "hi")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "401" in out.stderr and "--api-key" in out.stderr
+
+    runtime = remote(server.url, model_name="any")  # no key; the name given, so no start-up check
+    client = session(runtime)
+    assert "".join(client.chat_stream("hi")) == ""
+    assert client.last_stats.error is not None and "refused the API key (401)" in client.last_stats.error
+    assert runtime.engine.health().startswith("server down:")
+    runtime.close()
+
+
+def test_three_sessions_at_once_each_answer_while_a_rejected_one_fails_alone(rt: Runtime) -> None:
+    questions = ["What is 2+2?", "What color is the sky?", "Name a fruit.", "word " * 3000]
+    clients = [session(rt) for _ in questions]
+    answers: dict[int, str] = {}
+    opened = threading.Barrier(len(questions) + 1, timeout=60)
+    peak = 0
+
+    def ask(i: int) -> None:
+        stream = clients[i].chat_stream(questions[i])
+        first = next(stream, "")
+        opened.wait()
+        answers[i] = first + "".join(stream)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    opened.wait()  # every session has its own stream open (the server queues and batches them)
+    peak = rt.engine.stats()["running"]
+    for t in threads:
+        t.join(timeout=120)
+    assert peak >= 3
+    for i in range(3):
+        assert answers[i].strip(), clients[i].last_stats
+        assert clients[i].last_stats.error is None
+        assert clients[i].last_stats.completion_tokens > 0 and clients[i].last_stats.first_token_s is not None
+    assert "4" in answers[0]
+    assert answers[3] == "" and "prompt too long" in (clients[3].last_stats.error or "")
+    assert rt.engine.stats()["running"] == 0
+
+
+def test_cancel_closes_the_http_stream(rt: Runtime, server: Server) -> None:
+    before = server.log_text().count("Disconnected from client")
+    client = session(rt, SamplingParams(temperature=0.0, max_new_tokens=800))
+    stream = client.chat_stream(LONG_PROMPT)
+    pieces = [next(stream) for _ in range(5)]
+    stream.close()  # what Stop or a closed tab does to the page's generator
+    assert "".join(pieces).strip() and client.last_stats.finish_reason == "cancelled"
+    assert client.last_stats.completion_tokens == 5
+    # The server itself reports the client gone and stops generating for it.
+    deadline = time.monotonic() + 15
+    while server.log_text().count("Disconnected from client") == before:
+        assert time.monotonic() < deadline, "the server never saw the stream close"
+        time.sleep(0.05)
+    assert rt.engine.stats()["running"] == 0
+    # And it is free: a new question is answered without waiting out 800 tokens.
+    after = session(rt)
+    assert "4" in "".join(after.chat_stream("What is 2+2?"))
+    assert after.last_stats.first_token_s is not None and after.last_stats.first_token_s < 5
+
+
+def test_wrong_port_is_a_clear_connection_message() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    out = terminal("--base-url", url, "--prompt", "hi")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "cannot connect to the model server" in out.stderr and "--base-url" in out.stderr
+
+    runtime = remote(url, model_name="any")
+    client = session(runtime)
+    assert "".join(client.chat_stream("hi")) == ""
+    assert "cannot connect to the model server" in (client.last_stats.error or "")
+    assert "server down: cannot connect" in runtime.engine.health()
+    runtime.close()
+
+
+def test_a_wrong_path_is_a_clear_404(server: Server) -> None:
+    url = server.url.removesuffix("/v1") + "/nope"
+    runtime = remote(url, api_key=KEY, model_name="any")
+    client = session(runtime)
+    assert "".join(client.chat_stream("hi")) == ""
+    assert "404" in (client.last_stats.error or "") and "--base-url" in (client.last_stats.error or "")
+    runtime.close()
+    with pytest.raises(ConfigError, match="404 for its model list"):
+        remote(url, api_key=KEY)
+
+
+def test_server_that_never_answers_times_out_clearly() -> None:
+    with socket.socket() as silent:  # accepts the connection, says nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        runtime = remote(url, model_name="any", request_timeout=1.0)
+        client = session(runtime)
+        started = time.monotonic()
+        assert "".join(client.chat_stream("hi")) == ""
+        assert time.monotonic() - started < 10
+        assert "did not answer in time" in (client.last_stats.error or "")
+        runtime.close()
+
+
+def test_server_killed_mid_answer_keeps_the_partial_answer(tmp_path: Path) -> None:
+    doomed = start_server(tmp_path / "server.log")
+    try:
+        runtime = remote(doomed.url, api_key=KEY)
+        client = session(runtime, SamplingParams(temperature=0.0, max_new_tokens=800))
+        stream = client.chat_stream(LONG_PROMPT)
+        pieces = [next(stream) for _ in range(5)]
+        os.kill(doomed.proc.pid, signal.SIGKILL)
+        pieces += list(stream)
+        stats = client.last_stats
+        assert "".join(pieces).strip()
+        assert stats.completion_tokens == len(pieces) >= 5
+        assert stats.error is not None and "broke mid-answer" in stats.error and "kept" in stats.error
+        runtime.close()
+    finally:
+        doomed.stop()
+
+
+def test_the_bad_base_url_is_one_line_exit_2() -> None:
+    out = terminal("--backend", "openai", "--base-url", "gpu-box:8000")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--base-url" in out.stderr
+    out = terminal("--backend", "openai")
+    assert out.returncode == 2 and "needs --base-url" in out.stderr
+
+
+def test_history_is_trimmed_oldest_first_by_characters() -> None:
+    long = "x" * 400
+    messages = [
+        Message(role="system", content="Be brief."),
+        Message(role="user", content=long),
+        Message(role="assistant", content=long),
+        Message(role="user", content="second"),
+        Message(role="assistant", content="ok"),
+        Message(role="user", content="What is 2+2?"),
+    ]
+    kept, dropped = trim_history(list(messages), budget_tokens=100)  # 200 characters
+    assert dropped == 2
+    assert [m["content"] for m in kept] == ["Be brief.", "second", "ok", "What is 2+2?"]
+    alone, _ = trim_history([Message(role="user", content=long)], budget_tokens=10)
+    assert alone == [Message(role="user", content=long)]  # the question itself goes to the server
+
+
+def test_remote_engine_reports_health_and_the_served_model(rt: Runtime) -> None:
+    assert isinstance(rt.engine, RemoteEngine) and rt.tokenizer is None
+    assert rt.info["backend"] == "openai" and rt.info["model_name"].startswith("SmolLM2")
+    assert rt.engine.health().startswith("server up")
