@@ -27,7 +27,6 @@ from edgechat.runtime import Runtime, load_runtime
 from edgechat.templates import Message
 from tests.conftest import REPO
 
-pytest.importorskip("llama_cpp.server.app", reason="pip install -r requirements-dev.txt (llama-cpp-python[server])")
 
 KEY = "edgechat-test-key"
 SHORT = SamplingParams(temperature=0.0, max_new_tokens=24)
