@@ -140,10 +140,10 @@ def keep_interrupted_answer() -> None:
 
 
 def history_for_model(messages: list[dict[str, Any]]) -> list[Message]:
-    """What the model sees: a question stopped before any answer is left out with its question."""
+    """What the model sees: an answer stopped before its first word is left out with its question."""
     out: list[Message] = []
     for m in messages:
-        if m["role"] == "assistant" and not m["content"]:
+        if m["role"] == "assistant" and m.get("stopped") and not m["content"]:
             if out and out[-1]["role"] == "user":
                 out.pop()
             continue

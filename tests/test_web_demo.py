@@ -66,3 +66,151 @@ def test_new_chat_clears_the_history() -> None:
 def test_blank_input_is_ignored_with_a_hint() -> None:
     at = ask(page(), "   ")
     assert transcript(at) == [] and "empty input is ignored" in at.info[0].value
+
+
+# ---- controls ----
+
+
+def answers(at: AppTest) -> list[str]:
+    return [text for role, text in transcript(at) if role == "assistant"]
+
+
+def test_regenerate_replaces_the_last_answer() -> None:
+    at = ask(page(), "What is 2+2?")
+    at.button(key="regenerate").click().run()
+    assert not at.exception, at.exception
+    msgs = transcript(at)
+    assert [r for r, _ in msgs] == ["user", "assistant"] and "4" in msgs[1][1]
+    assert at.session_state.client.last_stats.completion_tokens > 0  # it was generated again
+
+
+def test_edit_and_resend_replaces_the_last_question() -> None:
+    at = ask(page(), "What is 2+2?")
+    at.button(key="edit").click().run()
+    at.text_area(key="edit_text").set_value("What is the opposite of hot?")
+    next(b for b in at.button if b.label == "Resend").click().run()
+    assert not at.exception, at.exception
+    msgs = transcript(at)
+    assert [m for m in msgs if m[0] == "user"] == [("user", "What is the opposite of hot?")]
+    assert "cold" in msgs[1][1].lower()
+
+
+def test_cancel_edit_keeps_the_chat() -> None:
+    at = ask(page(), "What is 2+2?")
+    before = transcript(at)
+    at.button(key="edit").click().run()
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    assert transcript(at) == before and [a.key for a in at.text_area] == ["system"]  # the edit box is gone
+
+
+def test_settings_of_one_session_never_affect_another() -> None:
+    a, b = page(), page()
+    a.sidebar.number_input(key="max_new_tokens").set_value(3)
+    a.sidebar.slider(key="temperature").set_value(1.5)
+    a.sidebar.text_area(key="system").set_value("You are a pirate.")
+    a.run()
+    question = "What color is the sky on a clear day?"
+    ask(a, question)
+    ask(b, question)
+    assert any(c.value.endswith("3 tokens") for c in a.caption)  # A's cap
+    assert "blue" in answers(b)[0].lower() and b.session_state.client.last_stats.completion_tokens > 3
+    assert b.sidebar.number_input(key="max_new_tokens").value == 48
+    assert b.sidebar.slider(key="temperature").value == 0.0 and b.sidebar.text_area(key="system").value == ""
+    assert a.session_state.client.system == "You are a pirate." and b.session_state.client.system is None
+
+
+def test_language_switch_is_per_session() -> None:
+    zh, en = page(), page()
+    zh.sidebar.radio(key="lang").set_value("zh").run()
+    assert zh.chat_input[0].placeholder == "输入你的问题" and zh.sidebar.button[0].label == "新对话"
+    ask(zh, "What is 2+2?")
+    assert any("个 token" in c.value and "首字" in c.value for c in zh.caption)
+    en.run()
+    assert en.chat_input[0].placeholder == "Ask a question" and en.sidebar.button[0].label == "New chat"
+
+
+def test_lang_flag_sets_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_LANG", "zh")
+    assert page().chat_input[0].placeholder == "输入你的问题"
+
+
+def test_password_is_asked_before_any_chat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_PASSWORD", "open sesame")
+    at = page()
+    assert not at.chat_input and not at.chat_message and at.subheader[0].value == "This chat needs a password"
+    at.text_input(key="password_input").set_value("open sesam")
+    at.button[0].click().run()
+    assert at.error[0].value == "Wrong password." and not at.chat_input
+    at.text_input(key="password_input").set_value("open sesame")
+    at.button[0].click().run()
+    assert at.chat_input and "What is 2+2?" in transcript(ask(at, "What is 2+2?"))[0][1]
+
+
+def test_password_attempts_are_limited(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_PASSWORD", "open sesame")
+    at = page()
+    for _ in range(5):
+        at.text_input(key="password_input").set_value("guess")
+        at.button[0].click().run()
+        assert at.error[0].value == "Wrong password."
+    at.text_input(key="password_input").set_value("open sesame")  # right, but too late
+    at.button[0].click().run()
+    assert at.error[0].value.startswith("Too many attempts: try again in") and not at.chat_input
+
+
+def test_input_length_cap_says_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_MAX_INPUT_CHARS", "20")
+    at = ask(page(), "x" * 21)
+    assert transcript(at) == []
+    assert at.warning[0].value == (
+        "Your message is 21 characters; this server accepts up to 20. Shorten it and send again."
+    )
+
+
+def test_rate_limit_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_RATE_LIMIT", "2")
+    at, other = page(), page()
+    at.sidebar.number_input(key="max_new_tokens").set_value(2).run()
+    ask(at, "Hi")
+    ask(at, "Hello")
+    ask(at, "Hey")
+    assert [u for r, u in transcript(at) if r == "user"] == ["Hi", "Hello"]
+    assert at.warning[0].value.startswith("Too many requests: up to 2 a minute per person. Try again in")
+    assert transcript(ask(other, "What is 2+2?"))[0] == ("user", "What is 2+2?")  # others go on
+
+
+def test_trimmed_history_is_announced() -> None:
+    at = page()
+    at.sidebar.number_input(key="max_new_tokens").set_value(4).run()
+    ask(at, "apple " * 520)
+    assert not at.info  # the first turn fits
+    ask(at, "pear " * 520)
+    notices = [i.value for i in at.info]
+    assert notices == ["2 earlier messages were left out so this conversation fits the model's context of 1024 tokens."]
+
+
+def test_model_output_is_markdown_never_html() -> None:
+    at = page()
+    at.session_state.messages = [
+        {"role": "user", "content": "show me"},
+        {"role": "assistant", "content": "<b>bold?</b> $x^2$ ![pixel](http://tracker.example/p.png)"},
+    ]
+    at.run()
+    shown = at.chat_message[1].markdown[0]
+    assert not shown.allow_html
+    assert shown.value == "<b>bold?</b> $x^2$ [image: pixel](http://tracker.example/p.png)"
+
+
+def test_export_buttons_appear_once_there_is_a_chat() -> None:
+    at = page()
+    assert [(d.label, d.disabled) for d in at.sidebar.download_button] == [("Markdown", True), ("JSON", True)]
+    ask(at, "What is 2+2?")
+    assert [(d.label, d.disabled) for d in at.sidebar.download_button] == [("Markdown", False), ("JSON", False)]
+
+
+def test_server_panel_shows_the_model_and_load() -> None:
+    at = page()
+    panel = [c.value for c in at.sidebar.caption]
+    assert "model file SmolLM2-135M-Instruct.Q4_1.gguf" in panel
+    assert any("context 1024 tokens" in c for c in panel)
+    assert any(c.startswith("generating 0 · waiting 0 · ") and c.endswith(" tok/s") for c in panel)
