@@ -27,7 +27,6 @@ from edgechat.runtime import Runtime, load_runtime
 from edgechat.templates import Message
 from tests.conftest import REPO
 
-
 KEY = "edgechat-test-key"
 SHORT = SamplingParams(temperature=0.0, max_new_tokens=24)
 LONG_PROMPT = "Write a very long story about a dragon who learns to bake bread. Use many chapters."
@@ -280,3 +279,22 @@ def test_remote_engine_reports_health_and_the_served_model(rt: Runtime) -> None:
     assert isinstance(rt.engine, RemoteEngine) and rt.tokenizer is None
     assert rt.info["backend"] == "openai" and rt.info["model_name"].startswith("SmolLM2")
     assert rt.engine.health().startswith("server up")
+
+
+def test_the_page_answers_through_the_server_and_shows_its_health(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EDGECHAT_API_KEY", KEY)
+    argv = ["--backend", "openai", "--base-url", server.url, "--temperature", "0", "--max-new-tokens", "24"]
+    monkeypatch.setattr("sys.argv", ["web_demo.py", *argv])
+    at = AppTest.from_file(str(REPO / "web_demo.py"), default_timeout=120)
+    at.run()
+    at.chat_input[0].set_value("What is 2+2?").run()
+    assert not at.exception, at.exception
+    answer = at.chat_message[1].markdown[0].value
+    assert "4" in answer
+    captions = [c.value for c in at.sidebar.caption]
+    assert any(c.startswith("server up") for c in captions), captions
+    assert any(server.url in c for c in captions)
