@@ -4,6 +4,7 @@ stopped here. No part of the OpenAI API is mocked."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -178,8 +179,9 @@ def test_cancel_closes_the_http_stream(rt: Runtime, server: Server) -> None:
     before = server.log_text().count("Disconnected from client")
     client = session(rt, SamplingParams(temperature=0.0, max_new_tokens=800))
     stream = client.chat_stream(LONG_PROMPT)
-    pieces = [next(stream) for _ in range(5)]
+    pieces = list(itertools.islice(stream, 5))
     stream.close()  # what Stop or a closed tab does to the page's generator
+    assert len(pieces) == 5, (pieces, client.last_stats)
     assert "".join(pieces).strip() and client.last_stats.finish_reason == "cancelled"
     assert client.last_stats.completion_tokens == 5
     # The server itself reports the client gone and stops generating for it.
@@ -239,7 +241,8 @@ def test_server_killed_mid_answer_keeps_the_partial_answer(tmp_path: Path) -> No
         runtime = remote(doomed.url, api_key=KEY)
         client = session(runtime, SamplingParams(temperature=0.0, max_new_tokens=800))
         stream = client.chat_stream(LONG_PROMPT)
-        pieces = [next(stream) for _ in range(5)]
+        pieces = list(itertools.islice(stream, 5))
+        assert len(pieces) == 5, (pieces, client.last_stats)
         os.kill(doomed.proc.pid, signal.SIGKILL)
         pieces += list(stream)
         stats = client.last_stats
