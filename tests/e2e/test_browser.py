@@ -61,6 +61,7 @@ def test_stop_keeps_the_partial_answer(browser, server: Server) -> None:  # noqa
     context, page = open_chat(browser, server)
     ask(page, "Write a long story about a dragon and a knight.")
     page.get_by_role("button", name="Stop generating").wait_for(timeout=60_000)
+    assert page.get_by_test_id("stChatInputTextArea").is_disabled()  # one question at a time
     assistant = page.get_by_test_id("stChatMessage").nth(1)
     page.wait_for_function(
         "() => document.querySelectorAll('[data-testid=stChatMessage]')[1]?.innerText.length > 40", timeout=60_000
@@ -70,7 +71,7 @@ def test_stop_keeps_the_partial_answer(browser, server: Server) -> None:  # noqa
     kept = assistant.inner_text()
     assert len(kept) > 20 and "⏹" in kept
     ask(page, "What is 2+2?")  # the session goes on after a stop
-    wait_answered(page, 1)
+    page.get_by_test_id("stChatMessage").nth(3).get_by_text("tok/s").wait_for(timeout=ANSWER_TIMEOUT_MS)
     shown = messages(page)
     assert len(shown) == 4 and "tok/s" in shown[3] and "⏹" not in shown[3]
     context.close()
