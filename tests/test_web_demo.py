@@ -214,3 +214,8 @@ def test_server_panel_shows_the_model_and_load() -> None:
     assert "model file SmolLM2-135M-Instruct.Q4_1.gguf" in panel
     assert any("context 1024 tokens" in c for c in panel)
     assert any(c.startswith("generating 0 · waiting 0 · ") and c.endswith(" tok/s") for c in panel)
+
+
+def test_server_panel_shows_the_lan_address_to_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("streamlit.net_util.get_internal_ip", lambda: "10.1.2.3")
+    assert "Others on the LAN open http://10.1.2.3:8501" in [c.value for c in page().sidebar.caption]
