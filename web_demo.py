@@ -10,6 +10,7 @@ edgechat/access.py: this file only lays them out.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -62,10 +63,21 @@ def load_settings() -> Settings:
         raise
 
 
+_RELOAD = threading.Lock()
+
+
 def load_runtime_once(lang: str) -> Runtime:
+    """The shared runtime; if its scheduler thread died, the first session to notice builds a
+    new one (the server keeps running, every session moves to the new runtime)."""
+    argv = tuple(sys.argv[1:])
     try:
-        with st.spinner(t(lang, "loading")):
-            return get_runtime(tuple(sys.argv[1:]))
+        with st.spinner(t(lang, "loading")), _RELOAD:
+            runtime = get_runtime(argv)
+            if getattr(runtime.engine, "failure", None) is not None:
+                get_runtime.clear()
+                runtime.close()
+                runtime = get_runtime(argv)
+            return runtime
     except ConfigError as err:
         st.error(str(err))
         st.stop()
@@ -94,7 +106,7 @@ def init_session(settings: Settings) -> None:
 
 def session_client(runtime: Runtime, settings: Settings) -> Baichuan2:
     ss = st.session_state
-    if "client" not in ss:
+    if "client" not in ss or ss.engine is not runtime.engine:  # first run, or a rebuilt runtime
         ss.handle, ss.engine, ss.tokenizer = runtime.handle, runtime.engine, runtime.tokenizer
         ss.client = client_for(runtime, settings)
     return ss.client
@@ -393,9 +405,15 @@ def answer(client: Baichuan2, settings: Settings, lang: str) -> None:
         ss.partial = ""
         st.button(t(lang, "stop"), key="stop", help=t(lang, "stop_help"), icon=":material/stop_circle:")
 
+        waiting = {"text": ""}
+
         def on_event(event: Event) -> None:
+            """Queue position while waiting; every event (ticks too) is a Streamlit call, the
+            point where a Stop click can interrupt a request that has not started yet."""
             if event.kind == "queued":
-                status.caption(t(lang, "queued", position=event.position, eta=event.eta_s))
+                waiting["text"] = t(lang, "queued", position=event.position, eta=event.eta_s)
+            if waiting["text"] and not ss.partial:
+                status.caption(waiting["text"])
 
         client.on_event = on_event
         stream = client.chat_stream(question, history, sampling=sampling)

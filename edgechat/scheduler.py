@@ -46,7 +46,8 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True)
 class Event:
-    """What a consumer sees: `token`, `queued` (position, eta_s), `done` (reason) or `error`."""
+    """What a consumer sees: `token`, `queued` (position, eta_s), `tick` (every 0.5 s without
+    news), `done` (reason) or `error`."""
 
     kind: str
     token: int = -1
@@ -138,6 +139,7 @@ class RequestHandle:
                 if self._scheduler.failure is not None:
                     yield Event("error", message=f"the engine stopped: {self._scheduler.failure}")
                     return
+                yield Event("tick")  # nothing new: lets a waiting reader act (the page: Stop)
                 continue
             yield event
             if event.kind in ("done", "error"):

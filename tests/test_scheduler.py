@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
-from edgechat.scheduler import Scheduler
+from edgechat.scheduler import Event, Scheduler
 from edgechat.templates import Message
 from tests.conftest import GREEDY
 
@@ -24,6 +25,11 @@ def prompt(runtime: Runtime, question: str, history: list[Message] | None = None
 
 def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], session: str | None = None) -> list[int]:
     return [e.token for e in scheduler.submit(ids, GREEDY, stop, session=session) if e.kind == "token"]
+
+
+def news(handle) -> Iterator[Event]:  # noqa: ANN001
+    """A handle's events without the idle ticks."""
+    return (e for e in handle if e.kind != "tick")
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
@@ -58,7 +64,7 @@ def test_cancel_frees_the_sequence_within_a_step(runtime: Runtime) -> None:
     handle = sched.submit(
         prompt(runtime, "Tell me a very long story."), replace(GREEDY, max_new_tokens=400), frozenset()
     )
-    events = iter(handle)
+    events = news(handle)
     assert next(events).kind == "token"
     assert sched.stats()["sequences_in_use"] == before + 1
     handle.cancel()
@@ -102,7 +108,7 @@ def test_queue_cap_refuses_with_a_clear_message(runtime: Runtime) -> None:
         ids = prompt(runtime, "Tell me a long story.")
         first = small.submit(ids, long, stop)
         second = small.submit(ids, long, stop)  # waits: max_running=1
-        events = iter(second)
+        events = news(second)
         queued = next(events)
         assert queued.kind == "queued" and queued.position == 1 and queued.eta_s > 0
         with pytest.raises(RequestError, match="busy"):

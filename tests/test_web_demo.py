@@ -219,3 +219,17 @@ def test_server_panel_shows_the_model_and_load() -> None:
 def test_server_panel_shows_the_lan_address_to_share(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("streamlit.net_util.get_internal_ip", lambda: "10.1.2.3")
     assert "Others on the LAN open http://10.1.2.3:8501" in [c.value for c in page().sidebar.caption]
+
+
+def test_a_dead_engine_is_rebuilt_without_restarting_the_server() -> None:
+    at = ask(page(), "What is 2+2?")
+    other = page()
+    old = at.session_state.client.engine
+    old.failure = "simulated scheduler death"  # what the worker records when its thread dies
+    ask(at, "What is 3+3?")
+    new = at.session_state.client.engine
+    assert new is not old and new.failure is None and new.stats()["alive"]
+    assert [r for r, _ in transcript(at)] == ["user", "assistant", "user", "assistant"]
+    assert "6" in transcript(at)[3][1]
+    ask(other, "What is 2+2?")  # another session moves to the new runtime too
+    assert other.session_state.client.engine is new and "4" in transcript(other)[1][1]
