@@ -36,3 +36,17 @@ def test_password_never_shows_in_the_settings_repr() -> None:
 def test_bad_page_flags_are_one_clear_line(argv: list[str], env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         parse_settings(argv, env=env)
+
+
+def test_xsrf_protection_stays_on_with_the_projects_streamlit_config() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = (
+        "from streamlit import config; config.get_config_options(); "
+        "print(config.get_option('server.enableXsrfProtection'), config.get_option('browser.gatherUsageStats'))"
+    )  # gatherUsageStats False proves .streamlit/config.toml was read
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "False"], out.stderr
