@@ -109,6 +109,9 @@ class LlamaCppEngine:
         # A KV buffer per sequence: a sequence's greedy answer is then the same batched or alone
         # (a unified buffer batched somewhat faster here but changed answers on near-ties).
         cparams.kv_unified = False
+        # Flash attention on (not "auto"): measured here 91 → 108 → 98 tok/s at 1/4/8 sequences
+        # against 84 → 100 → 92 with auto.
+        cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             lc.llama_model_free(self.model)
