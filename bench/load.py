@@ -48,6 +48,7 @@ async def person(browser, url: str, name: str, turns: int, timeout_ms: int, out:
         box = page.get_by_test_id("stChatInputTextArea")
         for turn in range(turns):
             question = f"[{name}] {QUESTIONS[turn % len(QUESTIONS)]}"
+            out["stage"][name] = f"turn {turn + 1}: waiting for the input"
             await box.wait_for(timeout=timeout_ms)
             await page.wait_for_function(
                 "() => !document.querySelector('[data-testid=stChatInputTextArea]').disabled", timeout=timeout_ms
@@ -55,6 +56,7 @@ async def person(browser, url: str, name: str, turns: int, timeout_ms: int, out:
             await box.fill(question)
             await box.press("Enter")
             asked.append(question)
+            out["stage"][name] = f"turn {turn + 1}: waiting for the answer"
             done = page.get_by_test_id("stChatMessage").filter(has_text="tok/s").nth(turn)
             await done.wait_for(timeout=timeout_ms)
             match = STATS.search(await done.inner_text())
@@ -62,6 +64,7 @@ async def person(browser, url: str, name: str, turns: int, timeout_ms: int, out:
                 out["ftl"].append(float(match.group(1)))
                 out["tokens"] += int(match.group(3))
             out["completed"] += 1
+        out["stage"][name] = "done"
         shown = await page.get_by_test_id("stChatMessage").all_inner_texts()
         users = [line for text in shown for line in text.splitlines() if line.startswith("[")]
         if users != asked:
@@ -79,7 +82,7 @@ async def run(sessions: int, turns: int, timeout_s: float, flags: list[str]) -> 
 
     server = Server(*flags)
     try:
-        out: dict = {"completed": 0, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": []}
+        out: dict = {"completed": 0, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": [], "stage": {}}
         out["cross_talk_examples"], out["error_examples"] = [], []
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -89,15 +92,20 @@ async def run(sessions: int, turns: int, timeout_s: float, flags: list[str]) -> 
             await warmup.close()
             rss_before = rss_mib(server.proc.pid)
             start = time.monotonic()
-            await asyncio.wait_for(
-                asyncio.gather(
-                    *(person(browser, server.url, f"p{i}", turns, int(timeout_s * 1000), out) for i in range(sessions))
-                ),
-                timeout=timeout_s,
-            )
+            tasks = [
+                asyncio.create_task(person(browser, server.url, f"p{i}", turns, int(timeout_s * 1000), out))
+                for i in range(sessions)
+            ]
+            _, late = await asyncio.wait(tasks, timeout=timeout_s)
+            for task in late:  # a person still waiting when the run's time is up: say where
+                task.cancel()
+                out["errors"] += 1
+            if late:
+                out["error_examples"].append(f"timed out after {timeout_s:.0f} s; stages: {out['stage']}")
             wall = time.monotonic() - start
             await browser.close()
         ftl = sorted(out.pop("ftl"))
+        out.pop("stage")
         return {
             "sessions": sessions,
             "turns_per_session": turns,
