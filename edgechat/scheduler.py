@@ -35,6 +35,7 @@ from edgechat.errors import RequestError
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFILL_CHUNK = 256
+STATS_WINDOW_S = 5.0  # aggregate tok/s is measured over this many recent seconds
 
 
 class Status(enum.Enum):
@@ -189,7 +190,7 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._closing = False
         self._counts = {"completed": 0, "cancelled": 0, "errors": 0, "refused": 0}
-        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps
+        self._rate = TokenRate()
         self._service_s = 10.0  # moving average of a request's time in service, for queue ETAs
         self._worker = threading.Thread(target=self._run, name="edgechat-scheduler", daemon=True)
         self._worker.start()
@@ -235,9 +236,6 @@ class Scheduler:
         """Engine-wide figures for the page's server panel and the terminal."""
         with self._cond:
             now = time.monotonic()
-            self._trim_recent(now)
-            window = 5.0
-            tokens = sum(n for _, n in self._recent)
             kv_used = sum(len(r.cached) for r in self._active) + sum(len(c) for _, c in self._idle.values())
             return {
                 "running": sum(r.status is Status.RUNNING for r in self._active),
@@ -245,7 +243,7 @@ class Scheduler:
                 "waiting": len(self._waiting) + len(self._inbox),
                 "idle_sessions": len(self._idle),
                 "sequences_in_use": len(self._active) + len(self._idle),
-                "aggregate_tps": tokens / window,
+                "aggregate_tps": self._rate.per_second(now),
                 "kv_tokens_used": kv_used,
                 "kv_tokens_budget": self.kv_budget_tokens,
                 "max_running": self.max_running,
@@ -417,7 +415,7 @@ class Scheduler:
                 self._accept(request, out.prefill_token, now)  # type: ignore[arg-type]
                 produced += 1
         if produced:
-            self._recent.append((now, produced))
+            self._rate.add(produced, now)
 
     def _accept(self, request: _Request, token: int, now: float) -> None:
         if request.status is Status.FINISHED:
@@ -464,10 +462,6 @@ class Scheduler:
         if notify:
             request.events.put(Event("done", reason=reason))
 
-    def _trim_recent(self, now: float) -> None:
-        while self._recent and now - self._recent[0][0] > 5.0:
-            self._recent.popleft()
-
     def _shutdown(self) -> None:
         with self._cond:
             self._take_inbox()
@@ -479,6 +473,27 @@ class Scheduler:
         for seq, _ in self._idle.values():
             self.engine.release(seq)
         self._idle.clear()
+
+
+class TokenRate:
+    """Tokens produced over the last few seconds: the panels' aggregate tok/s. Not thread-safe;
+    its owner holds its own lock."""
+
+    def __init__(self, window_s: float = STATS_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()  # (time, tokens)
+
+    def add(self, tokens: int, now: float) -> None:
+        self._events.append((now, tokens))
+        self._trim(now)
+
+    def per_second(self, now: float) -> float:
+        self._trim(now)
+        return sum(n for _, n in self._events) / self._window_s
+
+    def _trim(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > self._window_s:
+            self._events.popleft()
 
 
 def _describe(err: Exception) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any
@@ -21,14 +20,13 @@ import openai
 
 from edgechat.config import SamplingParams, Settings
 from edgechat.errors import ConfigError
-from edgechat.scheduler import RequestStats
+from edgechat.scheduler import RequestStats, TokenRate
 from edgechat.templates import Message
 
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 300.0  # a busy vLLM may hold a request in its queue this long
 HEALTH_TIMEOUT_S = 2.0  # the page waits for this at most, once per HEALTH_TTL_S
 HEALTH_TTL_S = 5.0
-STATS_WINDOW_S = 5.0
 # History is trimmed by characters: the server tokenizes, and a round trip per turn to count
 # tokens is not worth it. 2 characters a token is safe for English (~4) and close for Chinese
 # (~1.5 with Baichuan2's vocabulary); a prompt that still does not fit gets the server's own 400.
@@ -63,7 +61,7 @@ class RemoteEngine:
         )
         self._lock = threading.Lock()
         self._running = 0
-        self._recent: deque[float] = deque()  # arrival times of streamed chunks, for aggregate tok/s
+        self._rate = TokenRate()  # streamed chunks, for aggregate tok/s
         self._health: tuple[float, str] = (0.0, "")
         self.model_name = model_name or self._served_model()
 
@@ -103,12 +101,11 @@ class RemoteEngine:
     def stats(self) -> dict[str, Any]:
         """This process's view (the server's queue is its own): streams open, recent tok/s."""
         with self._lock:
-            self._trim_recent(time.monotonic())
             return {
                 "running": self._running,
                 "prefilling": 0,
                 "waiting": 0,
-                "aggregate_tps": len(self._recent) / STATS_WINDOW_S,
+                "aggregate_tps": self._rate.per_second(time.monotonic()),
                 "alive": True,
             }
 
@@ -132,12 +129,8 @@ class RemoteEngine:
         now = time.monotonic()
         with self._lock:
             self._running += running
-            self._recent.extend([now] * chunks)
-            self._trim_recent(now)
-
-    def _trim_recent(self, now: float) -> None:
-        while self._recent and self._recent[0] < now - STATS_WINDOW_S:
-            self._recent.popleft()
+            if chunks:
+                self._rate.add(chunks, now)
 
 
 class RemoteRequest:
