@@ -34,18 +34,20 @@ TARGETS = {
 }
 
 
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+def proc_status_mib(field: str, pid: int | str = "self") -> float:
+    """A memory line of /proc/PID/status (VmRSS now, VmHWM the peak) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    return proc_status_mib("VmRSS", pid)
 
 
 def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return proc_status_mib("VmHWM")
 
 
 def raw_llamacpp_tps(prompt_text: str, tokens: int, threads: int) -> float:
