@@ -21,7 +21,7 @@ import streamlit as st
 from baichuan2 import Baichuan2, client_for
 from edgechat import export
 from edgechat.access import PASSWORD_ATTEMPTS_PER_MINUTE, RateLimiter, password_ok
-from edgechat.client import TurnStats
+from edgechat.client import MEASURED, TurnStats
 from edgechat.config import LANGS, SamplingParams, Settings, parse_settings
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
@@ -42,7 +42,6 @@ SAMPLING_RANGES: dict[str, tuple[float, float]] = {
     "repetition_penalty": (0.8, 2.0),
     "max_new_tokens": (1, 8192),
 }
-STATS_KEPT = ("prompt_tokens", "reused_tokens", "completion_tokens", "queue_wait_s", "first_token_s", "decode_tps")
 
 
 # ---- loading: settings every run (cheap), the runtime once per process ----
@@ -132,7 +131,7 @@ def answer_record(text: str, stats: TurnStats | None, stopped: bool = False) -> 
     if stopped:
         record["stopped"] = True
     if stats is not None and stats.completion_tokens:
-        record["stats"] = {k: getattr(stats, k) for k in STATS_KEPT}
+        record["stats"] = {k: getattr(stats, k) for k in MEASURED}
     if stats is not None and stats.trimmed_messages:
         record["trimmed"] = stats.trimmed_messages
     if stats is not None and stats.error:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # Tokens kept free for the answer when trimming history (fewer if max_new_tokens is smaller).
 MIN_ANSWER_ROOM = 64
 BLANK_INPUT_HINT = "Type a question first: empty input is ignored."
+# The per-turn figures measured below the client (scheduler or remote stream), kept in TurnStats.
+MEASURED = ("prompt_tokens", "reused_tokens", "completion_tokens", "queue_wait_s", "first_token_s", "decode_tps")
 
 
 @dataclass
@@ -165,13 +167,6 @@ class ChatClient:
 
     @staticmethod
     def _record(stats: TurnStats, measured: dict[str, Any]) -> None:
-        for key in (
-            "prompt_tokens",
-            "reused_tokens",
-            "completion_tokens",
-            "queue_wait_s",
-            "first_token_s",
-            "decode_tps",
-        ):
+        for key in MEASURED:
             setattr(stats, key, measured[key])
         stats.finish_reason = measured["finish_reason"] or "cancelled"
