@@ -74,6 +74,12 @@ class Server:
         Path(self.log.name).unlink(missing_ok=True)
 
 
+def save_screenshot(page, name: str) -> None:  # noqa: ANN001
+    """Refresh pics/NAME only when asked (EDGECHAT_SCREENSHOTS=1): a test run leaves the tree clean."""
+    if os.environ.get("EDGECHAT_SCREENSHOTS"):
+        page.screenshot(path=str(REPO / "pics" / name), full_page=True)
+
+
 def require_chromium() -> None:
     """Skip without Debian's chromium, except where CI says the browser tests must run."""
     if not CHROMIUM.exists():

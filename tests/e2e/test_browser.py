@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import REPO
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, save_screenshot
 
 QUESTIONS = {
     "alice": ("What is 2+2?", "4"),
@@ -52,7 +51,7 @@ def test_three_people_chat_at_once_and_see_only_their_own_history(browser, serve
     ask(page, "What is 3+3?")
     wait_answered(page, 2)
     assert len(messages(page)) == 4
-    page.screenshot(path=str(REPO / "pics" / "web_demo.png"), full_page=True)
+    save_screenshot(page, "web_demo.png")
     for context, _ in chats.values():
         context.close()
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, save_screenshot
 from tests.e2e.test_browser import ANSWER_TIMEOUT_MS, ask, messages, wait_answered
 
 PASSWORD = "room 42 only"
@@ -132,7 +131,7 @@ def test_language_switch(browser, gated: Server) -> None:  # noqa: ANN001
     ask(page, "What is the opposite of hot?")  # a short answer: the whole page fits the screenshot
     page.get_by_test_id("stChatMessage").filter(has_text="个 token").first.wait_for(timeout=ANSWER_TIMEOUT_MS)
     assert "cold" in messages(page)[1].lower() and page.get_by_role("button", name="重新生成").is_visible()
-    page.screenshot(path=str(REPO / "pics" / "web_demo_zh.png"), full_page=True)
+    save_screenshot(page, "web_demo_zh.png")
     page.get_by_text("English", exact=True).click()
     page.get_by_placeholder("Ask a question").wait_for(timeout=30_000)
     assert "tokens" in messages(page)[1]  # the same answer, its stats now in English
