@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+from playwright.async_api import async_playwright  # noqa: E402
 
 from bench.serve import rss_mib  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
@@ -107,8 +108,6 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
 
 
 async def run(sessions: int, turns: int, timeout_s: float, flags: list[str], stall_s: float = 90.0) -> dict:
-    from playwright.async_api import async_playwright
-
     server = Server(*flags)
     try:
         out: dict = {"completed_by": {}, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": [], "stage": {}}
