@@ -15,12 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from edgechat.client import BLANK_INPUT_HINT, ChatClient, TurnStats
+from edgechat.client import BLANK_INPUT_HINT, ChatClient
 from edgechat.config import Settings, parse_settings
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.scheduler import Scheduler
-from edgechat.templates import ChatTokenizer, Message
+from edgechat.templates import ChatTokenizer
+from edgechat.types import Message, TurnStats
 
 if TYPE_CHECKING:
     from edgechat.engines.remote import RemoteEngine  # imports openai (~1 s): only when used

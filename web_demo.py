@@ -21,13 +21,11 @@ import streamlit as st
 from baichuan2 import Baichuan2, client_for
 from edgechat import export
 from edgechat.access import PASSWORD_ATTEMPTS_PER_MINUTE, RateLimiter, password_ok
-from edgechat.client import MEASURED, TurnStats
-from edgechat.config import LANGS, SamplingParams, Settings, parse_settings
+from edgechat.config import LANGS, Settings, parse_settings
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.safe_markdown import safe_markdown
-from edgechat.scheduler import Event
-from edgechat.templates import Message
+from edgechat.types import Message, Queued, SamplingParams, TokenEvent, TurnStats
 from edgechat.ui_text import LANG_NAMES, stats_line, t
 
 STOPPED_MARK = " ⏹"
@@ -131,7 +129,7 @@ def answer_record(text: str, stats: TurnStats | None, stopped: bool = False) -> 
     if stopped:
         record["stopped"] = True
     if stats is not None and stats.completion_tokens:
-        record["stats"] = {k: getattr(stats, k) for k in MEASURED}
+        record["stats"] = stats.figures()
     if stats is not None and stats.trimmed_messages:
         record["trimmed"] = stats.trimmed_messages
     if stats is not None and stats.error:
@@ -406,10 +404,10 @@ def answer(client: Baichuan2, settings: Settings, lang: str) -> None:
 
         waiting = {"text": ""}
 
-        def on_event(event: Event) -> None:
+        def on_event(event: TokenEvent) -> None:
             """Queue position while waiting; every event (ticks too) is a Streamlit call, the
             point where a Stop click can interrupt a request that has not started yet."""
-            if event.kind == "queued":
+            if isinstance(event, Queued):
                 waiting["text"] = t(lang, "queued", position=event.position, eta=event.eta_s)
             if waiting["text"] and not ss.partial:
                 status.caption(waiting["text"])

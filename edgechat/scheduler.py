@@ -28,14 +28,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgechat.config import SamplingParams
 from edgechat.engines.base import Engine
 from edgechat.errors import RequestError
+from edgechat.types import (
+    Failed,
+    Finished,
+    FinishReason,
+    Queued,
+    RequestStats,
+    SamplingParams,
+    Tick,
+    Token,
+    TokenEvent,
+    TokenRate,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFILL_CHUNK = 256
-STATS_WINDOW_S = 5.0  # aggregate tok/s is measured over this many recent seconds
 
 
 class Status(enum.Enum):
@@ -43,58 +53,6 @@ class Status(enum.Enum):
     PREFILL = "prefill"
     RUNNING = "running"
     FINISHED = "finished"
-
-
-@dataclass(frozen=True)
-class Event:
-    """What a consumer sees: `token`, `queued` (position, eta_s), `tick` (every 0.5 s without
-    news), `done` (reason) or `error`."""
-
-    kind: str
-    token: int = -1
-    position: int = 0
-    eta_s: float = 0.0
-    reason: str = ""
-    message: str = ""
-
-
-@dataclass
-class RequestStats:
-    submitted_at: float = 0.0
-    started_at: float | None = None  # left the queue
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = ""
-
-    @property
-    def queue_wait_s(self) -> float:
-        return (self.started_at or self.finished_at or time.monotonic()) - self.submitted_at
-
-    @property
-    def first_token_s(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.submitted_at
-
-    @property
-    def decode_tps(self) -> float | None:
-        """Tokens per second after the first token (the seed's TPS definition)."""
-        if self.first_token_at is None or self.finished_at is None or self.completion_tokens < 2:
-            return None
-        span = self.finished_at - self.first_token_at
-        return (self.completion_tokens - 1) / span if span > 0 else None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "queue_wait_s": self.queue_wait_s,
-            "first_token_s": self.first_token_s,
-            "decode_tps": self.decode_tps,
-            "prompt_tokens": self.prompt_tokens,
-            "reused_tokens": self.reused_tokens,
-            "completion_tokens": self.completion_tokens,
-            "finish_reason": self.finish_reason,
-        }
 
 
 @dataclass(eq=False)
@@ -106,7 +64,7 @@ class _Request:
     stop_ids: frozenset[int]
     session: str | None
     deadline: float | None
-    events: queue.Queue[Event] = field(default_factory=queue.Queue)
+    events: queue.Queue[TokenEvent] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     stats: RequestStats = field(default_factory=RequestStats)
     status: Status = Status.WAITING
@@ -132,24 +90,24 @@ class RequestHandle:
         self._request.cancelled.set()
         self._scheduler._wake()
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[TokenEvent]:
         while True:
             try:
                 event = self._request.events.get(timeout=0.5)
             except queue.Empty:
                 if self._scheduler.failure is not None:
-                    yield Event("error", message=f"the engine stopped: {self._scheduler.failure}")
+                    yield Failed(f"the engine stopped: {self._scheduler.failure}")
                     return
-                yield Event("tick")  # nothing new: lets a waiting reader act (the page: Stop)
+                yield Tick()
                 continue
             yield event
-            if event.kind in ("done", "error"):
+            if isinstance(event, (Finished, Failed)):
                 return
 
 
 @dataclass
 class _Plan:
-    finish: list[tuple[_Request, str]] = field(default_factory=list)
+    finish: list[tuple[_Request, FinishReason]] = field(default_factory=list)
     decode: list[_Request] = field(default_factory=list)
     prefill: _Request | None = None
     prefill_tokens: list[int] = field(default_factory=list)
@@ -305,9 +263,9 @@ class Scheduler:
         now = time.monotonic()
         for request in [*self._waiting, *self._active]:
             if request.cancelled.is_set():
-                plan.finish.append((request, "cancelled"))
+                plan.finish.append((request, FinishReason.CANCELLED))
             elif request.deadline is not None and now > request.deadline:
-                plan.finish.append((request, "timeout"))
+                plan.finish.append((request, FinishReason.TIMEOUT))
         for request, reason in plan.finish:
             self._finish(request, reason)
         plan.finish.clear()
@@ -371,7 +329,7 @@ class Scheduler:
             if request.last_position != position:
                 request.last_position = position
                 rounds = math.ceil(position / max(1, self.max_running))
-                request.events.put(Event("queued", position=position, eta_s=rounds * self._service_s))
+                request.events.put(Queued(position, rounds * self._service_s))
 
     def _execute(self, plan: _Plan) -> _Outputs:
         out = _Outputs()
@@ -421,21 +379,21 @@ class Scheduler:
         if request.status is Status.FINISHED:
             return
         if token in request.stop_ids:
-            self._finish(request, "stop")
+            self._finish(request, FinishReason.STOP)
             return
         request.generated.append(token)
         request.stats.completion_tokens += 1
-        request.events.put(Event("token", token=token))
+        request.events.put(Token(token))
         if len(request.generated) >= request.max_new_tokens:
-            self._finish(request, "length")
+            self._finish(request, FinishReason.LENGTH)
 
     def _fail(self, request: _Request, message: str) -> None:
         self._counts["errors"] += 1
-        request.events.put(Event("error", message=message))
+        request.events.put(Failed(message))
         request.session = None  # its cache state is unknown: never reuse it
-        self._finish(request, "error", notify=False)
+        self._finish(request, FinishReason.ERROR, notify=False)
 
-    def _finish(self, request: _Request, reason: str, notify: bool = True) -> None:
+    def _finish(self, request: _Request, reason: FinishReason, notify: bool = True) -> None:
         if request.status is Status.FINISHED:
             return
         was_waiting = request.status is Status.WAITING
@@ -443,7 +401,7 @@ class Scheduler:
             self._waiting.remove(request)
         else:
             self._active.remove(request)
-            if request.session is not None and reason in ("stop", "length"):
+            if request.session is not None and reason.completed:
                 self._idle[request.session] = (request.seq, request.cached)
                 self._idle.move_to_end(request.session)
                 self._make_room(0)
@@ -453,14 +411,14 @@ class Scheduler:
         stats = request.stats
         stats.finished_at = time.monotonic()
         stats.finish_reason = reason
-        if reason == "cancelled":
+        if reason is FinishReason.CANCELLED:
             self._counts["cancelled"] += 1
-        elif reason != "error":
+        elif reason is not FinishReason.ERROR:
             self._counts["completed"] += 1
         if not was_waiting and stats.started_at is not None:
             self._service_s = 0.8 * self._service_s + 0.2 * (stats.finished_at - stats.started_at)
         if notify:
-            request.events.put(Event("done", reason=reason))
+            request.events.put(Finished(reason))
 
     def _shutdown(self) -> None:
         with self._cond:
@@ -468,32 +426,11 @@ class Scheduler:
             pending = [*self._waiting, *self._active]
         message = self.failure or "the server is shutting down"
         for request in pending:
-            request.events.put(Event("error", message=message))
+            request.events.put(Failed(message))
             request.status = Status.FINISHED
         for seq, _ in self._idle.values():
             self.engine.release(seq)
         self._idle.clear()
-
-
-class TokenRate:
-    """Tokens produced over the last few seconds: the panels' aggregate tok/s. Not thread-safe;
-    its owner holds its own lock."""
-
-    def __init__(self, window_s: float = STATS_WINDOW_S) -> None:
-        self._window_s = window_s
-        self._events: deque[tuple[float, int]] = deque()  # (time, tokens)
-
-    def add(self, tokens: int, now: float) -> None:
-        self._events.append((now, tokens))
-        self._trim(now)
-
-    def per_second(self, now: float) -> float:
-        self._trim(now)
-        return sum(n for _, n in self._events) / self._window_s
-
-    def _trim(self, now: float) -> None:
-        while self._events and now - self._events[0][0] > self._window_s:
-            self._events.popleft()
 
 
 def _describe(err: Exception) -> str:

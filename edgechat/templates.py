@@ -10,20 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Protocol, TypedDict
+from typing import Protocol
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from edgechat.errors import ConfigError
 from edgechat.tokenizers import IncrementalDetokenizer, Tokenizer, decode
-
-
-class Message(TypedDict):
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-
-ROLES = ("system", "user", "assistant")
+from edgechat.types import ROLES, Message
 
 
 class ChatTemplate(Protocol):
@@ -141,3 +135,29 @@ class ChatTokenizer:
 
     def decode(self, ids: Sequence[int], special: bool = False) -> str:
         return decode(self.tokenizer, ids, special)
+
+
+def template_for_gguf(metadata: dict[str, str], tokenizer: Tokenizer) -> ChatTemplate:
+    """Baichuan GGUFs get the Baichuan2 format (their GGUF carries no usable template);
+    others use the jinja template the GGUF carries."""
+    arch = metadata.get("general.architecture", "")
+    if arch.startswith("baichuan"):
+        return Baichuan2ChatTemplate(tokenizer)
+    source = metadata.get("tokenizer.chat_template")
+    if not source:
+        raise ConfigError(
+            "the GGUF carries no tokenizer.chat_template and is not a Baichuan model: "
+            "use a chat/instruct GGUF converted with its template"
+        )
+    return JinjaChatTemplate(
+        source,
+        tokenizer,
+        bos_token=_token_text(tokenizer, tokenizer.bos_id),
+        eos_token=_token_text(tokenizer, tokenizer.eos_id),
+    )
+
+
+def _token_text(tokenizer: Tokenizer, token: int | None) -> str:
+    if token is None or token < 0:
+        return ""
+    return tokenizer.token_bytes(token, special=True).decode("utf-8", "replace")

@@ -13,8 +13,9 @@ SHARED = REPO.parent / "shared"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edgechat.config import SamplingParams, parse_settings  # noqa: E402
+from edgechat.config import parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
+from edgechat.types import SamplingParams  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=48)
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from baichuan2 import client_for
-from edgechat.config import SamplingParams, parse_settings
+from edgechat.config import parse_settings
 from edgechat.runtime import load_runtime
+from edgechat.types import SamplingParams
 
 N_EMBD, N_HEAD, N_FF, N_CTX = 32, 4, 64, 256
 

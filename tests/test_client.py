@@ -5,7 +5,7 @@ from dataclasses import replace
 from baichuan2 import Baichuan2
 from edgechat.client import BLANK_INPUT_HINT
 from edgechat.runtime import Runtime
-from edgechat.templates import Message
+from edgechat.types import FinishReason, Message
 from tests.conftest import GREEDY
 
 
@@ -69,4 +69,4 @@ def test_system_prompt_reaches_the_model(runtime: Runtime) -> None:
 def test_max_new_tokens_bounds_the_answer(runtime: Runtime) -> None:
     c = client(runtime)
     text = "".join(c.chat_stream("Write a long story about a dragon.", [], sampling=replace(GREEDY, max_new_tokens=5)))
-    assert text and c.last_stats.completion_tokens == 5 and c.last_stats.finish_reason == "length"
+    assert text and c.last_stats.completion_tokens == 5 and c.last_stats.finish_reason is FinishReason.LENGTH

@@ -14,7 +14,7 @@ from edgechat.engines.llamacpp import LlamaCppEngine
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
 from edgechat.scheduler import Scheduler
-from edgechat.templates import Message
+from edgechat.types import Failed, Message, Token
 from tests.conftest import GREEDY
 
 NO_STOP: frozenset[int] = frozenset()
@@ -55,9 +55,9 @@ def prompt(runtime: Runtime, question: str) -> list[int]:
 def collect(handle) -> tuple[list[int], list[str]]:  # noqa: ANN001
     tokens, errors = [], []
     for event in handle:
-        if event.kind == "token":
-            tokens.append(event.token)
-        elif event.kind == "error":
+        if isinstance(event, Token):
+            tokens.append(event.id)
+        elif isinstance(event, Failed):
             errors.append(event.message)
     return tokens, errors
 

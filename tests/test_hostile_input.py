@@ -7,7 +7,7 @@ import pytest
 from baichuan2 import Baichuan2
 from edgechat.client import BLANK_INPUT_HINT
 from edgechat.runtime import Runtime
-from edgechat.templates import Message
+from edgechat.types import Message
 from tests.conftest import GREEDY
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from baichuan2 import Baichuan2
-from edgechat.config import SamplingParams, Settings, default_model_path
+from edgechat.config import Settings, default_model_path
 from edgechat.engines.remote import RemoteEngine, trim_history
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
-from edgechat.templates import Message
+from edgechat.types import FinishReason, Message, SamplingParams
 from tests.conftest import REPO
 
 KEY = "edgechat-test-key"
@@ -182,7 +182,7 @@ def test_cancel_closes_the_http_stream(rt: Runtime, server: Server) -> None:
     pieces = list(itertools.islice(stream, 5))
     stream.close()  # what Stop or a closed tab does to the page's generator
     assert len(pieces) == 5, (pieces, client.last_stats)
-    assert "".join(pieces).strip() and client.last_stats.finish_reason == "cancelled"
+    assert "".join(pieces).strip() and client.last_stats.finish_reason is FinishReason.CANCELLED
     assert client.last_stats.completion_tokens == 5
     # The server itself reports the client gone and stops generating for it.
     deadline = time.monotonic() + 15

@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 
 from edgechat.client import ChatClient
-from edgechat.config import SamplingParams, parse_settings
+from edgechat.config import parse_settings
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
-from edgechat.scheduler import Event
-from edgechat.templates import Message
+from edgechat.types import Message, SamplingParams, Token, TokenEvent
 from tests.baichuan_tokenizer_model import REPO, SHARED_MODEL, train_tokenizer
 
 EMULATOR = REPO / "tests" / "sail_emulator"
@@ -153,10 +152,10 @@ class _Recorded:
     def cancel(self) -> None:
         self._handle.cancel()
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[TokenEvent]:
         for event in self._handle:
-            if event.kind == "token":
-                self._sink.append(event.token)
+            if isinstance(event, Token):
+                self._sink.append(event.id)
             yield event
 
 

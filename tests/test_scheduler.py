@@ -12,8 +12,8 @@ import pytest
 
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
-from edgechat.scheduler import Event, Scheduler
-from edgechat.templates import Message
+from edgechat.scheduler import Scheduler
+from edgechat.types import FinishReason, Message, Queued, Tick, Token, TokenEvent
 from tests.conftest import GREEDY
 
 QUESTIONS = ["What is 2+2?", "What color is the sky on a clear day?", "Name a fruit that is yellow."]
@@ -24,12 +24,12 @@ def prompt(runtime: Runtime, question: str, history: list[Message] | None = None
 
 
 def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], session: str | None = None) -> list[int]:
-    return [e.token for e in scheduler.submit(ids, GREEDY, stop, session=session) if e.kind == "token"]
+    return [e.id for e in scheduler.submit(ids, GREEDY, stop, session=session) if isinstance(e, Token)]
 
 
-def news(handle) -> Iterator[Event]:  # noqa: ANN001
+def news(handle) -> Iterator[TokenEvent]:  # noqa: ANN001
     """A handle's events without the idle ticks."""
-    return (e for e in handle if e.kind != "tick")
+    return (e for e in handle if not isinstance(e, Tick))
 
 
 def wait_for(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
@@ -65,11 +65,11 @@ def test_cancel_frees_the_sequence_within_a_step(runtime: Runtime) -> None:
         prompt(runtime, "Tell me a very long story."), replace(GREEDY, max_new_tokens=400), frozenset()
     )
     events = news(handle)
-    assert next(events).kind == "token"
+    assert isinstance(next(events), Token)
     assert sched.stats()["sequences_in_use"] == before + 1
     handle.cancel()
     assert wait_for(lambda: sched.stats()["sequences_in_use"] == before)
-    assert handle.stats.finish_reason == "cancelled" and handle.stats.completion_tokens < 400
+    assert handle.stats.finish_reason is FinishReason.CANCELLED and handle.stats.completion_tokens < 400
 
 
 def test_closing_the_stream_cancels(runtime: Runtime) -> None:
@@ -91,13 +91,13 @@ def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runti
     history = [Message(role="user", content="What is 2+2?"), Message(role="assistant", content=chat.decode(answer))]
     second = prompt(runtime, "And 3+3?", history)
     handle = sched.submit(second, GREEDY, stop, session="reuse-test")
-    reused_tokens = [e.token for e in handle if e.kind == "token"]
+    reused_tokens = [e.id for e in handle if isinstance(e, Token)]
     assert handle.stats.reused_tokens >= len(first)
     fresh = run(sched, second, stop)  # no session: full prefill
     assert reused_tokens == fresh
     sched.forget_session("reuse-test")  # New chat: the next request starts from scratch
     handle = sched.submit(second, GREEDY, stop, session="reuse-test")
-    assert [e.token for e in handle if e.kind == "token"] == fresh and handle.stats.reused_tokens == 0
+    assert [e.id for e in handle if isinstance(e, Token)] == fresh and handle.stats.reused_tokens == 0
 
 
 def test_queue_cap_refuses_with_a_clear_message(runtime: Runtime) -> None:
@@ -110,11 +110,11 @@ def test_queue_cap_refuses_with_a_clear_message(runtime: Runtime) -> None:
         second = small.submit(ids, long, stop)  # waits: max_running=1
         events = news(second)
         queued = next(events)
-        assert queued.kind == "queued" and queued.position == 1 and queued.eta_s > 0
+        assert isinstance(queued, Queued) and queued.position == 1 and queued.eta_s > 0
         with pytest.raises(RequestError, match="busy"):
             small.submit(ids, long, stop)
         first.cancel()
-        assert any(e.kind == "token" for e in events)  # the waiting one runs once a slot frees
+        assert any(isinstance(e, Token) for e in events)  # the waiting one runs once a slot frees
         second.cancel()
     finally:
         small.close()

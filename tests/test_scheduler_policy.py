@@ -14,7 +14,7 @@ import pytest
 from edgechat.engines.llamacpp import LlamaCppEngine
 from edgechat.runtime import Runtime
 from edgechat.scheduler import Scheduler
-from edgechat.templates import Message
+from edgechat.types import Finished, FinishReason, Message, Token
 from tests.conftest import GREEDY
 
 NO_STOP: frozenset[int] = frozenset()
@@ -35,7 +35,7 @@ def ids(runtime: Runtime, question: str, history: list[Message] | None = None) -
 
 
 def tokens(handle) -> list[int]:  # noqa: ANN001
-    return [e.token for e in handle if e.kind == "token"]
+    return [e.id for e in handle if isinstance(e, Token)]
 
 
 def test_waiting_requests_start_in_arrival_order(runtime: Runtime, small: Scheduler) -> None:
@@ -47,7 +47,7 @@ def test_waiting_requests_start_in_arrival_order(runtime: Runtime, small: Schedu
 
     def consume(i: int) -> None:
         for event in handles[i]:
-            if event.kind == "token":
+            if isinstance(event, Token):
                 with lock:
                     if i not in started:
                         started.append(i)
@@ -104,7 +104,9 @@ def test_running_session_keeps_streaming_while_a_long_prompt_prefills(runtime: R
     try:
         runner = sched.submit(ids(runtime, "Tell me a story."), replace(GREEDY, max_new_tokens=600), NO_STOP)
         arrivals: list[float] = []
-        reader = threading.Thread(target=lambda: arrivals.extend(time.monotonic() for e in runner if e.kind == "token"))
+        reader = threading.Thread(
+            target=lambda: arrivals.extend(time.monotonic() for e in runner if isinstance(e, Token))
+        )
         reader.start()
         while not arrivals:
             time.sleep(0.01)
@@ -112,7 +114,7 @@ def test_running_session_keeps_streaming_while_a_long_prompt_prefills(runtime: R
         assert len(long_prompt) > 8 * 32
         submitted = time.monotonic()
         newcomer = sched.submit(long_prompt, replace(GREEDY, max_new_tokens=1), NO_STOP)
-        assert any(e.kind == "token" for e in newcomer)
+        assert any(isinstance(e, Token) for e in newcomer)
         answered = time.monotonic()
         runner.cancel()
         reader.join(30)
@@ -129,7 +131,7 @@ def test_request_timeout_stops_and_frees(runtime: Runtime) -> None:
     try:
         handle = sched.submit(ids(runtime, "Tell me a story."), replace(GREEDY, max_new_tokens=1000), NO_STOP)
         events = list(handle)
-        assert events[-1].kind == "done" and events[-1].reason == "timeout"
+        assert events[-1] == Finished(FinishReason.TIMEOUT)
         assert 0 < handle.stats.completion_tokens < 1000
         assert sched.stats()["sequences_in_use"] == 0
     finally:

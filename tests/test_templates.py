@@ -1,7 +1,8 @@
 """Prompts built from the GGUF's own template; user text never becomes a control token."""
 
 from edgechat.runtime import Runtime
-from edgechat.templates import Baichuan2ChatTemplate, Message
+from edgechat.templates import Baichuan2ChatTemplate
+from edgechat.types import Message
 
 SMOL_DEFAULT_SYSTEM = (
     "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from edgechat.client import TurnStats
+from edgechat.types import TurnStats
 from edgechat.ui_text import LANG_NAMES, TEXT, stats_line, t
 
 

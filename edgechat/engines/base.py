@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from edgechat.config import SamplingParams
+from edgechat.types import SamplingParams
 
 
 class Engine(Protocol):

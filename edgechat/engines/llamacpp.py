@@ -17,10 +17,8 @@ from typing import Any
 
 import llama_cpp as lc
 
-from edgechat.config import SamplingParams
 from edgechat.errors import ConfigError
-from edgechat.templates import Baichuan2ChatTemplate, ChatTemplate, JinjaChatTemplate
-from edgechat.tokenizers import Tokenizer
+from edgechat.types import SamplingParams
 
 GGUF_MAGIC = b"GGUF"
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
@@ -261,29 +259,3 @@ def _read_metadata(model: Any) -> dict[str, str]:
         lc.llama_model_meta_val_str_by_index(model, i, val_buf, len(val_buf))
         out[key_buf.value.decode("utf-8", "replace")] = val_buf.value.decode("utf-8", "replace")
     return out
-
-
-def chat_template_for(metadata: dict[str, str], tokenizer: Tokenizer) -> ChatTemplate:
-    """Baichuan GGUFs get the Baichuan2 format (their GGUF carries no usable template);
-    others use the jinja template the GGUF carries."""
-    arch = metadata.get("general.architecture", "")
-    if arch.startswith("baichuan"):
-        return Baichuan2ChatTemplate(tokenizer)
-    source = metadata.get("tokenizer.chat_template")
-    if not source:
-        raise ConfigError(
-            "the GGUF carries no tokenizer.chat_template and is not a Baichuan model: "
-            "use a chat/instruct GGUF converted with its template"
-        )
-    return JinjaChatTemplate(
-        source,
-        tokenizer,
-        bos_token=_token_text(tokenizer, tokenizer.bos_id),
-        eos_token=_token_text(tokenizer, tokenizer.eos_id),
-    )
-
-
-def _token_text(tokenizer: Tokenizer, token: int | None) -> str:
-    if token is None or token < 0:
-        return ""
-    return tokenizer.token_bytes(token, special=True).decode("utf-8", "replace")

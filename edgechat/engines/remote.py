@@ -18,10 +18,8 @@ from typing import Any
 import httpx2
 import openai
 
-from edgechat.config import SamplingParams, Settings
 from edgechat.errors import ConfigError
-from edgechat.scheduler import RequestStats, TokenRate
-from edgechat.templates import Message
+from edgechat.types import FinishReason, Message, RequestStats, SamplingParams, TokenRate
 
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 300.0  # a busy vLLM may hold a request in its queue this long
@@ -185,17 +183,17 @@ class RemoteRequest:
                     engine._count(chunks=1)
                     yield text
                 if choice.finish_reason:
-                    stats.finish_reason = "stop" if choice.finish_reason == "stop" else choice.finish_reason
+                    stats.finish_reason = FinishReason.LENGTH if choice.finish_reason == "length" else FinishReason.STOP
                 if deadline is not None and time.monotonic() > deadline:
                     self.error = f"stopped after {engine.request_timeout:g} s (--request-timeout)"
-                    stats.finish_reason = "timeout"
+                    stats.finish_reason = FinishReason.TIMEOUT
                     return
             if not stats.finish_reason:  # llama.cpp fails a too-long prompt this way, after the 200
                 self.error = "the model server ended the answer without finishing it (a prompt too long?); try again"
-                stats.finish_reason = "error"
+                stats.finish_reason = FinishReason.ERROR
         except (openai.APIError, httpx2.HTTPError) as err:
             self.error = describe_error(err, engine.base_url, engine.model_name, midway=chunks > 0)
-            stats.finish_reason = "error"
+            stats.finish_reason = FinishReason.ERROR
         finally:
             if stream is not None:
                 stream.close()  # Stop / closed tab: the server sees the disconnect and stops
@@ -261,14 +259,3 @@ def _server_message(err: openai.APIStatusError, limit: int = 200) -> str:
     text = (body.get("message") or body.get("detail")) if isinstance(body, dict) else body
     text = str(text or err.message).replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def load_remote(settings: Settings) -> RemoteEngine:
-    assert settings.base_url is not None  # config checks --backend openai has one
-    return RemoteEngine(
-        settings.base_url,
-        api_key=settings.api_key,
-        model_name=settings.model_name,
-        context_length=settings.context_length,
-        request_timeout=settings.request_timeout,
-    )

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from edgechat.config import SamplingParams, Settings
 from edgechat.errors import ConfigError
 from edgechat.tokenizers.baichuan import BaichuanTokenizer
+from edgechat.types import SamplingParams
 
 MASKED = -1000.0
 INSTALL_HINT = (
@@ -69,19 +69,21 @@ class _Slot:
     busy: bool = False
 
 
-def load_sail(settings: Settings) -> tuple[Any, SailEngine, BaichuanTokenizer]:
+def load_sail(
+    bmodel: Path | None, token_dir: Path, dev_ids: Sequence[int], max_sequences: int
+) -> tuple[Any, SailEngine, BaichuanTokenizer]:
     """The shared (handle, engine, tokenizer) for `--bmodel`; each bad input is one ConfigError."""
-    bmodel = _check_bmodel(settings.bmodel)
-    tokenizer = BaichuanTokenizer(settings.token)
+    bmodel = _check_bmodel(bmodel)
+    tokenizer = BaichuanTokenizer(token_dir)
     tokenizer.check_chat_ids()
     sail = _import_sail()
-    _check_dev_ids(sail, settings.dev_ids)
-    handle = sail.Handle(settings.dev_ids[0])
+    _check_dev_ids(sail, dev_ids)
+    handle = sail.Handle(dev_ids[0])
     try:
-        net = sail.EngineLLM(str(bmodel), list(settings.dev_ids))
+        net = sail.EngineLLM(str(bmodel), list(dev_ids))
     except Exception as err:  # sail's own error classes differ between versions
-        raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(settings.dev_ids)}: {err}") from None
-    engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, settings.max_sessions, settings.dev_ids)
+        raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {err}") from None
+    engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, max_sequences, dev_ids)
     return handle, engine, tokenizer
 
 

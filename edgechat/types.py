@@ -1,0 +1,228 @@
+"""Plain types every layer shares: sampling, finish reasons, request stats, stream events.
+
+This module imports nothing of edgechat's, so anything may import it (the layer test checks).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+STATS_WINDOW_S = 5.0  # aggregate tok/s is measured over this many recent seconds
+
+
+class Message(TypedDict):
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; travels inside the request so sessions never share it."""
+
+    temperature: float = 0.2  # SmolLM2 model card: temperature 0.2, top_p 0.9
+    top_p: float = 0.9
+    top_k: int = 40
+    repetition_penalty: float = 1.0  # off, as llama.cpp and transformers default; 1.1 derails small models
+    frequency_penalty: float = 0.0  # OpenAI's names; llama.cpp's penalties sampler applies them
+    presence_penalty: float = 0.0
+    max_new_tokens: int = 512
+    seed: int = 42
+    stop: tuple[str, ...] = ()  # text that ends the answer (not included), as OpenAI's `stop`
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+class FinishReason(str, enum.Enum):
+    """Why an answer ended; the values are what the OpenAI API and the exports write."""
+
+    STOP = "stop"  # the model's end-of-turn or a stop string
+    LENGTH = "length"  # max new tokens, or the context is full
+    CANCELLED = "cancelled"  # Stop, a closed tab, a client that hung up
+    TIMEOUT = "timeout"  # --request-timeout
+    ERROR = "error"
+
+    @property
+    def completed(self) -> bool:
+        """The answer ran to its natural end: its cache is worth keeping for the next turn."""
+        return self in (FinishReason.STOP, FinishReason.LENGTH)
+
+
+@dataclass
+class RequestStats:
+    """Times and counts of one request, measured where it is served (scheduler or remote stream)."""
+
+    submitted_at: float = 0.0
+    started_at: float | None = None  # left the queue
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason | None = None
+
+    @property
+    def queue_wait_s(self) -> float:
+        return (self.started_at or self.finished_at or time.monotonic()) - self.submitted_at
+
+    @property
+    def first_token_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.submitted_at
+
+    @property
+    def decode_tps(self) -> float | None:
+        """Tokens per second after the first token (the seed's TPS definition)."""
+        if self.first_token_at is None or self.finished_at is None or self.completion_tokens < 2:
+            return None
+        span = self.finished_at - self.first_token_at
+        return (self.completion_tokens - 1) / span if span > 0 else None
+
+
+@dataclass
+class TurnStats:
+    """What a person sees under an answer; None where not measured (no token produced)."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    completion_tokens: int = 0
+    queue_wait_s: float = 0.0
+    first_token_s: float | None = None
+    decode_tps: float | None = None
+    trimmed_messages: int = 0
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    notice: str | None = None  # why the question was not answered (blank, too long, busy)
+
+    @classmethod
+    def measured(cls, stats: RequestStats, trimmed_messages: int = 0, error: str | None = None) -> TurnStats:
+        return cls(
+            prompt_tokens=stats.prompt_tokens,
+            reused_tokens=stats.reused_tokens,
+            completion_tokens=stats.completion_tokens,
+            queue_wait_s=stats.queue_wait_s,
+            first_token_s=stats.first_token_s,
+            decode_tps=stats.decode_tps,
+            trimmed_messages=trimmed_messages,
+            finish_reason=stats.finish_reason or FinishReason.CANCELLED,
+            error=error,
+        )
+
+    def figures(self) -> dict[str, Any]:
+        """The measured figures kept with an answer (history, exports, the saved chat)."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "reused_tokens": self.reused_tokens,
+            "completion_tokens": self.completion_tokens,
+            "queue_wait_s": self.queue_wait_s,
+            "first_token_s": self.first_token_s,
+            "decode_tps": self.decode_tps,
+            "finish_reason": None if self.finish_reason is None else self.finish_reason.value,
+        }
+
+    def summary(self) -> str:
+        parts = []
+        if self.first_token_s is not None:
+            parts.append(f"first token {self.first_token_s:.2f} s")
+        if self.decode_tps is not None:
+            parts.append(f"{self.decode_tps:.1f} tok/s")
+        parts.append(f"{self.completion_tokens} tokens")
+        if self.queue_wait_s >= 0.05:
+            parts.append(f"queued {self.queue_wait_s:.1f} s")
+        return " · ".join(parts)
+
+
+# ---- what a chat stream yields (backends and the client): text, notices, errors, the end ----
+
+
+@dataclass(frozen=True)
+class Text:
+    """A piece of the answer, whole UTF-8 characters."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits for a free sequence: its place in the queue and a rough wait."""
+
+    position: int
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    """The oldest messages were left out so the conversation fits the context."""
+
+    messages: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request could not be served or broke off; any text already streamed stands."""
+
+    message: str
+    refused: bool = False  # nothing was generated: too long for the context, busy, bad input
+
+
+@dataclass(frozen=True)
+class Done:
+    """The last event of every stream: how it ended and its figures."""
+
+    stats: TurnStats
+
+
+ChatEvent = Text | Queued | Trimmed | Failed | Done
+
+
+# ---- what the scheduler streams for one token-level request ----
+
+
+@dataclass(frozen=True)
+class Token:
+    """The next token of the answer."""
+
+    id: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Nothing new for a while: lets a waiting reader act (check for Stop, redraw)."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The request ended; no event follows."""
+
+    reason: FinishReason
+
+
+TokenEvent = Token | Queued | Tick | Finished | Failed
+
+
+class TokenRate:
+    """Tokens produced over the last few seconds: the panels' aggregate tok/s. Not thread-safe;
+    its owner holds its own lock."""
+
+    def __init__(self, window_s: float = STATS_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._events: deque[tuple[float, int]] = deque()  # (time, tokens)
+
+    def add(self, tokens: int, now: float) -> None:
+        self._events.append((now, tokens))
+        self._trim(now)
+
+    def per_second(self, now: float) -> float:
+        self._trim(now)
+        return sum(n for _, n in self._events) / self._window_s
+
+    def _trim(self, now: float) -> None:
+        while self._events and now - self._events[0][0] > self._window_s:
+            self._events.popleft()
