@@ -56,7 +56,7 @@ _ORDERED = re.compile(r"\d{1,9}[.)]")
 _MATH_UNSAFE = re.compile(r"[$`]|!\[|\]\(|\]:|\]\[|\n\s*\n|\\(href|url|includegraphics|html[A-Za-z]*)\b")
 _MATH_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # "a<b": `\lt` to KaTeX, never the start of a tag
 _TASK = re.compile(r"\\\[([ xX])\\\] ")
-_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#@]*@")
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@")  # up to the LAST "@": p@ss too
 
 
 @lru_cache(maxsize=256)  # the page redraws the whole history on every rerun: ~2.5 ms a KB each
@@ -64,8 +64,8 @@ def safe_markdown(text: str) -> str:
     """Markdown for `st.markdown`: same look, but no image, raw HTML or non-web link survives."""
     try:
         return "\n".join(_blocks(SyntaxTreeNode(_MD.parse(text)).children, tight=False))
-    except Exception:  # noqa: BLE001 — a parser bug must not let the raw text through
-        return "\\\n".join(_escape(line, at_start=True) for line in text.splitlines())
+    except Exception:  # a parser bug must not let the raw text through
+        return "\n".join(_text_lines(text))
 
 
 def plain_text(value: object, *, max_chars: int = 300) -> str:
@@ -136,7 +136,7 @@ def _block(node: SyntaxTreeNode) -> list[str]:
 
 def _text_lines(raw: str) -> list[str]:
     """Raw text (an HTML block, rejected math) as escaped paragraphs keeping its line breaks."""
-    paragraphs = [p for p in re.split(r"\n\s*\n", raw.strip()) if p.strip()]
+    paragraphs = [p for p in re.split(r"\n\s*\n", re.sub(r"\r\n?", "\n", raw).strip()) if p.strip()]
     out: list[str] = []
     for p in paragraphs:
         lines = [_escape(line.strip(), at_start=True) for line in p.split("\n") if line.strip()]

@@ -175,12 +175,14 @@ def test_plain_text_shows_server_strings_as_one_inert_line() -> None:
     assert plain_text("Error from http://bob:hunter2@10.0.0.5:8000/v1: refused") == (
         "Error from http://10.0.0.5:8000/v1: refused"
     )
+    assert plain_text("http://u:p@ss@h.lan/v1 and https://key@h.lan/") == "http://h.lan/v1 and https://h.lan/"
     assert plain_text("x" * 500, max_chars=10) == "xxxxxxxxx…"
     assert plain_text("a\x1b[31mred\x00") == "a \\[31mred"
 
 
 def test_display_url_hides_credentials_and_query() -> None:
     assert display_url("http://user:pa%40ss@host.lan:8000/v1") == "http://host.lan:8000/v1"
+    assert display_url("http://user:p@ss@host.lan/v1") == "http://host.lan/v1"
     assert display_url("https://h.example/v1?api_key=SECRET#frag") == "https://h.example/v1"
     assert display_url("http://[::1]:8080/v1") == "http://[::1]:8080/v1"
     assert display_url("http://h.example/v1") == "http://h.example/v1"
