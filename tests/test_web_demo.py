@@ -202,7 +202,7 @@ def test_model_output_is_markdown_never_html() -> None:
     at.run()
     shown = at.chat_message[1].markdown[0]
     assert not shown.allow_html
-    assert shown.value == "<b>bold?</b> $x^2$ [image: pixel](http://tracker.example/p.png)"
+    assert shown.value == "\\<b>bold?\\</b> $x^2$ [image: pixel](<http://tracker.example/p.png>)"
 
 
 def test_export_buttons_appear_once_there_is_a_chat() -> None:
