@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edgechat.owner import Owner
-from edgechat.store_db import Database, Migration, StoreUnavailable, open_database
+from edgechat.store_db import Database, Migration, open_database
+from edgechat.store_db import StoreUnavailable as StoreUnavailable  # re-exported: the page catches it
 
 DB_NAME = "history.sqlite3"
 TITLE_MAX = 80  # characters: one sidebar line
@@ -36,6 +37,7 @@ IMPORT_MESSAGES_MAX = 10_000
 UNDO_S = 600.0  # a deleted chat can be restored for this long, then it is purged
 LIST_MAX = 200
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{16}")  # secrets.token_urlsafe(12)
+_NOT_FOUND = "no such chat"  # the id is not repeated: it may be any text from a URL
 
 
 def _v1(conn: sqlite3.Connection) -> None:
@@ -265,17 +267,19 @@ class Store:
         error: str | None = None,
     ) -> None:
         """Save a streaming answer's text so far (call it at least once a second), and once with
-        `final=True` and its flags and stats. One UPDATE of one row: it rewrites that message's
-        text, so its cost grows with the answer's length, not with the chat's."""
+        `final=True` and its flags and stats. A partial save marks the answer interrupted until
+        the final one, so Continue on a stopped answer that then crashes shows as interrupted.
+        One UPDATE of one row: it rewrites that message's text, so its cost grows with the
+        answer's length, not with the chat's."""
         _check_text(content, CONTENT_MAX, "content")
         if final:
             _check_text(error or "", ERROR_MAX, "error")
             sets = "content = ?, updated = ?, interrupted = 0, stopped = ?, stats = ?, trimmed = ?, error = ?"
             values: tuple[Any, ...] = (content, self.clock(), int(stopped), _stats(stats), int(trimmed), error)
         else:
-            sets, values = "content = ?, updated = ?", (content, self.clock())
+            sets, values = "content = ?, updated = ?, interrupted = 1", (content, self.clock())
         if not _is_id(chat_id):
-            raise ChatNotFound(chat_id)
+            raise ChatNotFound(_NOT_FOUND)
         with self._tx() as conn:
             cur = conn.execute(
                 f"UPDATE messages SET {sets} WHERE conversation_id = ? AND position = ? AND EXISTS"
@@ -283,7 +287,7 @@ class Store:
                 (*values, chat_id, position, chat_id, _key(owner)),
             )
             if cur.rowcount != 1:
-                raise ChatNotFound(chat_id)
+                raise ChatNotFound(_NOT_FOUND)
 
     def replace_tail(self, owner: Owner, chat_id: str, keep: int, messages: Sequence[Mapping[str, Any]] = ()) -> None:
         """Delete the messages at positions >= `keep`, then append `messages` (regenerate, edit)."""
@@ -309,7 +313,7 @@ class Store:
                 (chat_id, _key(owner)),
             ).fetchone()
         if row is None:
-            raise ChatNotFound(chat_id)
+            raise ChatNotFound(_NOT_FOUND)
         return row[0]
 
     def _append(
@@ -445,18 +449,3 @@ def _message(row: tuple[Any, ...]) -> dict[str, Any]:
     if error:
         m["error"] = error
     return m
-
-
-__all__ = [
-    "CONTENT_MAX",
-    "DB_NAME",
-    "TITLE_MAX",
-    "UNDO_S",
-    "Chat",
-    "ChatNotFound",
-    "ChatSummary",
-    "Store",
-    "StoreUnavailable",
-    "default_data_dir",
-    "open_store",
-]

@@ -129,6 +129,15 @@ def test_a_stopped_or_failed_answer_keeps_its_flags(store: Store) -> None:
         {"role": "assistant", "content": "Once upon", "stopped": True},
         {"role": "assistant", "content": "", "error": "the model failed"},
     ]
+    store.update_message(me, chat, 1, "Once upon a time")  # Continue the stopped answer...
+    assert store.get(me, chat).messages[1] == {
+        "role": "assistant",
+        "content": "Once upon a time",
+        "stopped": True,
+        "interrupted": True,  # ...a crash now leaves it marked as cut off
+    }
+    store.update_message(me, chat, 1, "Once upon a time, the end.", final=True)
+    assert store.get(me, chat).messages[1] == {"role": "assistant", "content": "Once upon a time, the end."}
 
 
 def test_nobody_reaches_another_owners_chats_and_a_foreign_id_reads_as_missing(store: Store, clock: Clock) -> None:
@@ -445,11 +454,15 @@ def test_a_damaged_database_is_found_at_open(db: Path) -> None:
     assert "damaged" in _reason_of(exc)
 
 
-def test_a_directory_that_cannot_be_made(tmp_path: Path) -> None:
+def test_a_directory_that_cannot_be_made_or_a_directory_in_the_files_place(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(StoreUnavailable) as exc:
         open_store(tmp_path / "file" / "edgechat" / DB_NAME)
     assert "cannot create" in _reason_of(exc)
+    (tmp_path / DB_NAME).mkdir()
+    with pytest.raises(StoreUnavailable) as exc:
+        open_store(tmp_path / DB_NAME)
+    assert _reason_of(exc) == f"{tmp_path / DB_NAME}: unable to open database file"
 
 
 def _without_file_permission_override() -> None:
