@@ -113,15 +113,18 @@ class OwnerCookieMiddleware:
     "no cookie" there does not mean "new browser", and setting one would replace the person's
     token and lose their chats. The page's own same-origin requests that follow (scripts,
     `_stcore/health`, `_stcore/host-config`) set it for a browser that really has none, before the
-    websocket opens. Websocket scopes pass through untouched.
+    websocket opens. Websocket scopes pass through untouched. (Browsers too old to send
+    Sec-Fetch-Site, e.g. Safari before 16.4, still get a new token after such a link.)
     """
 
-    def __init__(self, app: Any, *, max_age_s: int = COOKIE_MAX_AGE_S) -> None:
+    def __init__(self, app: Any, *, max_age_s: int = COOKIE_MAX_AGE_S, skip_prefixes: tuple[str, ...] = ()) -> None:
+        """`skip_prefixes`: paths that programs call, not browsers (`/v1/`, `/metrics`): no cookie."""
         self.app = app
         self.max_age_s = max_age_s
+        self.skip_prefixes = skip_prefixes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not _wants_cookie(scope):
+        if scope["type"] != "http" or scope.get("path", "").startswith(self.skip_prefixes) or not _wants_cookie(scope):
             await self.app(scope, receive, send)
             return
         header = set_cookie_header(new_owner_token(), secure=scope.get("scheme") == "https", max_age_s=self.max_age_s)

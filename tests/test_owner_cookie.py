@@ -25,7 +25,9 @@ async def _page(scope, receive, send) -> None:  # noqa: ANN001
     await send({"type": "http.response.body", "body": b"page"})
 
 
-def set_cookies(scheme: str = "http", headers: list[tuple[bytes, bytes]] | None = None) -> list[str]:
+def set_cookies(
+    scheme: str = "http", headers: list[tuple[bytes, bytes]] | None = None, path: str = "/", **options: object
+) -> list[str]:
     """The Set-Cookie headers the middleware adds to one response."""
     sent: list[dict] = []
 
@@ -35,8 +37,8 @@ def set_cookies(scheme: str = "http", headers: list[tuple[bytes, bytes]] | None 
     async def receive() -> dict:
         return {"type": "http.request", "body": b""}
 
-    scope = {"type": "http", "scheme": scheme, "method": "GET", "path": "/", "headers": headers or []}
-    asyncio.run(OwnerCookieMiddleware(_page)(scope, receive, send))
+    scope = {"type": "http", "scheme": scheme, "method": "GET", "path": path, "headers": headers or []}
+    asyncio.run(OwnerCookieMiddleware(_page, **options)(scope, receive, send))
     assert sent[1]["body"] == b"page"
     return [v.decode("latin-1") for k, v in sent[0]["headers"] if k == b"set-cookie"]
 
@@ -75,7 +77,13 @@ def test_a_request_another_site_started_is_left_alone() -> None:
     assert len(set_cookies(headers=[(b"sec-fetch-site", b"none")])) == 1  # typed, bookmarked
 
 
-def test_websockets_and_lifespan_pass_through_untouched() -> None:
+def test_paths_that_programs_call_can_be_left_alone() -> None:
+    skip = {"skip_prefixes": ("/v1/", "/metrics")}
+    assert set_cookies(path="/v1/chat/completions", **skip) == set_cookies(path="/metrics", **skip) == []
+    assert len(set_cookies(path="/", **skip)) == 1
+
+
+def test_websockets_pass_through_untouched() -> None:
     seen: list[dict] = []
 
     async def app(scope, receive, send) -> None:  # noqa: ANN001
