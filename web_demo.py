@@ -341,5 +341,14 @@ def main() -> None:
         follow_answer(conv, runtime, lang)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # a script run of the page
     main()
+else:  # imported by `streamlit run`, which serves this app: the page plus edgechat.server's routes
+    from edgechat.server import app_options
+
+    try:
+        _settings = parse_settings(sys.argv[1:], prog="web_demo.py")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    app = st.App(__file__, **app_options(_settings))

@@ -34,6 +34,7 @@ GROUPS = {  # README's flag tables, in this order
     "serving": "Serving many people",
     "answer": "Answers (defaults; each person can lower them in the page)",
     "page": "The page",
+    "history": "Saved chats",
     "api": "The API for programs on the LAN",
     "remote": "In front of an OpenAI-compatible server",
     "terminal": "Terminal only",
@@ -112,7 +113,13 @@ class Settings:
         None, "KV cache kept, in tokens (`4096`) or MiB (`256MiB`); idle sessions are evicted LRU beyond it",
         "serving", check=_positive_size, shown_default="all sessions × context",
     )  # fmt: skip
-    request_timeout: float | None = option(None, "seconds after which an answer is stopped", "serving", above=0)
+    request_timeout: float | None = option(
+        300.0, "seconds after which an answer is stopped, so nobody holds a sequence forever", "serving", above=0
+    )
+    max_in_flight: int = option(
+        2, "answers one client address may have running or waiting at once (page tabs and API calls)", "serving",
+        minimum=1,
+    )  # fmt: skip
     # ---- answers ----
     system: str | None = option(None, "system prompt", "answer", shown_default="the model's own")
     max_new_tokens: int = option(512, "answer length cap (the page's setting cannot exceed it)", "answer",
@@ -134,8 +141,29 @@ class Settings:
     )
     max_input_chars: int = option(8000, "longest message accepted, with a message saying the limit", "page",
                                   minimum=1)  # fmt: skip
-    rate_limit: int = option(20, "questions (incl. regenerate/resend) per minute per person; 0 = off", "page",
-                             minimum=0)  # fmt: skip
+    rate_limit: int = option(
+        20, "questions (incl. regenerate/resend) per minute per client address; 0 = off", "page", minimum=0
+    )
+    allowed_hosts: str = option(
+        "", "host names the page and API answer to, comma-separated (`*` = any); guards against DNS rebinding",
+        "page", shown_default="this box's names and addresses",
+    )  # fmt: skip
+    trusted_proxy: str | None = option(
+        None, "address of a reverse proxy whose X-Forwarded-For names the client (for per-address limits)", "page"
+    )
+    # ---- saved chats ----
+    data_dir: Path | None = option(None, "folder of the saved-chats database", "history",
+                                   shown_default="$XDG_DATA_HOME/edgechat or ~/.local/share/edgechat")  # fmt: skip
+    no_history: bool = option(False, "keep chats in memory only, nothing on disk", "history")
+    keep_days: int = option(30, "saved chats not touched for this many days are deleted at start; 0 = keep", "history",
+                            minimum=0)  # fmt: skip
+    # ---- the API ----
+    api: str = option("on", "serve /v1 (OpenAI-compatible), /metrics and /healthz on the page's port", "api",
+                      choices=("on", "off"))  # fmt: skip
+    server_api_key: str | None = option(
+        None, "key programs must send as `Authorization: Bearer KEY` to /v1 (default: --password, else open); "
+        "prefer EDGECHAT_SERVER_API_KEY", "api", secret=True,
+    )  # fmt: skip
     # ---- in front of an OpenAI-compatible server ----
     base_url: str | None = option(
         None, "an OpenAI-compatible server, e.g. http://gpu-box:8000/v1 (see Scaling out)", "remote",
@@ -147,6 +175,7 @@ class Settings:
     model_name: str | None = option(None, "served model name", "remote", shown_default="the first in /v1/models")
     # ---- terminal only ----
     prompt: str | None = option(None, "answer this once and exit", "terminal")
+    resume: str | None = option(None, "go on with a saved terminal chat (its id is printed at `exit`)", "terminal")
     show_prompt: bool = option(False, "print the rendered prompt's ids and text as JSON and exit", "terminal")
 
     @property
