@@ -37,7 +37,9 @@ class Baichuan2(ChatClient):
         self.handle = handle
 
 
-def client_for(runtime: Runtime, settings: Settings, session: str | None = None) -> Baichuan2:
+def client_for(
+    runtime: Runtime, settings: Settings, session: str | None = None, source: str = "page"
+) -> Baichuan2:
     return Baichuan2(
         runtime.handle,
         runtime.backend,
@@ -45,12 +47,15 @@ def client_for(runtime: Runtime, settings: Settings, session: str | None = None)
         sampling=settings.sampling,
         system=settings.system,
         session=session,
+        source=source,
     )
 
 
-def conversation_for(runtime: Runtime, settings: Settings, session: str | None = None) -> Conversation:
+def conversation_for(
+    runtime: Runtime, settings: Settings, session: str | None = None, source: str = "page"
+) -> Conversation:
     return Conversation(
-        client_for(runtime, settings, session),
+        client_for(runtime, settings, session, source),
         sampling=settings.sampling,
         system=settings.system or "",
         max_input_chars=settings.max_input_chars,
@@ -151,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     try:
-        conversation = conversation_for(runtime, settings)
+        conversation = conversation_for(runtime, settings, source="terminal")
         print(f"{runtime.info['model_name']} on {runtime.info['device']}", file=sys.stderr)
         if settings.show_prompt:
             show_prompt(conversation.client, settings.prompt if settings.prompt is not None else sys.stdin.read())

@@ -1,21 +1,416 @@
-"""HTTP routes for programs on the LAN, on the page's own port: /healthz (more to come: /v1, /metrics)."""
+"""HTTP routes for programs on the LAN, on the page's own port (`streamlit run web_demo.py`):
+
+    GET  /v1/models              the one model this box serves
+    POST /v1/chat/completions    OpenAI's chat completions, streamed (SSE) or whole
+    GET  /metrics                Prometheus text format (edgechat.metrics)
+    GET  /healthz                200 + {alive, backend, model}, 503 when the engine died
+
+Every answer goes through a ChatClient over the shared runtime's backend, exactly as a page
+session's does: same queue, same history fitting, same figures. A request's life: auth, body
+(capped), checked parameters (edgechat.openai_schema), per-address limits, then the first event
+of the answer decides the status (a refusal is a 429/400/503, anything else is a 200 that
+streams). A client that hangs up cancels its answer within a scheduler step.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from itertools import chain
+from typing import Any, Protocol
 
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from edgechat import openai_schema as schema
+from edgechat.access import PASSWORD_ATTEMPTS_PER_MINUTE, RateLimiter
+from edgechat.client import ChatClient
 from edgechat.config import Settings
-from edgechat.runtime import shared_runtime
+from edgechat.errors import ConfigError
+from edgechat.metrics import ServingMetrics, process_metrics
+from edgechat.openai_schema import ApiError, ChatCall
+from edgechat.runtime import Runtime, current_runtime, shared_runtime
+from edgechat.types import ChatEvent, Done, Failed, FailKind, Queued, Text, Tick, Trimmed, TurnStats
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 1 << 20  # a long conversation is ~100 KB; more is a mistake or an attack
+DRAIN_BODY_BYTES = 16 << 20  # an oversized body is read this far so the client sees the 413
+BUSY_RETRY_AFTER_S = 2  # the queue moves every answer; ask again soon
+KEEPALIVE = b": waiting\n\n"  # an SSE comment while queued: clients ignore it, a hang-up shows
+FAILED_AUTH_ADDRESSES = 1024  # addresses remembered for the wrong-key lockout
 
 
-def api_routes(settings: Settings) -> list[Any]:
-    async def healthz(request: Request) -> JSONResponse:
-        runtime = shared_runtime(settings)
-        body = {"alive": runtime.alive, "backend": runtime.info.get("backend"), "model": runtime.info.get("model_name")}
-        return JSONResponse(body, status_code=200 if runtime.alive else 503)
+class Admission(Protocol):
+    """Per-client-address limits shared with the page (issue 14: --max-in-flight, --rate-limit).
+    `acquire` returns None when admitted, else seconds to wait; every admitted call is released."""
 
-    return [Route("/healthz", healthz)]
+    def acquire(self, address: str) -> float | None: ...
+
+    def release(self, address: str) -> None: ...
+
+
+def client_address(request: Request, trusted_proxy: str | None) -> str:
+    """Who is asking: the peer, or behind `--trusted-proxy` the address that proxy appended last
+    to X-Forwarded-For (anything earlier in the header the client could have written itself)."""
+    peer = request.client.host if request.client else ""
+    if trusted_proxy and peer == trusted_proxy:
+        forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
+        if forwarded:
+            return forwarded[-1]
+    return peer
+
+
+def api_routes(
+    settings: Settings,
+    *,
+    runtime: Callable[[], Runtime] | None = None,
+    current: Callable[[], Runtime | None] = current_runtime,
+    metrics: ServingMetrics | None = None,
+    limits: Admission | None = None,
+    page_sessions: Callable[[], int | None] | None = None,
+) -> list[Route]:
+    """The routes; `runtime` builds (or rebuilds a dead) runtime for an answer, `current` peeks
+    without building (probes report, they do not repair). Tests pass their own of each."""
+    api = OpenAIApi(
+        settings, runtime or (lambda: shared_runtime(settings)), current, metrics or process_metrics(), limits
+    )
+    api.metrics.bind(api.engine_stats, api.engine_info, page_sessions)
+    return [
+        Route("/healthz", api.healthz, methods=["GET", "HEAD"]),
+        Route("/metrics", api.prometheus, methods=["GET", "HEAD"]),
+        Route("/v1/models", api.models, methods=["GET"]),
+        Route("/v1/chat/completions", api.chat, methods=["POST"]),
+        Route("/v1/{rest:path}", api.unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+    ]
+
+
+class OpenAIApi:
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Callable[[], Runtime],
+        current: Callable[[], Runtime | None],
+        metrics: ServingMetrics,
+        limits: Admission | None,
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.current = current
+        self.metrics = metrics
+        self.limits = limits
+        self.key = settings.server_api_key or settings.password  # None: /v1 is open
+        self.started = int(time.time())
+        self._wrong_keys: dict[str, RateLimiter] = {}
+        self._locked_until: dict[str, float] = {}
+
+    # ---- probes ----
+
+    def engine_stats(self) -> dict[str, Any] | None:
+        rt = self.current()
+        return None if rt is None else {**rt.backend.stats(), "alive": rt.alive}
+
+    def engine_info(self) -> dict[str, Any] | None:
+        rt = self.current()
+        return None if rt is None else rt.info
+
+    async def healthz(self, request: Request) -> JSONResponse:
+        rt = self.current()
+        if rt is None:
+            return JSONResponse({"alive": False, "backend": None, "model": None, "status": "loading"}, 503)
+        body = {"alive": rt.alive, "backend": rt.info.get("backend"), "model": model_id(rt)}
+        return JSONResponse(body, status_code=200 if rt.alive else 503)
+
+    async def prometheus(self, request: Request) -> Response:
+        text = await anyio.to_thread.run_sync(self.metrics.exposition)  # stats() takes the scheduler's lock
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    # ---- /v1 ----
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            rt = await self._runtime()
+        except ApiError as err:
+            return self._error(err)
+        return JSONResponse(schema.model_list(model_id(rt), rt.backend.max_len, self.started))
+
+    async def unknown(self, request: Request) -> Response:
+        known = {"/v1/models": "GET", "/v1/chat/completions": "POST"}
+        path = request.url.path.rstrip("/")
+        if path in known:
+            err = ApiError(405, f"{path} takes {known[path]}, not {request.method}")
+        elif path == "/v1/completions":
+            err = ApiError(404, "this box serves chat models only: use /v1/chat/completions")
+        else:
+            err = ApiError(
+                404, f"unknown endpoint {request.url.path}: this box serves /v1/models and /v1/chat/completions"
+            )
+        return self._error(err)
+
+    async def chat(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            call = schema.parse_chat(await self._json(request), self.settings.sampling)
+            rt = await self._runtime()
+            if call.model is not None and call.model not in served_names(rt):
+                served = f"this box serves {model_id(rt)!r} (see /v1/models)"
+                raise ApiError(
+                    404, f"model {call.model!r} does not exist: {served}", param="model", code="model_not_found"
+                )
+            address = self._admit(request)
+        except ApiError as err:
+            return self._error(err)
+        try:
+            answer = _Answer(self, rt, call, address)
+        except BaseException:
+            self._release(address)
+            raise
+        try:
+            return await answer.respond(request)
+        except BaseException:
+            await answer.finish()
+            raise
+
+    # ---- steps of a request ----
+
+    def _authorize(self, request: Request) -> None:
+        """Bearer KEY (--server-api-key, else --password); wrong keys lock the address out after
+        as many tries as the page's password form allows, so the API is no way around it."""
+        if not self.key:
+            return
+        address = client_address(request, self.settings.trusted_proxy)
+        now = time.monotonic()
+        locked = self._locked_until.get(address, 0.0) - now
+        if locked > 0:
+            raise ApiError(
+                429,
+                "too many wrong API keys from this address; wait and try again",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(int(locked) + 1)},
+            )
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key.encode()):
+            return
+        if len(self._wrong_keys) >= FAILED_AUTH_ADDRESSES and address not in self._wrong_keys:
+            self._wrong_keys.pop(next(iter(self._wrong_keys)))
+        wait = self._wrong_keys.setdefault(address, RateLimiter(PASSWORD_ATTEMPTS_PER_MINUTE)).hit()
+        if wait:
+            self._locked_until[address] = now + wait
+        raise ApiError(
+            401,
+            "missing or wrong API key: send Authorization: Bearer KEY (the box's "
+            "--server-api-key, or its page password)",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    async def _json(self, request: Request) -> Any:
+        declared = request.headers.get("content-length", "")
+        too_big = ApiError(413, f"the request body is over {MAX_BODY_BYTES >> 20} MiB")
+        if declared.isdigit() and int(declared) > DRAIN_BODY_BYTES:
+            raise too_big
+        body, size = bytearray(), 0
+        async for part in request.stream():
+            size += len(part)
+            if size <= MAX_BODY_BYTES:
+                body += part
+            elif size > DRAIN_BODY_BYTES:
+                break
+        if size > MAX_BODY_BYTES:
+            raise too_big
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as err:
+            raise ApiError(400, f"the body is not valid JSON ({str(err)[:120]})") from None
+
+    async def _runtime(self) -> Runtime:
+        """The shared runtime (built, or rebuilt after an engine death, off the event loop)."""
+        try:
+            rt = await anyio.to_thread.run_sync(self.runtime)
+        except ConfigError as err:
+            raise ApiError(503, f"the model could not be loaded: {err}") from None
+        if not rt.alive:
+            raise ApiError(503, "the engine is down; try again in a moment", code="engine_down")
+        return rt
+
+    def _admit(self, request: Request) -> str:
+        address = client_address(request, self.settings.trusted_proxy)
+        if self.limits is not None:
+            wait = self.limits.acquire(address)
+            if wait is not None:
+                retry = {"Retry-After": str(max(1, round(wait)))}
+                message = "too many requests from this address at once; try again shortly"
+                raise ApiError(429, message, code="rate_limit_exceeded", headers=retry)
+        return address
+
+    def _release(self, address: str) -> None:
+        if self.limits is not None:
+            self.limits.release(address)
+
+    def _error(self, err: ApiError) -> JSONResponse:
+        self.metrics.api_error(err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+class _Answer:
+    """One admitted chat completion: its ChatClient, its events, and the clean-up that runs
+    exactly once however the request ends (answered, refused, hung up)."""
+
+    def __init__(self, api: OpenAIApi, rt: Runtime, call: ChatCall, address: str) -> None:
+        self.api = api
+        self.rt = rt
+        self.call = call
+        self.address = address
+        self.model = model_id(rt)
+        self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, source="api")
+        self.generation = self.client.stream(call.messages, call.sampling, continue_last=call.continue_last)
+        self._finished = False
+
+    async def respond(self, request: Request) -> Response:
+        first = await self._watching(request, self._first)
+        if isinstance(first[-1], Failed):  # refused, or broke before its first word: a status says why
+            await self.finish()
+            return self.api._error(self._failure_error(first[-1]))
+        if self.call.stream:
+            return _Stream(self._sse(first), self.finish, self.generation.cancel)
+        rest = await self._watching(request, lambda: list(self.generation))
+        await self.finish()
+        events = [*first, *rest]
+        failed = next((e for e in events if isinstance(e, Failed)), None)
+        done = next((e for e in events if isinstance(e, Done)), None)
+        if failed is not None:
+            return self.api._error(self._failure_error(failed))
+        stats = done.stats if done is not None else TurnStats()
+        text = "".join(e.text for e in events if isinstance(e, Text))
+        return JSONResponse(schema.completion(self.call, self.model, text, stats))
+
+    def _first(self) -> list[ChatEvent]:
+        """Events up to the first that tells accepted from refused (anything but Trimmed)."""
+        seen: list[ChatEvent] = []
+        for event in self.generation:
+            seen.append(event)
+            if not isinstance(event, Trimmed):
+                break
+        return seen
+
+    async def _watching(self, request: Request, work: Callable[[], list[ChatEvent]]) -> list[ChatEvent]:
+        """`work` in a thread while watching for the client hanging up, which cancels the answer
+        (the work then ends within a step, with the answer's Done)."""
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                self.generation.cancel()
+
+            group.start_soon(watch)
+            result = await anyio.to_thread.run_sync(work)
+            group.cancel_scope.cancel()
+        return result
+
+    async def _sse(self, first: list[ChatEvent]) -> AsyncIterator[bytes]:
+        call, model = self.call, self.model
+        yield _sse(schema.chunk(call, model, {"role": "assistant", "content": ""}))
+        failed: Failed | None = None
+        stats = TurnStats()
+        async for event in iterate_in_threadpool(chain(first, self.generation)):
+            if isinstance(event, Text):
+                yield _sse(schema.chunk(call, model, {"content": event.text}))
+            elif isinstance(event, (Queued, Tick)):
+                yield KEEPALIVE
+            elif isinstance(event, Failed):
+                failed = event
+            elif isinstance(event, Done):
+                stats = event.stats
+        if failed is not None:
+            err = self._failure_error(failed)
+            self.api.metrics.api_error(err.status)
+            yield _sse(err.body())
+        else:
+            yield _sse(schema.chunk(call, model, {}, schema.finish_reason(stats.finish_reason)))
+            if call.include_usage:
+                yield _sse(schema.chunk(call, model, {}, last_usage=stats))
+        yield b"data: [DONE]\n\n"
+
+    def _failure_error(self, failed: Failed) -> ApiError:
+        kind = FailKind.UNAVAILABLE if not self.rt.alive else failed.kind
+        if kind is FailKind.BUSY:
+            return ApiError(429, failed.message, code="server_busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+        if kind is FailKind.TOO_LONG:
+            return ApiError(400, failed.message, param="messages", code="context_length_exceeded")
+        if kind is FailKind.BAD_REQUEST:
+            return ApiError(400, failed.message, param="messages")
+        if kind is FailKind.UNAVAILABLE:
+            return ApiError(503, failed.message, code="engine_down")
+        return ApiError(500, failed.message)
+
+    async def finish(self) -> None:
+        """Cancel (a no-op once ended), read the answer to its Done so it is counted, free the
+        conversation's cache (an API call carries its whole history each time) and the
+        address's slot. Shielded: it runs to the end even when the request was cancelled."""
+        if self._finished:
+            return
+        self._finished = True
+        with anyio.CancelScope(shield=True):
+            self.generation.cancel()
+            await anyio.to_thread.run_sync(_drain, self.generation)
+            self.rt.backend.forget_session(self.client.session)
+            self.api._release(self.address)
+
+
+class _Stream(StreamingResponse):
+    """An SSE answer whose clean-up runs however the response ends: Starlette cancels the body
+    on a client disconnect, and may never start it if the client left before the headers."""
+
+    def __init__(self, body: AsyncIterator[bytes], finish: Callable[[], Any], hung_up: Callable[[], None]) -> None:
+        super().__init__(
+            body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self._finish = finish
+        self._hung_up = hung_up
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, self._watch(receive), send)
+        finally:
+            await self._finish()
+
+    def _watch(self, receive: Any) -> Any:
+        """`receive` that cancels the answer the moment the client hangs up, not when the body
+        iterator next wakes (that waits for the next token)."""
+
+        async def watched() -> dict[str, Any]:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._hung_up()
+            return message
+
+        return watched
+
+
+def _sse(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _drain(events: Iterable[ChatEvent]) -> None:
+    for _ in events:
+        pass
+
+
+def model_id(rt: Runtime) -> str:
+    """The id /v1/models lists: the model's name (the GGUF's stem, the remote server's id)."""
+    return str(rt.info.get("model_name") or rt.info.get("backend") or "edgechat")
+
+
+def served_names(rt: Runtime) -> set[str]:
+    names = {model_id(rt)}
+    if rt.backend.name == "openai" and rt.info.get("model"):
+        names.add(str(rt.info["model"]))  # a remote server's full id (org/name)
+    return names

@@ -20,6 +20,7 @@ from edgechat.types import (
     ChatRequest,
     Done,
     Failed,
+    FailKind,
     FinishReason,
     Generation,
     Message,
@@ -84,8 +85,14 @@ class LocalBackend:
         except RequestError as err:
             stats = TurnStats.measured(RequestStats(prompt_tokens=len(ids), finish_reason=FinishReason.ERROR))
             stats.error = str(err)
-            return Generation(iter([Failed(str(err), refused=True), Done(stats)]))
+            return Generation(iter([Failed(str(err), refused=True, kind=self._refusal_kind(ids)), Done(stats)]))
         return Generation(self._stream(handle, request.sampling.stop), handle.cancel)
+
+    def _refusal_kind(self, ids: Sequence[int]) -> FailKind:
+        """Why submit refused, from its contract: a dead engine, a prompt too long, else busy."""
+        if not self.alive:
+            return FailKind.UNAVAILABLE
+        return FailKind.TOO_LONG if len(ids) >= self.max_len else FailKind.BUSY
 
     def _stream(self, handle: RequestHandle, stop: Sequence[str]) -> Iterator[ChatEvent]:
         detok = self.chat.detokenizer()

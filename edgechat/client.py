@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 
+from edgechat import metrics
 from edgechat.backend import Backend
 from edgechat.templates import ChatTokenizer
 from edgechat.types import (
@@ -17,6 +18,7 @@ from edgechat.types import (
     ChatRequest,
     Done,
     Failed,
+    FailKind,
     FinishReason,
     Generation,
     Message,
@@ -48,8 +50,10 @@ class ChatClient:
         sampling: SamplingParams | None = None,
         system: str | None = None,
         session: str | None = None,
+        source: str = "page",
     ) -> None:
         self.engine = engine
+        self.source = source  # who asks, for /metrics: "page", "api" or "terminal"
         self.tokenizer = tokenizer  # for --show-prompt; None when a remote server tokenizes
         self.sampling = sampling or SamplingParams()
         self.system = system
@@ -127,7 +131,8 @@ class ChatClient:
             kept, dropped = self.fit(messages, sampling.max_new_tokens, continue_last)
         except ValueError as err:  # too long, or a history the template rejects
             stats = TurnStats(finish_reason=FinishReason.ERROR, error=str(err))
-            return Generation(iter([Failed(str(err), refused=True), self._done(stats)]))
+            kind = FailKind.TOO_LONG if isinstance(err, ContextOverflow) else FailKind.BAD_REQUEST
+            return Generation(iter([Failed(str(err), refused=True, kind=kind), self._done(stats)]))
         inner = self.engine.generate(ChatRequest(kept, sampling, session=self.session, continue_last=continue_last))
         return Generation(self._relay(inner, dropped), inner.cancel)
 
@@ -145,7 +150,9 @@ class ChatClient:
             inner.close()
 
     def _done(self, stats: TurnStats) -> Done:
+        """Every answer of every caller ends here, once: the one place its figures are counted."""
         self.last_stats = stats
+        metrics.observe_answer(self.source, stats)
         return Done(stats)
 
     def chat_stream(

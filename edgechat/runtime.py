@@ -73,6 +73,12 @@ def shared_runtime(settings: Settings) -> Runtime:
         return _shared
 
 
+def current_runtime() -> Runtime | None:
+    """The process's runtime as it is, dead or alive, without building one (/healthz, /metrics:
+    a probe reports the state; it does not repair it)."""
+    return _shared
+
+
 def load_runtime(settings: Settings) -> Runtime:
     """A new runtime; only tests and the singleton above call this directly."""
     backend = settings.resolved_backend

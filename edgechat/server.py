@@ -71,6 +71,16 @@ def _loopback(scope: dict[str, Any]) -> bool:
         return False
 
 
+def page_sessions_open() -> int | None:
+    """Browser sessions connected now (Streamlit's own active_sessions stat), for /metrics."""
+    from streamlit import runtime
+
+    if not runtime.exists():
+        return None
+    stats = runtime.get_instance().stats_mgr.get_stats(["active_sessions"]).get("active_sessions", ())
+    return int(sum(stat.value for stat in stats))
+
+
 def app_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `st.App`: routes, middleware and a lifespan that loads the model at
     start, so the first visitor does not wait for it."""
@@ -82,7 +92,7 @@ def app_options(settings: Settings) -> dict[str, Any]:
     if settings.api == "on":
         from edgechat.api import api_routes
 
-        routes = api_routes(settings)
+        routes = api_routes(settings, page_sessions=page_sessions_open)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

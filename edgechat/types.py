@@ -164,12 +164,23 @@ class Trimmed:
     messages: int
 
 
+class FailKind(str, enum.Enum):
+    """What a caller can do about a failure (the API turns it into an HTTP status)."""
+
+    BUSY = "busy"  # the queue is full: try again in a moment
+    TOO_LONG = "too_long"  # the prompt does not fit the context: shorten it
+    BAD_REQUEST = "bad_request"  # the messages cannot be rendered (or a server rejected them)
+    UNAVAILABLE = "unavailable"  # the engine died or the model server cannot be reached
+    ERROR = "error"  # anything else, usually mid-answer
+
+
 @dataclass(frozen=True)
 class Failed:
     """The request could not be served or broke off; any text already streamed stands."""
 
     message: str
     refused: bool = False  # nothing was generated: too long for the context, busy, bad input
+    kind: FailKind = FailKind.ERROR
 
 
 @dataclass(frozen=True)

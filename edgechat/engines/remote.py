@@ -26,6 +26,7 @@ from edgechat.types import (
     ChatRequest,
     Done,
     Failed,
+    FailKind,
     FinishReason,
     Generation,
     Message,
@@ -182,7 +183,7 @@ class _RemoteTurn:
     def events(self) -> Iterator[ChatEvent]:
         engine, stats = self._engine, self.stats
         deadline = None if engine.request_timeout is None else stats.submitted_at + engine.request_timeout
-        chunks, usage_tokens, error = 0, None, None
+        chunks, usage_tokens, error, kind = 0, None, None, FailKind.ERROR
         engine._count(running=1)
         try:
             self._stream = engine._client.chat.completions.create(**self._arguments())
@@ -216,6 +217,7 @@ class _RemoteTurn:
                 stats.finish_reason = FinishReason.CANCELLED
             else:
                 error = describe_error(err, engine.base_url, engine.model_name, midway=chunks > 0)
+                kind = error_kind(err)
                 stats.finish_reason = FinishReason.ERROR
         finally:
             if self._stream is not None:
@@ -226,7 +228,7 @@ class _RemoteTurn:
             # is one token, which is what vLLM, llama.cpp and Ollama stream.
             stats.completion_tokens = usage_tokens if usage_tokens is not None else chunks
         if error is not None:
-            yield Failed(error, refused=chunks == 0)
+            yield Failed(error, refused=chunks == 0, kind=kind)
         yield Done(TurnStats.measured(stats, error=error))
 
     def _arguments(self) -> dict[str, Any]:
@@ -291,6 +293,19 @@ def describe_error(err: Exception, base_url: str, model: str | None, midway: boo
     if isinstance(err, httpx2.HTTPError):
         return f"the connection to the model server at {base_url} failed ({err}); try again"
     return f"the model server reported an error{kept}: {err}"
+
+
+def error_kind(err: Exception) -> FailKind:
+    """What the person (or a program calling our API) can do about a failed remote turn."""
+    if isinstance(err, openai.RateLimitError):
+        return FailKind.BUSY
+    if isinstance(err, (openai.APIConnectionError, httpx2.HTTPError)):
+        return FailKind.UNAVAILABLE  # includes timeouts
+    if isinstance(err, openai.APIStatusError) and err.status_code >= 500:
+        return FailKind.UNAVAILABLE
+    if isinstance(err, openai.BadRequestError):
+        return FailKind.BAD_REQUEST  # a prompt too long for the server lands here too
+    return FailKind.ERROR
 
 
 def _server_message(err: openai.APIStatusError, limit: int = 200) -> str:

@@ -1,0 +1,204 @@
+"""What the box tells Prometheus: `edgechat:`-prefixed metrics (as vLLM's `vllm:`), written with
+`prometheus_client` into a registry of their own (not the library's global one, so tests can
+build several and nothing another library registers leaks into /metrics).
+
+Two kinds of figures:
+- per answer, observed ONCE where every answer ends (ChatClient yields its Done and calls
+  `observe_answer`): requests by finish reason and source, errors, prompt / reused / generated
+  tokens, time to first token and queue wait histograms. Page, terminal and API alike.
+- engine-wide, read at scrape time from the backend's `stats()` (a custom Collector): running,
+  waiting, KV tokens, sessions cached, ... A key the backend does not report is simply not
+  exported, so a remote backend (no KV cache of ours) or a scheduler with more keys both fit.
+
+No chat text, session ids or owner tokens go into a label: labels are closed sets (sources,
+finish reasons, HTTP statuses) so the series count stays fixed.
+
+This module imports only the plain types and prometheus_client (the client layer calls it).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from edgechat.types import FinishReason, TurnStats
+
+disable_created_metrics()  # no `_created` series per label set: vLLM and llama.cpp server do the same
+
+PREFIX = "edgechat:"
+SOURCES = ("page", "api", "terminal")  # who asked; anything else is counted as "other"
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
+QUEUE_BUCKETS = (0.005, 0.05, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+
+# Backend stats() keys exported as gauges at scrape time: key -> (metric name, help). Keys the
+# scheduler adds later are exported by adding a row; a missing key exports nothing.
+STATS_GAUGES: dict[str, tuple[str, str]] = {
+    "waiting": ("num_requests_waiting", "Requests waiting in the queue for a sequence."),
+    "prefilling": ("num_requests_prefilling", "Requests reading their prompt (included in running)."),
+    "kv_tokens_used": ("kv_cache_tokens_used", "Tokens held in KV caches (running and idle sessions)."),
+    "kv_tokens_budget": ("kv_cache_tokens_budget", "Most KV tokens kept (--kv-budget)."),
+    "idle_sessions": (
+        "sessions_cached",
+        "Idle conversations whose KV cache is kept on the engine for their next turn.",
+    ),
+    "sequences_in_use": ("sequences_in_use", "Engine sequences held by running or cached conversations."),
+    "aggregate_tps": ("generation_tokens_per_second", "Tokens generated per second over the last 5 s, all requests."),
+    "max_running": ("max_running", "Most requests generating at once (--max-running)."),
+    "max_queue": ("max_queue", "Most requests waiting (--max-queue)."),
+    "parked_sessions": ("sessions_parked", "Idle conversations whose KV cache is parked in host RAM."),
+    "parked_bytes": ("parked_cache_bytes", "Host RAM holding parked KV caches."),
+}
+# Monotonic stats() keys exported as counters: key -> (name without _total, help).
+STATS_COUNTERS: dict[str, tuple[str, str]] = {
+    "refused": ("requests_refused", "Requests refused because the queue was full."),
+    "restored": ("sessions_restored", "Turns whose KV cache was restored from host RAM instead of re-prefilled."),
+    "reprefilled": ("sessions_reprefilled", "Turns of a known conversation that re-read their whole prompt."),
+}
+INFO_KEYS = ("backend", "model_name", "template", "context_length")  # never a path, URL or key
+
+
+class ServingMetrics:
+    """One registry: the per-answer counters plus a collector reading the backend at scrape time."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._engine = _EngineCollector()
+        self.registry.register(self._engine)
+        labels = ["finished_reason", "source"]
+        by_source = ["source"]
+        r = self.registry
+        self.requests = Counter(PREFIX + "requests", "Answers finished, by finish reason and source.", labels,
+                                registry=r)  # fmt: skip
+        self.errors = Counter(PREFIX + "request_errors", "Answers that failed or were refused.", by_source, registry=r)
+        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens of finished answers.", by_source,
+                                     registry=r)  # fmt: skip
+        self.reused_tokens = Counter(PREFIX + "prompt_tokens_reused", "Prompt tokens served from a kept KV cache.",
+                                     by_source, registry=r)  # fmt: skip
+        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated.", by_source, registry=r)
+        self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Time from submission to the first token.",
+                              by_source, buckets=TTFT_BUCKETS, registry=r)  # fmt: skip
+        self.queue_time = Histogram(PREFIX + "request_queue_time_seconds", "Time spent waiting for a sequence.",
+                                    by_source, buckets=QUEUE_BUCKETS, registry=r)  # fmt: skip
+        self.api_errors = Counter(PREFIX + "api_errors", "Error responses of /v1, by HTTP status.", ["status"],
+                                  registry=r)  # fmt: skip
+        for source in SOURCES:  # every series exists from the start, so rates work from the first scrape
+            for reason in FinishReason:
+                self.requests.labels(reason.value, source)
+            for metric in (self.errors, self.prompt_tokens, self.reused_tokens, self.generation_tokens):
+                metric.labels(source)
+
+    def bind(
+        self,
+        stats: Callable[[], Mapping[str, Any] | None],
+        info: Callable[[], Mapping[str, Any] | None],
+        page_sessions: Callable[[], int | None] | None = None,
+    ) -> None:
+        """Where scrape-time figures come from: the backend's stats() and describe() (None while
+        no runtime is loaded) and, in a page server, the number of open page sessions."""
+        self._engine.stats, self._engine.info = stats, info
+        if page_sessions is not None:
+            self._engine.page_sessions = page_sessions
+
+    def observe(self, source: str, stats: TurnStats) -> None:
+        source = source if source in SOURCES else "other"
+        reason = (stats.finish_reason or FinishReason.CANCELLED).value
+        self.requests.labels(reason, source).inc()
+        if stats.error is not None or stats.finish_reason is FinishReason.ERROR:
+            self.errors.labels(source).inc()
+        self.prompt_tokens.labels(source).inc(stats.prompt_tokens)
+        self.reused_tokens.labels(source).inc(stats.reused_tokens)
+        self.generation_tokens.labels(source).inc(stats.completion_tokens)
+        if stats.first_token_s is not None:
+            self.ttft.labels(source).observe(stats.first_token_s)
+        if stats.prompt_tokens:  # refused before the queue: no wait to report
+            self.queue_time.labels(source).observe(stats.queue_wait_s)
+
+    def api_error(self, status: int) -> None:
+        self.api_errors.labels(str(status)).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _EngineCollector(Collector):
+    """Gauges read from the backend when Prometheus scrapes, so they are never stale."""
+
+    def __init__(self) -> None:
+        self.stats: Callable[[], Mapping[str, Any] | None] = lambda: None
+        self.info: Callable[[], Mapping[str, Any] | None] = lambda: None
+        self.page_sessions: Callable[[], int | None] = lambda: None
+
+    def describe(self) -> list[Any]:
+        return []  # families depend on what the backend reports; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        stats = self.stats() or {}
+        info = self.info() or {}
+        alive = stats.get("alive")
+        yield _gauge("engine_alive", "1 while the engine thread (or remote client) serves; 0 after it died.",
+                     1 if alive else 0)  # fmt: skip
+        if "running" in stats:
+            running = stats["running"] + stats.get("prefilling", 0)
+            yield _gauge("num_requests_running", "Requests generating or reading their prompt.", running)
+        for key, (name, text) in STATS_GAUGES.items():
+            value = stats.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield _gauge(name, text, value)
+        used, budget = stats.get("kv_tokens_used"), stats.get("kv_tokens_budget")
+        if isinstance(used, int) and isinstance(budget, int) and budget > 0:
+            yield _gauge("kv_cache_usage_perc", "KV tokens used / budget (0..1).", used / budget)
+        for key, (name, text) in STATS_COUNTERS.items():
+            value = stats.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                yield CounterMetricFamily(PREFIX + name, text, value=value)
+        sessions = self.page_sessions()
+        if sessions is not None:
+            yield _gauge("page_sessions_open", "Browser sessions connected to the page.", sessions)
+        if info:
+            labels = {k: str(info[k]) for k in INFO_KEYS if info.get(k) is not None}
+            yield InfoMetricFamily(PREFIX + "model", "The model this box serves.", value=labels)
+
+
+def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(PREFIX + name, text, value=value)
+
+
+# ---- the process-wide instance and the observer hook every answer passes through ----
+
+_lock = threading.Lock()
+_process: ServingMetrics | None = None
+_observers: list[ServingMetrics] = []
+
+
+def process_metrics() -> ServingMetrics:
+    """The metrics of this process (the page server's /metrics), built on first use."""
+    global _process
+    with _lock:
+        if _process is None:
+            _process = ServingMetrics()
+            _observers.append(_process)
+        return _process
+
+
+def observe_answer(source: str, stats: TurnStats) -> None:
+    """Count one finished answer in every attached registry (ChatClient calls this once per answer;
+    a process that never built its metrics pays nothing)."""
+    for metrics in tuple(_observers):
+        metrics.observe(source, stats)
+
+
+def attach(metrics: ServingMetrics) -> None:
+    """Let `metrics` (a test's own registry) observe answers too, until `detach`."""
+    with _lock:
+        _observers.append(metrics)
+
+
+def detach(metrics: ServingMetrics) -> None:
+    with _lock:
+        if metrics in _observers:
+            _observers.remove(metrics)
