@@ -203,6 +203,8 @@ class OpenAIApi:
         wait = self._wrong_keys.setdefault(address, RateLimiter(PASSWORD_ATTEMPTS_PER_MINUTE)).hit()
         if wait:
             self._locked_until[address] = now + wait
+            raise ApiError(429, "too many wrong API keys from this address; wait and try again",
+                           code="rate_limit_exceeded", headers={"Retry-After": str(wait)})  # fmt: skip
         raise ApiError(
             401,
             "missing or wrong API key: send Authorization: Bearer KEY (the box's "

@@ -1,0 +1,257 @@
+"""The API's routes in-process (Starlette's TestClient) over the real embedded model: answers and
+their usage, every error status in OpenAI's shape, auth, and the counters /metrics shows.
+tests/e2e/test_api.py runs the same routes inside a real `streamlit run web_demo.py`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from edgechat import metrics as metrics_module
+from edgechat.api import MAX_BODY_BYTES, api_routes
+from edgechat.config import parse_settings
+from edgechat.metrics import ServingMetrics
+from edgechat.runtime import Runtime, load_runtime
+from edgechat.server import app_options
+from edgechat.types import ChatRequest, Message, SamplingParams, Text
+
+QUESTION = [{"role": "user", "content": "What is 2+2?"}]
+STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+
+
+class Api:
+    """A TestClient on the API routes over `rt`, with its own metrics registry."""
+
+    def __init__(self, rt: Runtime, *flags: str) -> None:
+        self.rt = rt
+        self.settings = parse_settings(list(flags), env={})
+        self.metrics = ServingMetrics()
+        app = Starlette(routes=api_routes(self.settings, runtime=lambda: rt, current=lambda: rt, metrics=self.metrics))
+        self.http = TestClient(app)
+        metrics_module.attach(self.metrics)
+
+    def close(self) -> None:
+        metrics_module.detach(self.metrics)
+        self.http.close()
+
+    def chat(self, headers: dict[str, str] | None = None, **body: Any) -> Any:
+        return self.http.post("/v1/chat/completions", json=body, headers=headers)
+
+    def stream(self, **body: Any) -> list[dict[str, Any]]:
+        """The data of each SSE event, up to and without [DONE] (which must come)."""
+        events = []
+        with self.http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    if line == "data: [DONE]":
+                        return events
+                    events.append(json.loads(line[6:]))
+        raise AssertionError(f"no [DONE] after {events[-3:]}")
+
+    def sample(self, name: str, **labels: str) -> float:
+        text = self.http.get("/metrics").text
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    return s.value
+        raise KeyError(name)
+
+
+@pytest.fixture
+def api(runtime: Runtime) -> Iterator[Api]:
+    a = Api(runtime, "--max-new-tokens", "64")
+    yield a
+    a.close()
+
+
+def error_of(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_models_lists_the_one_served_model(api: Api, runtime: Runtime) -> None:
+    body = api.http.get("/v1/models").json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    model = body["data"][0]
+    assert model["id"] == runtime.info["model_name"] and model["max_model_len"] == runtime.backend.max_len
+
+
+def test_an_answer_with_usage_counted_as_the_tokenizer_does(api: Api, runtime: Runtime) -> None:
+    r = api.chat(messages=STORY, temperature=0, max_tokens=12, model=runtime.info["model_name"])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["model"] == runtime.info["model_name"]
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"].strip()
+    assert choice["finish_reason"] == "length"
+    prompt = len(runtime.tokenizer.render([Message(role="user", content=STORY[0]["content"])]))
+    assert body["usage"] == {"prompt_tokens": prompt, "completion_tokens": 12, "total_tokens": prompt + 12}
+
+
+def test_a_stream_says_the_same_as_the_whole_answer(api: Api) -> None:
+    whole = api.chat(messages=QUESTION, temperature=0, max_tokens=40).json()
+    events = api.stream(messages=QUESTION, temperature=0, max_tokens=40, stream_options={"include_usage": True})
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    pieces = [e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]]
+    assert "".join(pieces) == whole["choices"][0]["message"]["content"]
+    assert "4" in "".join(pieces)
+    finish = [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
+    assert finish == [whole["choices"][0]["finish_reason"]] == ["stop"]
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == whole["usage"]
+    assert all(e["usage"] is None for e in events[:-1])
+    assert len({e["id"] for e in events}) == 1 and events[0]["object"] == "chat.completion.chunk"
+
+
+def test_a_stop_string_ends_the_answer_before_it(api: Api) -> None:
+    text = api.chat(messages=QUESTION, temperature=0, max_tokens=40).json()["choices"][0]["message"]["content"]
+    word = text.split()[2]
+    cut = api.chat(messages=QUESTION, temperature=0, max_tokens=40, stop=[word]).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["message"]["content"] == text[: text.index(word)]
+
+
+def test_answers_are_counted_in_metrics_as_api(api: Api) -> None:
+    before = api.sample("edgechat:requests_total", finished_reason="length", source="api")
+    tokens = api.sample("edgechat:generation_tokens_total", source="api")
+    assert api.chat(messages=STORY, temperature=0, max_tokens=5).status_code == 200
+    assert api.sample("edgechat:requests_total", finished_reason="length", source="api") == before + 1
+    assert api.sample("edgechat:generation_tokens_total", source="api") == tokens + 5
+    assert api.sample("edgechat:time_to_first_token_seconds_count", source="api") >= 1
+    assert api.sample("edgechat:num_requests_running") == 0
+    response = api.http.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain") and "What is" not in response.text
+
+
+def test_healthz_names_backend_and_model(api: Api, runtime: Runtime) -> None:
+    r = api.http.get("/healthz")
+    assert r.status_code == 200
+    assert r.json() == {"alive": True, "backend": "llamacpp", "model": runtime.info["model_name"]}
+
+
+# ---- errors, each in OpenAI's shape with its status ----
+
+
+def test_bad_json_missing_messages_and_bad_parameters_are_400(api: Api) -> None:
+    error_of(api.http.post("/v1/chat/completions", content=b"{not json"), 400)
+    assert error_of(api.chat(model=None), 400)["param"] == "messages"
+    assert error_of(api.chat(messages=QUESTION, top_p=7), 400)["param"] == "top_p"
+    deep = b"[" * 100_000 + b"]" * 100_000  # under the cap, deeper than the parser goes
+    error_of(api.http.post("/v1/chat/completions", content=deep), 400)
+
+
+def test_a_prompt_longer_than_the_context_is_400(api: Api, runtime: Runtime) -> None:
+    long = "word " * (runtime.backend.max_len * 2)
+    err = error_of(api.chat(messages=[{"role": "user", "content": long}]), 400)
+    assert err["code"] == "context_length_exceeded" and "too long" in err["message"]
+
+
+def test_an_unknown_model_or_endpoint_is_404_and_a_wrong_method_405(api: Api) -> None:
+    assert error_of(api.chat(messages=QUESTION, model="gpt-4o"), 404)["code"] == "model_not_found"
+    assert "chat/completions" in error_of(api.http.post("/v1/completions", json={"prompt": "x"}), 404)["message"]
+    error_of(api.http.get("/v1/embeddings"), 404)
+    error_of(api.http.get("/v1/chat/completions"), 405)
+
+
+def test_a_body_over_the_cap_is_413(api: Api) -> None:
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]})
+    error_of(api.http.post("/v1/chat/completions", content=body), 413)
+    assert api.sample("edgechat:api_errors_total", status="413") == 1
+
+
+@pytest.fixture
+def one_slot() -> Iterator[Runtime]:
+    rt = load_runtime(parse_settings(["--context-length", "512", "--max-sessions", "1", "--max-queue", "0"], env={}))
+    yield rt
+    rt.close()
+
+
+def test_a_full_queue_is_429_with_retry_after(one_slot: Runtime) -> None:
+    api = Api(one_slot)
+    busy = one_slot.backend.generate(
+        ChatRequest([Message(role="user", content=STORY[0]["content"])], SamplingParams(max_new_tokens=400))
+    )
+    try:
+        assert isinstance(next(e for e in busy if isinstance(e, Text)), Text)  # it holds the only sequence
+        r = api.chat(messages=QUESTION)
+        assert error_of(r, 429)["code"] == "server_busy" and int(r.headers["retry-after"]) >= 1
+        assert api.sample("edgechat:requests_total", finished_reason="error", source="api") == 1
+        busy.cancel()
+        list(busy)
+        assert api.chat(messages=QUESTION, max_tokens=4).status_code == 200  # free again
+    finally:
+        busy.cancel()
+        api.close()
+
+
+def test_a_dead_engine_is_503_on_every_route(one_slot: Runtime) -> None:
+    api = Api(one_slot)
+    scheduler = one_slot.backend.scheduler  # type: ignore[attr-defined]
+
+    def broken_schedule() -> None:
+        raise RuntimeError("scheduler bug")
+
+    scheduler._schedule = broken_schedule  # the worker dies on its next step, as in test_faults
+    list(one_slot.backend.generate(ChatRequest([Message(role="user", content="hi")], SamplingParams())))
+    try:
+        assert not one_slot.alive
+        assert error_of(api.chat(messages=QUESTION), 503)["code"] == "engine_down"
+        assert api.http.get("/healthz").status_code == 503 and api.http.get("/healthz").json()["alive"] is False
+        assert api.sample("edgechat:engine_alive") == 0
+    finally:
+        api.close()
+
+
+# ---- access ----
+
+
+def test_without_a_key_or_password_the_api_is_open(api: Api) -> None:
+    assert api.http.get("/v1/models").status_code == 200
+
+
+def test_a_server_key_is_required_as_bearer(runtime: Runtime) -> None:
+    api = Api(runtime, "--server-api-key", "s3cret", "--password", "pagepass")
+    try:
+        error_of(api.http.get("/v1/models"), 401)
+        r = api.http.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert error_of(r, 401)["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
+        error_of(api.http.get("/v1/models", headers={"Authorization": "Bearer pagepass"}), 401)  # the key wins
+        error_of(api.http.get("/v1/models", headers={"Authorization": "Basic s3cret"}), 401)
+        assert api.http.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        error_of(api.chat(messages=QUESTION), 401)
+        assert api.http.get("/metrics").status_code == 200 and api.http.get("/healthz").status_code == 200
+    finally:
+        api.close()
+
+
+def test_the_page_password_is_the_bearer_when_no_key_is_set(runtime: Runtime) -> None:
+    api = Api(runtime, "--password", "pagepass")
+    try:
+        error_of(api.http.get("/v1/models"), 401)
+        assert api.http.get("/v1/models", headers={"Authorization": "Bearer pagepass"}).status_code == 200
+    finally:
+        api.close()
+
+
+def test_wrong_keys_lock_the_address_out_like_the_password_form(runtime: Runtime) -> None:
+    api = Api(runtime, "--server-api-key", "s3cret")
+    wrong = {"Authorization": "Bearer guess"}
+    try:
+        statuses = [api.http.get("/v1/models", headers=wrong).status_code for _ in range(6)]
+        assert statuses == [401] * 5 + [429]
+        r = api.http.get("/v1/models", headers={"Authorization": "Bearer s3cret"})  # even the right key, for now
+        assert error_of(r, 429)["code"] == "rate_limit_exceeded" and int(r.headers["retry-after"]) >= 1
+    finally:
+        api.close()
+
+
+def test_api_off_serves_no_routes() -> None:
+    assert app_options(parse_settings(["--api", "off"], env={}))["routes"] == []
