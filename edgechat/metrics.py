@@ -89,7 +89,8 @@ class ServingMetrics:
         for source in SOURCES:  # every series exists from the start, so rates work from the first scrape
             for reason in FinishReason:
                 self.requests.labels(reason.value, source)
-            for metric in (self.errors, self.prompt_tokens, self.reused_tokens, self.generation_tokens):
+            for metric in (self.errors, self.prompt_tokens, self.reused_tokens, self.generation_tokens, self.ttft,
+                           self.queue_time):  # fmt: skip
                 metric.labels(source)
 
     def bind(
