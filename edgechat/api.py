@@ -14,13 +14,13 @@ streams). A client that hangs up cancels its answer within a scheduler step.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from itertools import chain
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from edgechat import openai_schema as schema
-from edgechat.access import PASSWORD_ATTEMPTS_PER_MINUTE, RateLimiter
+from edgechat.access import ClientLimits, client_address, password_ok, shared_limits
 from edgechat.client import ChatClient
 from edgechat.config import Settings
 from edgechat.errors import ConfigError
@@ -44,27 +44,12 @@ MAX_BODY_BYTES = 1 << 20  # a long conversation is ~100 KB; more is a mistake or
 DRAIN_BODY_BYTES = 16 << 20  # an oversized body is read this far so the client sees the 413
 BUSY_RETRY_AFTER_S = 2  # the queue moves every answer; ask again soon
 KEEPALIVE = b": waiting\n\n"  # an SSE comment while queued: clients ignore it, a hang-up shows
-FAILED_AUTH_ADDRESSES = 1024  # addresses remembered for the wrong-key lockout
+LOCKED_ADDRESSES = 1024  # addresses locked out for wrong keys, remembered at once
 
 
-class Admission(Protocol):
-    """Per-client-address limits shared with the page (issue 14: --max-in-flight, --rate-limit).
-    `acquire` returns None when admitted, else seconds to wait; every admitted call is released."""
-
-    def acquire(self, address: str) -> float | None: ...
-
-    def release(self, address: str) -> None: ...
-
-
-def client_address(request: Request, trusted_proxy: str | None) -> str:
-    """Who is asking: the peer, or behind `--trusted-proxy` the address that proxy appended last
-    to X-Forwarded-For (anything earlier in the header the client could have written itself)."""
-    peer = request.client.host if request.client else ""
-    if trusted_proxy and peer == trusted_proxy:
-        forwarded = [a.strip() for a in request.headers.get("x-forwarded-for", "").split(",") if a.strip()]
-        if forwarded:
-            return forwarded[-1]
-    return peer
+def address_of(request: Request, settings: Settings) -> str:
+    """The client address limits count against (the page uses the same rule)."""
+    return client_address(request.client.host if request.client else None, request.headers, settings.trusted_proxy)
 
 
 def api_routes(
@@ -73,11 +58,13 @@ def api_routes(
     runtime: Callable[[], Runtime] | None = None,
     current: Callable[[], Runtime | None] = current_runtime,
     metrics: ServingMetrics | None = None,
-    limits: Admission | None = None,
+    limits: ClientLimits | None = None,
     page_sessions: Callable[[], int | None] | None = None,
 ) -> list[Route]:
     """The routes; `runtime` builds (or rebuilds a dead) runtime for an answer, `current` peeks
-    without building (probes report, they do not repair). Tests pass their own of each."""
+    without building (probes report, they do not repair); `limits` are the per-address limits the
+    page's sessions count against too. Tests pass their own of each."""
+    limits = limits or shared_limits(settings.rate_limit, settings.max_in_flight)
     api = OpenAIApi(
         settings, runtime or (lambda: shared_runtime(settings)), current, metrics or process_metrics(), limits
     )
@@ -98,7 +85,7 @@ class OpenAIApi:
         runtime: Callable[[], Runtime],
         current: Callable[[], Runtime | None],
         metrics: ServingMetrics,
-        limits: Admission | None,
+        limits: ClientLimits,
     ) -> None:
         self.settings = settings
         self.runtime = runtime
@@ -107,8 +94,7 @@ class OpenAIApi:
         self.limits = limits
         self.key = settings.server_api_key or settings.password  # None: /v1 is open
         self.started = int(time.time())
-        self._wrong_keys: dict[str, RateLimiter] = {}
-        self._locked_until: dict[str, float] = {}
+        self._locked_until: dict[str, float] = {}  # address -> when its wrong-key lockout ends
 
     # ---- probes ----
 
@@ -164,13 +150,13 @@ class OpenAIApi:
                 raise ApiError(
                     404, f"model {call.model!r} does not exist: {served}", param="model", code="model_not_found"
                 )
-            address = self._admit(request)
+            release = self._admit(request)
         except ApiError as err:
             return self._error(err)
         try:
-            answer = _Answer(self, rt, call, address)
+            answer = _Answer(self, rt, call, release)
         except BaseException:
-            self._release(address)
+            release()
             raise
         try:
             return await answer.respond(request)
@@ -181,37 +167,27 @@ class OpenAIApi:
     # ---- steps of a request ----
 
     def _authorize(self, request: Request) -> None:
-        """Bearer KEY (--server-api-key, else --password); wrong keys lock the address out after
-        as many tries as the page's password form allows, so the API is no way around it."""
+        """Bearer KEY (--server-api-key, else --password). Wrong keys spend the address's password
+        tries, the same the page's form spends, and then lock it out for a while: even the right
+        key is refused until then, so a guesser learns nothing from the answer."""
         if not self.key:
             return
-        address = client_address(request, self.settings.trusted_proxy)
+        address = address_of(request, self.settings)
         now = time.monotonic()
         locked = self._locked_until.get(address, 0.0) - now
         if locked > 0:
-            raise ApiError(
-                429,
-                "too many wrong API keys from this address; wait and try again",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(int(locked) + 1)},
-            )
+            raise _locked_out(math.ceil(locked))
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key.encode()):
+        if scheme.lower() == "bearer" and password_ok(token.strip(), self.key):
             return
-        if len(self._wrong_keys) >= FAILED_AUTH_ADDRESSES and address not in self._wrong_keys:
-            self._wrong_keys.pop(next(iter(self._wrong_keys)))
-        wait = self._wrong_keys.setdefault(address, RateLimiter(PASSWORD_ATTEMPTS_PER_MINUTE)).hit()
+        wait = self.limits.password_try(address)
         if wait:
+            if len(self._locked_until) >= LOCKED_ADDRESSES:
+                self._locked_until = {a: t for a, t in self._locked_until.items() if t > now}
             self._locked_until[address] = now + wait
-            raise ApiError(429, "too many wrong API keys from this address; wait and try again",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(wait)})  # fmt: skip
-        raise ApiError(
-            401,
-            "missing or wrong API key: send Authorization: Bearer KEY (the box's "
-            "--server-api-key, or its page password)",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+            raise _locked_out(wait)
+        message = "missing or wrong API key: send Authorization: Bearer KEY (--server-api-key, or the page password)"
+        raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     async def _json(self, request: Request) -> Any:
         declared = request.headers.get("content-length", "")
@@ -242,19 +218,24 @@ class OpenAIApi:
             raise ApiError(503, "the engine is down; try again in a moment", code="engine_down")
         return rt
 
-    def _admit(self, request: Request) -> str:
-        address = client_address(request, self.settings.trusted_proxy)
-        if self.limits is not None:
-            wait = self.limits.acquire(address)
-            if wait is not None:
-                retry = {"Retry-After": str(max(1, round(wait)))}
-                message = "too many requests from this address at once; try again shortly"
-                raise ApiError(429, message, code="rate_limit_exceeded", headers=retry)
-        return address
-
-    def _release(self, address: str) -> None:
-        if self.limits is not None:
-            self.limits.release(address)
+    def _admit(self, request: Request) -> Callable[[], None]:
+        """Count the question against the address's --rate-limit and take one of its
+        --max-in-flight slots (page tabs and API calls of one address share them)."""
+        address = address_of(request, self.settings)
+        wait = self.limits.question(address)
+        if wait:
+            message = (
+                f"over {self.limits.rate_limit} questions a minute from this address (--rate-limit); wait {wait} s"
+            )
+            raise ApiError(429, message, code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+        release = self.limits.acquire(address)
+        if release is None:
+            n = self.limits.max_in_flight
+            message = (
+                f"this address already has {n} answers running or waiting (--max-in-flight); try again when one ends"
+            )
+            raise ApiError(429, message, code="rate_limit_exceeded", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+        return release
 
     def _error(self, err: ApiError) -> JSONResponse:
         self.metrics.api_error(err.status)
@@ -265,11 +246,11 @@ class _Answer:
     """One admitted chat completion: its ChatClient, its events, and the clean-up that runs
     exactly once however the request ends (answered, refused, hung up)."""
 
-    def __init__(self, api: OpenAIApi, rt: Runtime, call: ChatCall, address: str) -> None:
+    def __init__(self, api: OpenAIApi, rt: Runtime, call: ChatCall, release: Callable[[], None]) -> None:
         self.api = api
         self.rt = rt
         self.call = call
-        self.address = address
+        self.release = release
         self.model = model_id(rt)
         self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, source="api")
         self.generation = self.client.stream(call.messages, call.sampling, continue_last=call.continue_last)
@@ -364,7 +345,7 @@ class _Answer:
             self.generation.cancel()
             await anyio.to_thread.run_sync(_drain, self.generation)
             self.rt.backend.forget_session(self.client.session)
-            self.api._release(self.address)
+            self.release()
 
 
 class _Stream(StreamingResponse):
@@ -395,6 +376,11 @@ class _Stream(StreamingResponse):
             return message
 
         return watched
+
+
+def _locked_out(wait: int) -> ApiError:
+    message = "too many wrong API keys from this address; wait and try again"
+    return ApiError(429, message, code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
 
 
 def _sse(body: dict[str, Any]) -> bytes:

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from edgechat import metrics as metrics_module
+from edgechat.access import ClientLimits
 from edgechat.api import MAX_BODY_BYTES, api_routes
 from edgechat.config import parse_settings
 from edgechat.metrics import ServingMetrics
@@ -32,7 +33,10 @@ class Api:
         self.rt = rt
         self.settings = parse_settings(list(flags), env={})
         self.metrics = ServingMetrics()
-        app = Starlette(routes=api_routes(self.settings, runtime=lambda: rt, current=lambda: rt, metrics=self.metrics))
+        self.limits = ClientLimits(self.settings.rate_limit, self.settings.max_in_flight)  # the defaults, fresh
+        routes = api_routes(self.settings, runtime=lambda: rt, current=lambda: rt, metrics=self.metrics,
+                            limits=self.limits)  # fmt: skip
+        app = Starlette(routes=routes)
         self.http = TestClient(app)
         metrics_module.attach(self.metrics)
 
@@ -250,6 +254,47 @@ def test_wrong_keys_lock_the_address_out_like_the_password_form(runtime: Runtime
         r = api.http.get("/v1/models", headers={"Authorization": "Bearer s3cret"})  # even the right key, for now
         assert error_of(r, 429)["code"] == "rate_limit_exceeded" and int(r.headers["retry-after"]) >= 1
     finally:
+        api.close()
+
+
+def test_password_tries_are_shared_with_the_page(runtime: Runtime) -> None:
+    api = Api(runtime, "--password", "pagepass")
+    try:
+        for _ in range(5):  # the page's form spent this address's tries
+            assert api.limits.password_try("testclient") == 0
+        error_of(api.http.get("/v1/models", headers={"Authorization": "Bearer guess"}), 429)
+    finally:
+        api.close()
+
+
+def test_questions_a_minute_per_address(runtime: Runtime) -> None:
+    api = Api(runtime, "--rate-limit", "2")
+    try:
+        assert [api.chat(messages=QUESTION, max_tokens=1).status_code for _ in range(2)] == [200, 200]
+        r = api.chat(messages=QUESTION, max_tokens=1)
+        assert "--rate-limit" in error_of(r, 429)["message"] and int(r.headers["retry-after"]) >= 1
+        assert api.sample("edgechat:api_errors_total", status="429") == 1
+    finally:
+        api.close()
+
+
+def test_answers_in_flight_per_address_counting_the_page_too(runtime: Runtime) -> None:
+    api = Api(runtime, "--max-in-flight", "2", "--trusted-proxy", "testclient")
+    tabs = [api.limits.acquire("10.0.0.7") for _ in range(2)]  # two page tabs of that person are answering
+    behind_proxy = {"X-Forwarded-For": "10.0.0.7"}
+    try:
+        third = api.chat(messages=QUESTION, max_tokens=1, headers=behind_proxy)
+        assert "--max-in-flight" in error_of(third, 429)["message"] and third.headers["retry-after"]
+        other = api.chat(messages=QUESTION, max_tokens=1, headers={"X-Forwarded-For": "10.0.0.8"})
+        assert other.status_code == 200  # someone else is not held up
+        spoofed = api.chat(messages=QUESTION, max_tokens=1, headers={"X-Forwarded-For": "10.0.0.8, 10.0.0.7"})
+        error_of(spoofed, 429)  # only the proxy's own (last) entry counts
+        tabs[0]()
+        assert api.chat(messages=QUESTION, max_tokens=1, headers=behind_proxy).status_code == 200
+        assert api.limits.in_flight("10.0.0.7") == 1  # the API answer gave its slot back; one tab still holds one
+    finally:
+        for release in tabs:
+            release()
         api.close()
 
 

@@ -26,7 +26,7 @@ from edgechat.config import parse_settings
 from edgechat.metrics import ServingMetrics
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import Message, SamplingParams, Text
-from tests.e2e.conftest import Server
+from harness.servers import Server
 
 KEY = "e2e-api-key"
 STORY = "Write a long story about a dragon who learns to bake bread."
@@ -42,8 +42,10 @@ ANSWER_TIMEOUT_MS = 180_000
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[Server]:
+    # The tests call from 127.0.0.1, named the trusted proxy so that X-Forwarded-For stands for the
+    # programs of several people; --max-in-flight stays at its default (2 per address).
     flags = ("--temperature", "0", "--max-new-tokens", "96", "--context-length", "1024", "--max-sessions", "8",
-             "--server-api-key", KEY)  # fmt: skip
+             "--server-api-key", KEY, "--trusted-proxy", "127.0.0.1", "--rate-limit", "60")  # fmt: skip
     s = Server(*flags)
     yield s
     s.stop()
@@ -73,6 +75,11 @@ def scrape(box: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def metric(box: Server, name: str, **labels: str) -> float:
     return scrape(box)[(name, tuple(sorted(labels.items())))]
+
+
+def decoding(box: Server) -> float:
+    figures = scrape(box)
+    return figures[("edgechat:num_requests_running", ())] - figures[("edgechat:num_requests_prefilling", ())]
 
 
 def wait_until(predicate: Any, timeout: float) -> bool:
@@ -149,9 +156,36 @@ def test_hanging_up_on_a_whole_answer_frees_it_too(box: Server, model: str) -> N
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
     with socket.create_connection(("127.0.0.1", box.port), timeout=10) as conn:
         conn.sendall(head.encode() + body)
-        assert wait_until(lambda: metric(box, "edgechat:num_requests_running") == 1, timeout=30)
+        assert wait_until(lambda: decoding(box) == 1, timeout=60)  # past its prompt: the engine's steps are short
     assert wait_until(lambda: metric(box, "edgechat:num_requests_running") == 0, timeout=2.0)
     assert metric(box, "edgechat:requests_total", finished_reason="cancelled", source="api") == cancelled + 1
+
+
+def test_a_third_answer_at_once_from_one_address_is_429(client: openai.OpenAI, model: str) -> None:
+    one_person = {"X-Forwarded-For": "10.0.1.1"}
+    streams = [
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": STORY}],
+            max_tokens=96,
+            stream=True,
+            extra_headers=one_person,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    try:
+        for stream in streams:
+            next(iter(stream))  # both are answering
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                           extra_headers=one_person)  # fmt: skip
+        assert "--max-in-flight" in str(refused.value) and refused.value.response.headers["retry-after"]
+        other = {"X-Forwarded-For": "10.0.1.2"}
+        assert client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+                                              extra_headers=other).choices  # fmt: skip
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def test_auth_and_error_statuses_on_the_real_server(box: Server, model: str) -> None:
@@ -186,7 +220,8 @@ def test_eight_api_streams_and_two_browser_sessions_at_once(
     def stream(i: int) -> None:
         try:
             chunks = client.chat.completions.create(model=model, messages=[{"role": "user", "content": asked[i]}],
-                                                    temperature=0, seed=1, max_tokens=16, stream=True)  # fmt: skip
+                                                    temperature=0, seed=1, max_tokens=16, stream=True,
+                                                    extra_headers={"X-Forwarded-For": f"10.0.0.{i + 1}"})  # fmt: skip
             together[i] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         except BaseException as err:  # noqa: BLE001 — reported by the assert below
             errors.append(err)
