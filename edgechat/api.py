@@ -37,7 +37,7 @@ from edgechat.errors import ConfigError
 from edgechat.metrics import ServingMetrics, process_metrics
 from edgechat.openai_schema import ApiError, ChatCall
 from edgechat.runtime import Runtime, current_runtime, shared_runtime
-from edgechat.types import ChatEvent, Done, Failed, FailKind, Queued, Text, Tick, Trimmed, TurnStats
+from edgechat.types import ChatEvent, Done, Failed, FailKind, Generation, Queued, Text, Tick, Trimmed, TurnStats
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # a long conversation is ~100 KB; more is a mistake or an attack
@@ -70,8 +70,8 @@ def api_routes(
     )
     api.metrics.bind(api.engine_stats, api.engine_info, page_sessions)
     return [
-        Route("/healthz", api.healthz, methods=["GET", "HEAD"]),
-        Route("/metrics", api.prometheus, methods=["GET", "HEAD"]),
+        Route("/healthz", api.healthz, methods=["GET"]),
+        Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/chat/completions", api.chat, methods=["POST"]),
         Route("/v1/{rest:path}", api.unknown, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
@@ -79,6 +79,8 @@ def api_routes(
 
 
 class OpenAIApi:
+    """The handlers, with what they share: settings, the runtime providers, metrics, limits."""
+
     def __init__(
         self,
         settings: Settings,
@@ -153,14 +155,14 @@ class OpenAIApi:
             release = self._admit(request)
         except ApiError as err:
             return self._error(err)
-        try:
-            answer = _Answer(self, rt, call, release)
-        except BaseException:
-            release()
-            raise
+        answer = _Answer(self, rt, call, release)
         try:
             return await answer.respond(request)
-        except BaseException:
+        except Exception as err:  # a bug of ours: the caller still gets OpenAI's shape, the log the trace
+            await answer.finish()
+            log.exception("chat completion failed")
+            return self._error(ApiError(500, f"the answer failed ({type(err).__name__}); try again"))
+        except BaseException:  # cancelled (server shutting down)
             await answer.finish()
             raise
 
@@ -253,10 +255,15 @@ class _Answer:
         self.release = release
         self.model = model_id(rt)
         self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, source="api")
-        self.generation = self.client.stream(call.messages, call.sampling, continue_last=call.continue_last)
+        self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
 
+    def start(self) -> None:
+        """Fit the history and submit (templates and tokenizing: kept off the event loop)."""
+        self.generation = self.client.stream(self.call.messages, self.call.sampling, self.call.continue_last)
+
     async def respond(self, request: Request) -> Response:
+        await anyio.to_thread.run_sync(self.start)
         first = await self._watching(request, self._first)
         if isinstance(first[-1], Failed):  # refused, or broke before its first word: a status says why
             await self.finish()
