@@ -35,30 +35,35 @@ SOURCES = ("page", "api", "terminal")  # who asked; anything else is counted as 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 QUEUE_BUCKETS = (0.005, 0.05, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 
-# Backend stats() keys exported as gauges at scrape time: key -> (metric name, help). Keys the
-# scheduler adds later are exported by adding a row; a missing key exports nothing.
-STATS_GAUGES: dict[str, tuple[str, str]] = {
-    "waiting": ("num_requests_waiting", "Requests waiting in the queue for a sequence."),
-    "prefilling": ("num_requests_prefilling", "Requests reading their prompt (included in running)."),
-    "kv_tokens_used": ("kv_cache_tokens_used", "Tokens held in KV caches (running and idle sessions)."),
-    "kv_tokens_budget": ("kv_cache_tokens_budget", "Most KV tokens kept (--kv-budget)."),
-    "idle_sessions": (
-        "sessions_cached",
-        "Idle conversations whose KV cache is kept on the engine for their next turn.",
-    ),
-    "sequences_in_use": ("sequences_in_use", "Engine sequences held by running or cached conversations."),
-    "aggregate_tps": ("generation_tokens_per_second", "Tokens generated per second over the last 5 s, all requests."),
-    "max_running": ("max_running", "Most requests generating at once (--max-running)."),
-    "max_queue": ("max_queue", "Most requests waiting (--max-queue)."),
-    "parked_sessions": ("sessions_parked", "Idle conversations whose KV cache is parked in host RAM."),
-    "parked_bytes": ("parked_cache_bytes", "Host RAM holding parked KV caches."),
-}
-# Monotonic stats() keys exported as counters: key -> (name without _total, help).
-STATS_COUNTERS: dict[str, tuple[str, str]] = {
-    "refused": ("requests_refused", "Requests refused because the queue was full."),
-    "restored": ("sessions_restored", "Turns whose KV cache was restored from host RAM instead of re-prefilled."),
-    "reprefilled": ("sessions_reprefilled", "Turns of a known conversation that re-read their whole prompt."),
-}
+MIB = float(1 << 20)
+
+# Backend stats() keys exported at scrape time: (metric name, the keys it may come under, first
+# present wins, scale, help). A key the backend does not report exports nothing, so a scheduler
+# that adds keys is exported by adding a row here.
+STATS_GAUGES: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
+    ("num_requests_waiting", ("waiting",), 1, "Requests waiting in the queue for a sequence."),
+    ("num_requests_prefilling", ("prefilling",), 1, "Requests reading their prompt (included in running)."),
+    ("kv_cache_tokens_used", ("kv_tokens_used",), 1, "Tokens held in KV caches (running and idle conversations)."),
+    ("kv_cache_tokens_budget", ("kv_tokens_budget",), 1, "Most KV tokens kept (--kv-budget)."),
+    ("sessions_cached", ("sessions_cached", "idle_sessions"), 1,
+     "Idle conversations whose KV cache is kept on the engine for their next turn."),
+    ("sessions_parked", ("sessions_parked",), 1, "Idle conversations whose KV cache is parked in host RAM."),
+    ("parked_cache_bytes", ("parked_mib",), MIB, "Host RAM holding parked KV caches."),
+    ("host_cache_capacity_bytes", ("host_cache_mib",), MIB, "Host RAM parked KV caches may take (--host-cache)."),
+    ("sequences_in_use", ("sequences_in_use",), 1, "Engine sequences held by running or cached conversations."),
+    ("max_sequences", ("max_sequences",), 1, "Engine sequences (--max-sessions)."),
+    ("generation_tokens_per_second", ("aggregate_tps",), 1, "Tokens generated per second over the last 5 s."),
+    ("max_running", ("max_running",), 1, "Most requests generating at once (--max-running)."),
+    ("max_queue", ("max_queue",), 1, "Most requests waiting (--max-queue)."),
+)  # fmt: skip
+# Monotonic stats() keys, exported as counters (the name gets _total).
+STATS_COUNTERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("requests_refused", ("refused",), "Requests refused because the queue was full."),
+    ("turns_reused", ("turns_reused",), "Turns that went on from their conversation's KV cache on the engine."),
+    ("turns_restored", ("turns_restored",), "Turns whose KV cache was restored from host RAM instead of re-read."),
+    ("turns_reprefilled", ("turns_reprefilled",), "Turns of a known conversation that re-read their whole prompt."),
+    ("sessions_dropped", ("sessions_dropped",), "Parked KV caches dropped for room (their next turn re-reads)."),
+)
 INFO_KEYS = ("backend", "model_name", "template", "context_length")  # never a path, URL or key
 
 
@@ -146,16 +151,16 @@ class _EngineCollector(Collector):
         if "running" in stats:
             running = stats["running"] + stats.get("prefilling", 0)
             yield _gauge("num_requests_running", "Requests generating or reading their prompt.", running)
-        for key, (name, text) in STATS_GAUGES.items():
-            value = stats.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                yield _gauge(name, text, value)
-        used, budget = stats.get("kv_tokens_used"), stats.get("kv_tokens_budget")
-        if isinstance(used, int) and isinstance(budget, int) and budget > 0:
+        for name, keys, scale, text in STATS_GAUGES:
+            value = _number(stats, keys)
+            if value is not None:
+                yield _gauge(name, text, value * scale)
+        used, budget = _number(stats, ("kv_tokens_used",)), _number(stats, ("kv_tokens_budget",))
+        if used is not None and budget:
             yield _gauge("kv_cache_usage_perc", "KV tokens used / budget (0..1).", used / budget)
-        for key, (name, text) in STATS_COUNTERS.items():
-            value = stats.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for name, keys, text in STATS_COUNTERS:
+            value = _number(stats, keys)
+            if value is not None:
                 yield CounterMetricFamily(PREFIX + name, text, value=value)
         sessions = self.page_sessions()
         if sessions is not None:
@@ -163,6 +168,15 @@ class _EngineCollector(Collector):
         if info:
             labels = {k: str(info[k]) for k in INFO_KEYS if info.get(k) is not None}
             yield InfoMetricFamily(PREFIX + "model", "The model this box serves.", value=labels)
+
+
+def _number(stats: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:
+    """The first of `keys` that `stats` holds as a number (a bool is a flag, not a figure)."""
+    for key in keys:
+        value = stats.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

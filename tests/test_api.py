@@ -117,9 +117,9 @@ def test_a_stream_says_the_same_as_the_whole_answer(api: Api) -> None:
 
 
 def test_a_stop_string_ends_the_answer_before_it(api: Api) -> None:
-    text = api.chat(messages=QUESTION, temperature=0, max_tokens=40).json()["choices"][0]["message"]["content"]
+    text = api.chat(messages=QUESTION, temperature=0, max_tokens=24).json()["choices"][0]["message"]["content"]
     word = text.split()[2]
-    cut = api.chat(messages=QUESTION, temperature=0, max_tokens=40, stop=[word]).json()["choices"][0]
+    cut = api.chat(messages=QUESTION, temperature=0, max_tokens=24, stop=[word]).json()["choices"][0]
     assert cut["finish_reason"] == "stop" and cut["message"]["content"] == text[: text.index(word)]
 
 

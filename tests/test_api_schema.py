@@ -174,9 +174,12 @@ def test_scrape_time_gauges_follow_the_backend_and_skip_missing_keys() -> None:
     info = families(m)["edgechat:model_info"].samples[0].labels
     assert info == {"backend": "llamacpp", "model_name": "M"}  # no path, URL or key in a label
     assert "edgechat:sessions_parked" not in families(m)  # the backend does not report it
-    figures["parked_sessions"] = 2
-    figures["alive"] = False
+    figures.update(sessions_parked=2, parked_mib=1.5, turns_restored=3, idle_sessions=4, alive=False)
     assert value(m, "edgechat:sessions_parked") == 2 and value(m, "edgechat:engine_alive") == 0
+    assert value(m, "edgechat:parked_cache_bytes") == 1.5 * 2**20  # base units, as Prometheus names want
+    assert value(m, "edgechat:turns_restored_total") == 3
+    figures["sessions_cached"] = 5  # the scheduler's newer name wins; one series either way
+    assert value(m, "edgechat:sessions_cached") == 5 and len(families(m)["edgechat:sessions_cached"].samples) == 1
 
 
 def test_each_answer_is_counted_by_reason_and_source() -> None:
