@@ -265,7 +265,7 @@ class _Answer:
     async def respond(self, request: Request) -> Response:
         await anyio.to_thread.run_sync(self.start)
         first = await self._watching(request, self._first)
-        if isinstance(first[-1], Failed):  # refused, or broke before its first word: a status says why
+        if first and isinstance(first[-1], Failed):  # refused, or broke before its first word: a status says why
             await self.finish()
             return self.api._error(self._failure_error(first[-1]))
         if self.call.stream:
