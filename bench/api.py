@@ -11,8 +11,9 @@
 - `api`: a real `streamlit run web_demo.py` and 16 threads of the official `openai` client,
   streaming, each client behind its own X-Forwarded-For address (the server trusts 127.0.0.1 as
   a proxy, so the default per-address limits apply) - the gap to `in_process_fresh` is HTTP.
-Aggregate tok/s = completion tokens / wall time of the whole load. The machine is shared, so the
-load average before and after is reported with the figures.
+Aggregate tok/s = completion tokens / wall time of the whole load. The machine is shared: the two
+loads compared for HTTP (api, in_process_fresh) run twice each in mirrored order and are
+averaged, and the load average after every run is reported with its figures.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def room(turn_for: Callable[[int], Turn], clients: int, turns: int) -> dict[str,
         "prompt_tokens": sum(r[1] for r in results),
         "reused_prompt_tokens": sum(r[2] for r in results),
         "aggregate_tps": round(completion / wall, 1),
-        "first_token_p50_s": round(statistics.median(firsts), 3) if firsts else None,
+        "first_token_p50_s": round(firsts[(len(firsts) - 1) // 2], 3) if firsts else None,
         "first_token_p95_s": round(firsts[int(0.95 * (len(firsts) - 1))], 3) if firsts else None,
     }
 
@@ -151,6 +152,9 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+ORDER = ("in_process_fresh", "api", "in_process", "api", "in_process_fresh")  # the pair to compare twice, mirrored
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object (the only output mode)")
@@ -161,27 +165,34 @@ def main() -> None:
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load": f"{args.clients} clients x {args.turns} turns x up to {args.tokens} tokens, greedy, all at once",
+        "order": list(ORDER),
         "loadavg_before": loadavg(),
     }
-    settings = parse_settings([*ENGINE_FLAGS, "--max-new-tokens", str(args.tokens)], env={})
+    flags = [*ENGINE_FLAGS, "--max-new-tokens", str(args.tokens)]
     sampling = SamplingParams(temperature=0.0, max_new_tokens=args.tokens, seed=42)
-    rt = load_runtime(settings)
-    result["model"] = rt.info["model_name"]
-    try:
-        result["in_process"] = room(in_process(rt, sampling, False), args.clients, args.turns)
-        result["in_process_fresh"] = room(in_process(rt, sampling, True), args.clients, args.turns)
-    finally:
-        rt.close()
-    server = Server(*ENGINE_FLAGS, "--max-new-tokens", str(args.tokens), "--trusted-proxy", "127.0.0.1")
+    rt = load_runtime(parse_settings(flags, env={}))
+    server = Server(*flags, "--trusted-proxy", "127.0.0.1")
     try:
         model = openai.OpenAI(base_url=server.url + "/v1", api_key="none").models.list().data[0].id
-        result["api"] = room(over_http(server.url, model, args.tokens), args.clients, args.turns)
+        loads = {
+            "in_process": in_process(rt, sampling, False),
+            "in_process_fresh": in_process(rt, sampling, True),
+            "api": over_http(server.url, model, args.tokens),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loads}
+        for name in ORDER:  # mirrored, so a load that drifts during the run weighs on both sides alike
+            runs[name].append({**room(loads[name], args.clients, args.turns), "loadavg_after": loadavg()})
     finally:
         server.stop()
+        rt.close()
+    result["model"] = model
+    for name, done in runs.items():
+        tps = [r["aggregate_tps"] for r in done]
+        result[name] = {"aggregate_tps": round(statistics.mean(tps), 1), "runs": done}
     result["loadavg_after"] = loadavg()
-    api, local, fresh = result["api"], result["in_process"], result["in_process_fresh"]
-    result["api_vs_in_process"] = round(api["aggregate_tps"] / local["aggregate_tps"], 3)
-    result["api_vs_in_process_fresh"] = round(api["aggregate_tps"] / fresh["aggregate_tps"], 3)
+    api, local, fresh = (result[n]["aggregate_tps"] for n in ("api", "in_process", "in_process_fresh"))
+    result["api_vs_in_process"] = round(api / local, 3)
+    result["api_vs_in_process_fresh"] = round(api / fresh, 3)  # same work (no KV kept): what HTTP costs
     print(json.dumps(result, indent=None if args.json else 2))
 
 
