@@ -44,7 +44,9 @@ def test_hostile_answers_model_id_and_errors_render_inert(browser, hostile) -> N
     for answer in (a for a in hostile_answers(sink.address) if a.name in CASES):
         ask(page, f"case {answer.name}")
         page.get_by_text(answer.marker).first.wait_for(timeout=60_000)
-        page.get_by_role("button", name="Regenerate").wait_for(timeout=60_000)  # the answer is complete
+        page.wait_for_function(  # the answer is complete: the input is on again
+            "() => !document.querySelector('[data-testid=stChatInputTextArea]').disabled", timeout=60_000
+        )
     ask(page, "fail")
     page.get_by_text("the model server failed (500)").wait_for(timeout=60_000)
     page.wait_for_load_state("networkidle")
