@@ -26,6 +26,10 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "Your message is {n} characters; this server accepts up to {limit}. Shorten it and send again.",
         "zh": "你的消息有 {n} 个字符，本服务器最多接受 {limit} 个。请缩短后重新发送。",
     },
+    "system_too_long": {
+        "en": "The system prompt is {n} characters; this server accepts up to {limit}. The previous one stays.",
+        "zh": "系统提示词有 {n} 个字符，本服务器最多接受 {limit} 个。仍使用之前的提示词。",
+    },
     "rate_limited": {
         "en": "Too many requests: up to {limit} a minute per person. Try again in {wait} s.",
         "zh": "请求过于频繁：每人每分钟最多 {limit} 次。请 {wait} 秒后再试。",
