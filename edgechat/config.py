@@ -360,12 +360,13 @@ def markdown_tables() -> str:
         opt: Option = f.metadata["option"]
         scalar, _ = _kind(f.name)
         value = "" if scalar is bool else " " + _metavar(f.name)
-        names = ", ".join(f"`{n}{value}`" for n in (flag_of(f.name), *opt.aliases))
+        names = ", ".join(f"`{n}{value}`" for n in (flag_of(f.name), *opt.aliases)).replace("|", "\\|")
         default = opt.shown_default or ("none" if f.default in (None, False) else _shown(f.default))
         meaning = opt.help.replace("|", "\\|")
         by_group[opt.group].append(f"| {names} | {default} | {meaning} |")
     for group, rows in by_group.items():
-        out += [f"**{GROUPS[group]}**", "", "| Flag | Default | Meaning |", "| --- | --- | --- |", *rows, ""]
+        if rows:
+            out += [f"**{GROUPS[group]}**", "", "| Flag | Default | Meaning |", "| --- | --- | --- |", *rows, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -383,3 +384,7 @@ def _shown(default: Any) -> str:
     if isinstance(default, tuple):
         return " ".join(map(str, default))
     return f"`{default}`" if isinstance(default, str) else str(default)
+
+
+if __name__ == "__main__":  # python3 -m edgechat.config: README's flag tables
+    print(markdown_tables(), end="")
