@@ -36,7 +36,8 @@ class Settings:
     context_length: int = 2048
     max_sessions: int = 8
     threads: int | None = None
-    max_running: int | None = None  # default: every sequence the engine holds
+    max_running: int | None = None  # default: every sequence the engine holds (sail: its KV slots)
+    max_prompt_share: float = 0.5  # sail: longest prompt as a share of the bmodel's context (the seed's 1/2)
     max_queue: int = 32
     kv_budget: str | None = None  # "4096" tokens or "256MiB" of KV cache, idle sessions included
     request_timeout: float | None = None  # seconds
@@ -94,13 +95,28 @@ def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
     p.add_argument("--bmodel", type=Path, default=None, help="Sophgo bmodel (sail backend)")
     p.add_argument("--token", type=Path, default=d.token, help="Baichuan2 tokenizer directory")
     p.add_argument(
-        "--dev_ids", "--dev-ids", dest="dev_ids", type=int, nargs="+", default=list(d.dev_ids), help="TPU device ids"
+        "--dev_ids",
+        "--dev-ids",
+        dest="dev_ids",
+        type=_id_list,
+        nargs="+",
+        default=[list(d.dev_ids)],
+        help="TPU device ids: 0 1 or 0,1",
     )
     p.add_argument("--context-length", type=int, default=d.context_length, help="context tokens per session")
     p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="sequences held at once")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument(
-        "--max-running", type=int, default=None, help="requests generating at once (default: --max-sessions)"
+        "--max-running",
+        type=int,
+        default=None,
+        help="requests generating at once (default: --max-sessions; on the TPU 2, each a KV slot)",
+    )
+    p.add_argument(
+        "--max-prompt-share",
+        type=float,
+        default=d.max_prompt_share,
+        help="TPU: longest prompt as a share of the bmodel's context; the rest is answer room",
     )
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting; beyond it: 'busy, try again'")
     p.add_argument(
@@ -128,6 +144,14 @@ def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
     return p
 
 
+def _id_list(text: str) -> list[int]:
+    """`--dev_ids 0,1` as well as `--dev_ids 0 1` (the seed's form); each item is a list."""
+    try:
+        return [int(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TPU id list like 0 or 0,1") from None
+
+
 def _env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     """Environment variables become parser defaults, so flags still win over them."""
     for action in parser._actions:
@@ -141,12 +165,12 @@ def _env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> No
             if isinstance(action, argparse._StoreTrueAction):
                 value: object = raw.strip().lower() in ("1", "true", "yes", "on")
             elif action.nargs == "+":
-                value = [action.type(v) for v in raw.replace(",", " ").split()]  # type: ignore[misc]
+                value = [action.type(v) for v in raw.split()]  # type: ignore[misc]
             elif action.type is not None:
                 value = action.type(raw)  # type: ignore[misc]
             else:
                 value = raw
-        except ValueError:
+        except (ValueError, argparse.ArgumentTypeError):
             raise ConfigError(f"{key}={raw!r} is not a valid value for --{action.dest.replace('_', '-')}") from None
         if action.choices is not None and value not in action.choices:
             raise ConfigError(f"{key}={raw!r}: choose one of {', '.join(action.choices)}")
@@ -160,6 +184,8 @@ def _check(ns: argparse.Namespace) -> None:
         raise ConfigError("--max-sessions must be at least 1")
     if ns.max_running is not None and ns.max_running < 1:
         raise ConfigError("--max-running must be at least 1")
+    if not 0.0 < ns.max_prompt_share < 1.0:
+        raise ConfigError("--max-prompt-share must be between 0 and 1 (0.5 keeps half the context for the answer)")
     if ns.max_queue < 0:
         raise ConfigError("--max-queue must be >= 0")
     if ns.kv_budget is not None:
@@ -222,11 +248,12 @@ def parse_settings(
         model=ns.model,
         bmodel=ns.bmodel,
         token=ns.token,
-        dev_ids=tuple(ns.dev_ids),
+        dev_ids=tuple(i for ids in ns.dev_ids for i in ids),
         context_length=ns.context_length,
         max_sessions=ns.max_sessions,
         threads=ns.threads,
         max_running=ns.max_running,
+        max_prompt_share=ns.max_prompt_share,
         max_queue=ns.max_queue,
         kv_budget=ns.kv_budget,
         request_timeout=ns.request_timeout,
