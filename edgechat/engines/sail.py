@@ -96,8 +96,14 @@ def load_sail(
         net = sail.EngineLLM(str(bmodel), list(dev_ids))
     except Exception as err:  # sail's own error classes differ between versions
         raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
-    engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, slots, dev_ids, max_prompt_share)
-    return handle, engine, tokenizer
+    try:
+        engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, slots, dev_ids, max_prompt_share)
+    except ConfigError as err:
+        refused = str(err)
+    else:
+        return handle, engine, tokenizer
+    net = handle = None  # the traceback is gone: the bmodel and any tensor leave the TPU now
+    raise ConfigError(refused)
 
 
 def _check_bmodel(path: Path | None) -> Path:
@@ -226,7 +232,7 @@ class SailEngine:
     def close(self) -> None:
         """Drop every device tensor and the loaded bmodel; sail frees them with the last reference."""
         self._free()
-        self._net = None
+        self._net = self._api.net = None
 
     # ---- setup ----
 
@@ -365,13 +371,13 @@ class SailEngine:
 
     def _shortfall(self, need_mib: int, free: int | str, after: tuple[int, int] | None = None) -> str:
         slots = self.max_sequences
-        per = self.kv_bytes_per_slot / MIB
-        failed = " (sail could not allocate it)" if after is not None else ""
-        return (
-            f"{Path(self.model_path).name} needs {need_mib} MiB of TPU memory for {slots} KV slot"
-            f"{'s' if slots != 1 else ''} ({per:.0f} MiB each){failed}, {free} MiB free on TPU {self.dev_ids[0]}: "
-            "lower --max-running (or give the TPU more memory, README 'SoC memory')"
-        )
+        what = f"{need_mib} MiB of TPU memory for {slots} KV slot{'s' if slots != 1 else ''}"
+        what += f" ({self.kv_bytes_per_slot / MIB:.0f} MiB each)"
+        name, dev = Path(self.model_path).name, self.dev_ids[0]
+        advice = "lower --max-running (or give the TPU more memory, README 'SoC memory')"
+        if after is None:
+            return f"{name} needs {what}, {free} MiB free on TPU {dev}: {advice}"
+        return f"{name}: sail could not allocate {what} on TPU {dev} (it reported {free} MiB free): {advice}"
 
     def _tensor(self, io: Io) -> Any:
         return self._sail.Tensor(self._handle, io.shape, io.dtype, False, True)

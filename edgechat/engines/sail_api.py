@@ -58,9 +58,15 @@ class SailRelease:
         return f"sophon-sail {version}{where}, {'index' if self.index_keyed else 'name'}-keyed API"
 
 
+# sophgo/sophon-sail `python/setup.py`: the wheel's name depends on the platform it was built for
+SAIL_DISTRIBUTIONS = ("sophon", "sophon_arm", "sophon_arm_pcie", "sophon_loongarch64", "sophon_sw64", "sophon_riscv64")
+
+
 def installed_wheel() -> tuple[str | None, str | None]:
-    """(distribution, version) of the wheel that provides the `sophon` package, if pip installed one."""
-    for name in importlib.metadata.packages_distributions().get("sophon", []):
+    """(distribution, version) of the sophon-sail wheel pip installed, if any. Looked up by its
+    known names: asking importlib.metadata which distribution provides `sophon` reads every
+    installed package's file list (a third of a second here)."""
+    for name in SAIL_DISTRIBUTIONS:
         try:
             return name, importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -235,9 +235,11 @@ def run_python(mode: Mode, code: str, **env: str) -> subprocess.CompletedProcess
     )
 
 
-def cli(mode: Mode, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """The seed's terminal program, baichuan2.py, on the emulated install."""
+def cli(mode: Mode | None, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The seed's terminal program, baichuan2.py, on the emulated install (None: no wheel metadata,
+    the emulator's default API)."""
     script = REPO / "baichuan2.py"
+    environ = mode.env(**env) if mode is not None else Mode("-", "-", "-", EMULATOR).env(**env)
     return subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, env=mode.env(**env), cwd=REPO, timeout=120
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=environ, cwd=REPO, timeout=120
     )

@@ -113,8 +113,8 @@ def install_as(directory: str | Path, version: str, dist: str = "sophon") -> Pat
 
 
 def installed_version() -> str | None:
-    """The version of the installed distribution that provides `sophon`, if any."""
-    for dist in importlib.metadata.packages_distributions().get("sophon", []):
+    """The version of the sophon-sail distribution this package is installed as, if any."""
+    for dist in DISTRIBUTIONS:
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -171,9 +171,9 @@ class Tensor:
         self._dtype = dtype
         size = math.prod(self._shape) if self._shape and all(d > 0 for d in self._shape) else 0
         nbytes = size * np.dtype(_STORAGE[dtype]).itemsize
-        self._data: np.ndarray | None = None
+        self._size, self._buffer, self._valid = size, None, False
         if size and dev.reserve(self._dev_id, nbytes):
-            self._data = np.zeros(size, dtype=_STORAGE[dtype])
+            self._valid = True
             self._counted = nbytes
             DEVICE["tensors"] += 1
             DEVICE["bytes"] += nbytes
@@ -187,6 +187,16 @@ class Tensor:
             DEVICE["tensors"] -= 1
             DEVICE["bytes"] -= counted
             dev.release(self._dev_id, counted)
+
+    @property
+    def _data(self) -> np.ndarray | None:
+        """The device memory, None when its allocation failed; made on first use, so a test can
+        allocate a 7B bmodel's K/V without touching gigabytes of host memory."""
+        if not self._valid:
+            return None
+        if self._buffer is None:
+            self._buffer = np.zeros(self._size, dtype=_STORAGE[self._dtype])
+        return self._buffer
 
     def shape(self) -> list[int]:
         return list(self._shape)
