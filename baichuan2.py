@@ -21,7 +21,7 @@ from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.scheduler import Scheduler
 from edgechat.templates import ChatTokenizer
-from edgechat.types import Message, TurnStats
+from edgechat.types import FinishReason, Message, TurnStats
 
 if TYPE_CHECKING:
     from edgechat.engines.remote import RemoteEngine  # imports openai (~1 s): only when used
@@ -69,6 +69,10 @@ def answer(client: Baichuan2, question: str, history: Sequence[Message]) -> str:
         print(f"error: {stats.error}", file=sys.stderr)
     if stats.completion_tokens:
         print(stats_line(stats), file=sys.stderr)
+    if stats.finish_reason is FinishReason.LENGTH:
+        full = stats.prompt_tokens + stats.completion_tokens >= client.max_len
+        limit = f"the context of {client.max_len} tokens is full" if full else "--max-new-tokens reached"
+        print(f"(the answer stopped: {limit})", file=sys.stderr)
     return "".join(pieces)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edgechat.types import FinishReason, SamplingParams
-from tests.sail.harness import GREEDY, MAX_LEN, Mode, Reference, chat, open_runtime, sail
+from tests.sail.harness import GREEDY, MAX_LEN, Mode, RecordingScheduler, Reference, chat, open_runtime, sail
 
 CHATS = [
     ["你好，请介绍一下你自己。", "用C++写一段冒泡排序算法。", "谢谢！再简短一点？"],
@@ -42,12 +42,22 @@ def test_greedy_chats_match_a_cache_free_reference(runtime: Any, bmodel: Path) -
     assert sum(len(t.answer) for t in turns) > 20, "the emulated model should talk, not stop at once"
 
 
-def test_a_chat_that_fills_the_context_ends_with_length(runtime: Any, bmodel: Path) -> None:
+def test_a_chat_that_fills_the_context_ends_with_length(
+    runtime: Any, bmodel: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The terminal's answer(): the answer runs to the end of the context, and says so."""
+    from baichuan2 import Baichuan2, answer
+
     long = SamplingParams(temperature=0.0, max_new_tokens=4 * MAX_LEN)
-    [turn] = chat(runtime, ["Write a very long story about edge AI boxes."], long)
-    assert len(turn.prompt) + len(turn.answer) == MAX_LEN  # the answer ran to the end of the context
-    assert turn.stats.finish_reason is FinishReason.LENGTH
-    assert turn.answer == Reference(bmodel).generate(turn.prompt, long.max_new_tokens, runtime.tokenizer.stop_ids)
+    recorder = RecordingScheduler(runtime.engine)
+    client = Baichuan2(runtime.handle, recorder, runtime.tokenizer, sampling=long)  # type: ignore[arg-type]
+    answer(client, "Write a very long story about edge AI boxes.", [])
+    assert len(recorder.prompt) + len(recorder.tokens) == MAX_LEN  # the answer ran to the end of the context
+    assert client.last_stats.finish_reason is FinishReason.LENGTH
+    assert "stopped at the length limit" in client.last_stats.summary()  # the page's stats line
+    assert f"(the answer stopped: the context of {MAX_LEN} tokens is full)" in capsys.readouterr().err
+    expected = Reference(bmodel).generate(recorder.prompt, long.max_new_tokens, runtime.tokenizer.stop_ids)
+    assert recorder.tokens == expected
 
 
 def test_interleaved_sessions_give_each_alone(runtime: Any) -> None:

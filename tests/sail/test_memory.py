@@ -4,6 +4,7 @@ exit code 2, never a half-allocated engine."""
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
 
@@ -22,6 +23,16 @@ def wide(mode: Mode, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sail.write_bmodel(path, device_mib=64, quant=mode.quant, **GEOMETRY)
 
 
+def leave_free(monkeypatch: pytest.MonkeyPatch, mib: int) -> int:
+    """Size the emulated TPU so `mib` MiB are free beyond what this test process holds already
+    (the page test's runtime, say); returns the free MiB the TPU reports."""
+    gc.collect()
+    used = sail.DEVICE_USED.get(0, 0)
+    monkeypatch.setenv("SAIL_EMULATOR_DEVICE_MEM_MIB", str(-(-used // MIB) + mib))
+    total, used_mib, _ = sail.get_dev_stat(0)
+    return total - used_mib
+
+
 def need_mib(slots: int) -> int:
     """What the engine asks for: K/V of the slots plus the scratch tensors (hidden states and the
     block mask in F32, 1 MiB each here, and a few small ones), plus the spare."""
@@ -33,16 +44,16 @@ def need_mib(slots: int) -> int:
 def test_a_shortfall_is_refused_before_anything_is_allocated(
     wide: Path, token_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("SAIL_EMULATOR_DEVICE_MEM_MIB", str(64 + 20))
+    free = leave_free(monkeypatch, 64 + 20) - 64  # what the loaded bmodel will leave
     tensors = sail.DEVICE["tensors"]
     message = load_error(wide, token_dir, "--max-running", "4")
     assert message.startswith(
         f"baichuan2-wide.bmodel needs {need_mib(4)} MiB of TPU memory for 4 KV slots (2 MiB each)"
     )
-    assert "20 MiB free on TPU 0: lower --max-running" in message
+    assert f", {free} MiB free on TPU 0: lower --max-running" in message
     assert sail.DEVICE["tensors"] == tensors and "bm_malloc_device_type" not in capsys.readouterr().out
 
-    monkeypatch.setenv("SAIL_EMULATOR_DEVICE_MEM_MIB", str(64 + need_mib(2)))  # room for exactly 2
+    leave_free(monkeypatch, 64 + need_mib(2))  # room for exactly 2
     rt = open_runtime(wide, token_dir, "--max-running", "2")
     try:
         assert rt.info["kv_slots"] == 2 and rt.info["tpu_memory_bytes"] <= (need_mib(2) - SPARE_MIB) * MIB
@@ -56,7 +67,7 @@ def test_an_allocation_that_fails_anyway_is_caught_and_undone(
 ) -> None:
     """The free-memory figure can be stale (another process allocates in between); sail then only
     logs each failed allocation, so the engine checks what it got and frees it all."""
-    monkeypatch.setenv("SAIL_EMULATOR_DEVICE_MEM_MIB", str(64 + 20))
+    leave_free(monkeypatch, 64 + 20)
     real = sail.get_dev_stat
     monkeypatch.setattr(sail, "get_dev_stat", lambda dev_id: [real(dev_id)[0] + 100, real(dev_id)[1], 0])
     tensors, used = sail.DEVICE["tensors"], real(0)[1]
@@ -67,7 +78,8 @@ def test_an_allocation_that_fails_anyway_is_caught_and_undone(
     assert sail.DEVICE["tensors"] == tensors and real(0)[1] == used  # nothing left half-allocated
 
 
-def test_the_engine_takes_what_it_says(wide: Path, token_dir: Path) -> None:
+def test_the_engine_takes_what_it_says(wide: Path, token_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    leave_free(monkeypatch, 1024)
     before = sail.DEVICE["bytes"]
     rt = open_runtime(wide, token_dir, "--max-running", "3")
     try:
@@ -89,7 +101,7 @@ def test_the_terminal_exits_2_with_one_line(wide: Path, token_dir: Path, mode: M
 def test_readme_memory_table_is_the_engines(tmp_path: Path, token_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Baichuan2-7B's geometry (32 layers, hidden 4096, 32 heads, MAX_LEN 512): README's table of
     TPU memory per --max-running is what the engine asks for."""
-    monkeypatch.setenv("SAIL_EMULATOR_DEVICE_MEM_MIB", "4096")
+    leave_free(monkeypatch, 4096)
     path = sail.write_bmodel(
         tmp_path / "baichuan2-7b.bmodel", layers=32, hidden=4096, heads=32, intermediate=64, max_len=512,
         vocab=1000, device_mib=1,

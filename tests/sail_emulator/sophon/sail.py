@@ -58,6 +58,7 @@ import numpy as np
 
 from sophon import _emu_device as dev
 from sophon._emu_device import DEVICE, install_as  # noqa: F401 — emulator-only helpers for tests
+from sophon._emu_device import USED as DEVICE_USED  # noqa: F401 — bytes taken on each TPU, for tests
 from sophon._emu_model import (  # noqa: F401 — emulator-only helpers for tests
     Graph,
     ModelSpec,
