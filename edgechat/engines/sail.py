@@ -160,7 +160,10 @@ class SailEngine:
         self._api = GraphApi(net, self.release_info)
         self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0")}
         self._first, self._next = self._io["block_0"], self._io["block_cache_0"]
-        self.max_len, self.hidden = self._first[0][0].shape[1], self._first[0][0].shape[2]
+        hidden_shape = self._first[0][0].shape
+        if len(hidden_shape) != 3:
+            raise ConfigError(f"{bmodel} is not a sophon-demo Baichuan2 bmodel: block_0 takes {hidden_shape}")
+        self.max_len, self.hidden = hidden_shape[1], hidden_shape[2]
         self._check_protocol(bmodel)
         self.max_sequences = slots
         # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
