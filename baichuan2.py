@@ -5,7 +5,7 @@
     python3 baichuan2.py --prompt "What is 2+2?" --temperature 0   # answer once and exit
 
 Type at `Question:`; `clear` starts over, `stats` shows the engine's figures, `exit` (or Ctrl-D)
-quits, Ctrl-C stops an answer.
+quits, Ctrl-C stops an answer and keeps what was said.
 """
 
 from __future__ import annotations
@@ -13,33 +13,47 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgechat.backend import Backend
 from edgechat.client import BLANK_INPUT_HINT, ChatClient
 from edgechat.config import Settings, parse_settings
+from edgechat.conversation import Conversation, Refusal
 from edgechat.errors import ConfigError
-from edgechat.runtime import Runtime, load_runtime
-from edgechat.scheduler import Scheduler
+from edgechat.runtime import Runtime, shared_runtime
 from edgechat.templates import ChatTokenizer
-from edgechat.types import FinishReason, Message, TurnStats
+from edgechat.types import FinishReason, TurnStats
+from edgechat.ui_text import t
 
-if TYPE_CHECKING:
-    from edgechat.engines.remote import RemoteEngine  # imports openai (~1 s): only when used
+FOLLOW_TICK_S = 0.5  # how often the terminal wakes while an answer is quiet (queued, prefilling)
 
 
 class Baichuan2(ChatClient):
-    """The seed's per-session client; `handle` is the sail.Handle on a TPU (None elsewhere)."""
+    """The seed's per-session client; `handle` is the sail.Handle on a TPU (None elsewhere),
+    `engine` the shared backend, `tokenizer` the shared chat tokenizer (None for a remote server)."""
 
-    def __init__(
-        self, handle: Any, engine: Scheduler | RemoteEngine, tokenizer: ChatTokenizer | None, **options: Any
-    ) -> None:
+    def __init__(self, handle: Any, engine: Backend, tokenizer: ChatTokenizer | None, **options: Any) -> None:
         super().__init__(engine, tokenizer, **options)
         self.handle = handle
 
 
-def client_for(runtime: Runtime, settings: Settings) -> Baichuan2:
+def client_for(runtime: Runtime, settings: Settings, session: str | None = None) -> Baichuan2:
     return Baichuan2(
-        runtime.handle, runtime.engine, runtime.tokenizer, sampling=settings.sampling, system=settings.system
+        runtime.handle,
+        runtime.backend,
+        runtime.tokenizer,
+        sampling=settings.sampling,
+        system=settings.system,
+        session=session,
+    )
+
+
+def conversation_for(runtime: Runtime, settings: Settings, session: str | None = None) -> Conversation:
+    return Conversation(
+        client_for(runtime, settings, session),
+        sampling=settings.sampling,
+        system=settings.system or "",
+        max_input_chars=settings.max_input_chars,
     )
 
 
@@ -52,84 +66,103 @@ def stats_line(stats: TurnStats) -> str:
     )
 
 
-def answer(client: Baichuan2, question: str, history: Sequence[Message]) -> str:
-    """Stream one answer to stdout; Ctrl-C stops it and keeps what was said."""
-    pieces: list[str] = []
-    stream = client.chat_stream(question, history)
-    try:
-        for piece in stream:
-            pieces.append(piece)
-            print(piece, end="", flush=True)
-    except KeyboardInterrupt:
-        stream.close()
+def follow(conversation: Conversation) -> bool:
+    """Print the answer in progress as it arrives; Ctrl-C stops it and keeps what was said.
+    True when it was answered without an error."""
+    answer = conversation.answer
+    assert answer is not None
+    shown = 0
+    while True:
+        try:
+            answer.wait(shown, FOLLOW_TICK_S)
+        except KeyboardInterrupt:
+            conversation.stop()
+            answer.join(30)
+        text = answer.record["content"]
+        print(text[shown:], end="", flush=True)
+        shown = len(text)
+        if not answer.running:
+            break
+    if answer.record.get("stopped"):
         print(" [stopped]", end="")
     print()
-    stats = client.last_stats
-    if stats.error:
-        print(f"error: {stats.error}", file=sys.stderr)
+    for message in conversation.refusals:
+        print(message, file=sys.stderr)
+    if answer.record.get("error"):
+        print(f"error: {answer.record['error']}", file=sys.stderr)
+    stats = conversation.client.last_stats
     if stats.completion_tokens:
         print(stats_line(stats), file=sys.stderr)
     if stats.finish_reason is FinishReason.LENGTH:
-        full = stats.prompt_tokens + stats.completion_tokens >= client.max_len
-        limit = f"the context of {client.max_len} tokens is full" if full else "--max-new-tokens reached"
+        full = stats.prompt_tokens + stats.completion_tokens >= conversation.client.max_len
+        limit = f"the context of {conversation.client.max_len} tokens is full" if full else "--max-new-tokens reached"
         print(f"(the answer stopped: {limit})", file=sys.stderr)
-    return "".join(pieces)
+    ok = not conversation.refusals and not answer.record.get("error")
+    conversation.refusals.clear()
+    return ok
 
 
-def interactive(client: Baichuan2) -> None:
-    history: list[Message] = []
+def refused(refusal: Refusal) -> None:
+    print(t("en", refusal.key, **refusal.fields))
+
+
+def interactive(conversation: Conversation) -> None:
     while True:
         try:
             question = input("\nQuestion: ")
         except EOFError:
             break
-        if question.strip() == "exit":
+        command = question.strip()
+        if command == "exit":
             break
-        if question.strip() == "stats":
-            print(json.dumps(client.engine.stats(), indent=1))
+        if command == "stats":
+            print(json.dumps(conversation.client.engine.stats(), indent=1))
             continue
-        if question.strip() == "clear":
-            history = []
-            client.engine.forget_session(client.session)
+        if command == "clear":
+            conversation.clear()
             continue
-        if not question.strip():
-            print(BLANK_INPUT_HINT)
+        refusal = conversation.ask(question)
+        if refusal is not None:
+            refused(refusal)
             continue
         print("\nAnswer: ", end="", flush=True)
-        reply = answer(client, question, history)
-        if client.last_stats.notice is None:
-            history += [Message(role="user", content=question), Message(role="assistant", content=reply)]
+        follow(conversation)
 
 
 def show_prompt(client: Baichuan2, question: str) -> None:
-    if client.tokenizer is None:
-        raise ValueError("--show-prompt needs a local model: a remote server renders the prompt itself")
+    assert client.tokenizer is not None  # prompt_ids refuses a remote server first
     ids = client.prompt_ids(question)
     text = client.tokenizer.decode(ids, special=True)
     print(json.dumps({"template": client.tokenizer.template.name, "ids": ids, "text": text}, ensure_ascii=False))
 
 
+def answer_once(conversation: Conversation, question: str) -> int:
+    if not question.strip():
+        print(BLANK_INPUT_HINT, file=sys.stderr)
+        return 2
+    refusal = conversation.ask(question)
+    if refusal is not None:
+        print(t("en", refusal.key, **refusal.fields), file=sys.stderr)
+        return 1
+    return 0 if follow(conversation) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_settings(argv, prog="baichuan2.py")
-        runtime = load_runtime(settings)
+        runtime = shared_runtime(settings)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     try:
-        client = client_for(runtime, settings)
+        conversation = conversation_for(runtime, settings)
         print(f"{runtime.info['model_name']} on {runtime.info['device']}", file=sys.stderr)
         if settings.show_prompt:
-            show_prompt(client, settings.prompt if settings.prompt is not None else sys.stdin.read())
+            show_prompt(conversation.client, settings.prompt if settings.prompt is not None else sys.stdin.read())
         elif settings.prompt is not None:
-            if not settings.prompt.strip():
-                print(BLANK_INPUT_HINT, file=sys.stderr)
-                return 2
-            answer(client, settings.prompt, [])
-            if client.last_stats.error or client.last_stats.notice:
-                return 1
+            return answer_once(conversation, settings.prompt)
         else:
-            interactive(client)
+            interactive(conversation)
     except ValueError as err:  # a history or template problem the user can act on
         print(f"error: {err}", file=sys.stderr)
         return 2

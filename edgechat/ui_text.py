@@ -30,6 +30,14 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "Too many requests: up to {limit} a minute per person. Try again in {wait} s.",
         "zh": "请求过于频繁：每人每分钟最多 {limit} 次。请 {wait} 秒后再试。",
     },
+    "busy_answering": {
+        "en": "Wait for the answer to finish (or stop it) before sending another question.",
+        "zh": "请等回答结束（或停止它）后再发送新问题。",
+    },
+    "cannot_continue": {
+        "en": "There is no stopped or cut-off answer to continue.",
+        "zh": "没有可以继续的已停止或被截断的回答。",
+    },
     # controls
     "new_chat": {"en": "New chat", "zh": "新对话"},
     "stop": {"en": "Stop generating", "zh": "停止生成"},
@@ -38,6 +46,15 @@ TEXT: dict[str, dict[str, str]] = {
     "edit": {"en": "Edit question", "zh": "修改问题"},
     "edit_label": {"en": "Your last question", "zh": "上一个问题"},
     "resend": {"en": "Resend", "zh": "重新发送"},
+    "continue": {"en": "Continue", "zh": "继续生成"},
+    "interrupted": {
+        "en": "This answer was interrupted when the page went away; Continue goes on from here.",
+        "zh": "页面离开时此回答被中断；点“继续生成”可从这里接着写。",
+    },
+    "dropped": {
+        "en": "{n} of the oldest messages were removed: a chat keeps at most {records} messages.",
+        "zh": "已删除最早的 {n} 条消息：每个对话最多保留 {records} 条。",
+    },
     "cancel": {"en": "Cancel", "zh": "取消"},
     # answer settings
     "settings": {"en": "Answer settings", "zh": "回答设置"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from edgechat.ui_text import t
 from tests.conftest import REPO
 
 ARGV = ["--temperature", "0", "--max-new-tokens", "48", "--context-length", "1024", "--max-sessions", "4"]
@@ -54,7 +55,7 @@ def test_second_turn_sees_the_first() -> None:
     at = ask(page(), "What is 2+2?")
     ask(at, "What is 3+3?")
     assert [r for r, _ in transcript(at)] == ["user", "assistant", "user", "assistant"]
-    assert at.session_state.client.last_stats.reused_tokens > 0  # the first turn's cache was kept
+    assert at.session_state.conversation.client.last_stats.reused_tokens > 0  # the first turn's cache was kept
 
 
 def test_new_chat_clears_the_history() -> None:
@@ -81,7 +82,7 @@ def test_regenerate_replaces_the_last_answer() -> None:
     assert not at.exception, at.exception
     msgs = transcript(at)
     assert [r for r, _ in msgs] == ["user", "assistant"] and "4" in msgs[1][1]
-    assert at.session_state.client.last_stats.completion_tokens > 0  # it was generated again
+    assert at.session_state.conversation.client.last_stats.completion_tokens > 0  # it was generated again
 
 
 def test_edit_and_resend_replaces_the_last_question() -> None:
@@ -113,10 +114,10 @@ def test_settings_of_one_session_never_affect_another() -> None:
     ask(a, question)
     ask(b, question)
     assert any(c.value.endswith("3 tokens · stopped at the length limit") for c in a.caption)  # A's cap
-    assert "blue" in answers(b)[0].lower() and b.session_state.client.last_stats.completion_tokens > 3
+    assert "blue" in answers(b)[0].lower() and b.session_state.conversation.client.last_stats.completion_tokens > 3
     assert b.sidebar.number_input(key="max_new_tokens").value == 48
     assert b.sidebar.slider(key="temperature").value == 0.0 and b.sidebar.text_area(key="system").value == ""
-    assert a.session_state.client.system == "You are a pirate." and b.session_state.client.system is None
+    assert a.session_state.conversation.system == "You are a pirate." and b.session_state.conversation.system == ""
 
 
 def test_language_switch_is_per_session() -> None:
@@ -158,11 +159,14 @@ def test_password_attempts_are_limited(monkeypatch: pytest.MonkeyPatch) -> None:
     assert at.error[0].value.startswith("Too many attempts: try again in") and not at.chat_input
 
 
-def test_input_length_cap_says_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_input_length_cap_holds_in_the_widget_and_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECHAT_MAX_INPUT_CHARS", "20")
-    at = ask(page(), "x" * 21)
-    assert transcript(at) == []
-    assert at.warning[0].value == (
+    at = page()
+    assert at.chat_input[0].proto.max_chars == 20  # the browser cannot type more
+    conversation = at.session_state.conversation
+    refusal = conversation.ask("x" * 21)  # what a crafted websocket message would bring
+    assert refusal is not None and conversation.records == []
+    assert t("en", refusal.key, **refusal.fields) == (
         "Your message is 21 characters; this server accepts up to 20. Shorten it and send again."
     )
 
@@ -191,14 +195,14 @@ def test_trimmed_history_is_announced() -> None:
 
 def test_model_output_is_markdown_never_html() -> None:
     at = page()
-    at.session_state.messages = [
+    at.session_state.conversation.records = [
         {"role": "user", "content": "show me"},
         {"role": "assistant", "content": "<b>bold?</b> $x^2$ ![pixel](http://tracker.example/p.png)"},
     ]
     at.run()
     shown = at.chat_message[1].markdown[0]
     assert not shown.allow_html
-    assert shown.value == "<b>bold?</b> $x^2$ [image: pixel](http://tracker.example/p.png)"
+    assert shown.value == "\\<b>bold?\\</b> $x^2$ [image: pixel](<http://tracker.example/p.png>)"
 
 
 def test_export_buttons_appear_once_there_is_a_chat() -> None:
@@ -224,12 +228,12 @@ def test_server_panel_shows_the_lan_address_to_share(monkeypatch: pytest.MonkeyP
 def test_a_dead_engine_is_rebuilt_without_restarting_the_server() -> None:
     at = ask(page(), "What is 2+2?")
     other = page()
-    old = at.session_state.client.engine
-    old.failure = "simulated scheduler death"  # what the worker records when its thread dies
+    old = at.session_state.conversation.client.engine
+    old.scheduler.failure = "simulated scheduler death"  # what the worker records when its thread dies
     ask(at, "What is 3+3?")
-    new = at.session_state.client.engine
-    assert new is not old and new.failure is None and new.stats()["alive"]
+    new = at.session_state.conversation.client.engine
+    assert new is not old and new.alive and new.stats()["alive"]
     assert [r for r, _ in transcript(at)] == ["user", "assistant", "user", "assistant"]
     assert "6" in transcript(at)[3][1]
     ask(other, "What is 2+2?")  # another session moves to the new runtime too
-    assert other.session_state.client.engine is new and "4" in transcript(other)[1][1]
+    assert other.session_state.conversation.client.engine is new and "4" in transcript(other)[1][1]

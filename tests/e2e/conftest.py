@@ -35,14 +35,14 @@ def free_port() -> int:
 
 
 class Server:
-    """`streamlit run web_demo.py` as a user starts it; stopped by the test."""
+    """`streamlit run web_demo.py` (or another `script`) as a user starts it; stopped by the test."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, script: Path = REPO / "web_demo.py") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(REPO / f".e2e-server-{self.port}.log", "w+")  # noqa: SIM115
         cmd = [
-            sys.executable, "-m", "streamlit", "run", str(REPO / "web_demo.py"),
+            sys.executable, "-m", "streamlit", "run", str(script),
             "--server.address", "127.0.0.1", "--server.port", str(self.port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--", *flags,

@@ -5,6 +5,7 @@ helpers that run a chat through the real client + scheduler + SailEngine. Fixtur
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgechat.backend import LocalBackend
 from edgechat.client import ChatClient
 from edgechat.config import parse_settings
 from edgechat.errors import ConfigError
@@ -214,15 +216,23 @@ class Turn:
     stats: TurnStats
 
 
+def recording_backend(rt: Runtime) -> tuple[LocalBackend, RecordingScheduler]:
+    """The runtime's own backend (its answer room included) over a scheduler that keeps ids."""
+    recorder = RecordingScheduler(rt.backend.scheduler)  # type: ignore[attr-defined]
+    backend = copy.copy(rt.backend)
+    backend.scheduler = recorder  # type: ignore[attr-defined]
+    return backend, recorder  # type: ignore[return-value]
+
+
 def chat(rt: Runtime, questions: Sequence[str], sampling: SamplingParams = GREEDY) -> list[Turn]:
     """Ask the questions as one session keeping history; prompt ids, answer ids and stats per turn."""
-    recorder = RecordingScheduler(rt.engine)
-    client = ChatClient(recorder, rt.tokenizer, sampling=sampling)  # type: ignore[arg-type]
+    backend, recorder = recording_backend(rt)
+    client = ChatClient(backend, rt.tokenizer, sampling=sampling)
     history: list[Message] = []
     turns = []
     for question in questions:
         answer = "".join(client.chat_stream(question, history))
-        assert client.last_stats.error is None and client.last_stats.notice is None, client.last_stats
+        assert client.last_stats.error is None, client.last_stats
         turns.append(Turn(recorder.prompt, list(recorder.tokens), client.last_stats))
         history += [Message(role="user", content=question), Message(role="assistant", content=answer)]
     return turns

@@ -38,9 +38,9 @@ def test_a_tpu_id_the_box_lacks(bmodel: Path, token_dir: Path, mode: Mode) -> No
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
-        (["--dev_ids", "0,x"], "'0,x' is not a TPU id list"),
+        (["--dev_ids", "0,x"], "--dev_ids/--dev-ids: invalid convert value: '0,x'"),
         (["--bmodel", "/nonexistent.bmodel"], "bmodel not found"),
-        (["--max-prompt-share", "1.5"], "--max-prompt-share must be between 0 and 1"),
+        (["--max-prompt-share", "1.5"], "--max-prompt-share must be <= 1"),
     ],
 )
 def test_the_seed_flags_bad_input(token_dir: Path, flags: list[str], needle: str) -> None:
@@ -73,7 +73,7 @@ def test_the_page_with_the_seed_flags(
     at.chat_input[0].set_value(question).run()
     assert not at.exception, at.exception
 
-    tok = at.session_state.client.tokenizer
+    tok = at.session_state.conversation.client.tokenizer
     prompt = tok.render([Message(role="user", content=question)])
     expected = tok.decode(Reference(bmodel).generate(prompt, 16, tok.stop_ids))
     shown = [(m.name, m.markdown[0].value.strip()) for m in at.chat_message]  # Markdown drops edge spaces
