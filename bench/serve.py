@@ -24,6 +24,7 @@ from baichuan2 import Baichuan2  # noqa: E402
 from edgechat.config import default_model_path, parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
+from harness.memory import peak_rss_mib, rss_mib  # noqa: E402
 
 QUESTION = "Write a long story about a dragon and a knight."
 TARGETS = {
@@ -32,22 +33,6 @@ TARGETS = {
     "fairness_max_over_min": 1.5,
     "turn5_reuse_vs_reprefill": 0.3,
 }
-
-
-def proc_status_mib(field: str, pid: int | str = "self") -> float:
-    """A memory line of /proc/PID/status (VmRSS now, VmHWM the peak) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def rss_mib(pid: int | str = "self") -> float:
-    return proc_status_mib("VmRSS", pid)
-
-
-def peak_rss_mib() -> float:
-    return proc_status_mib("VmHWM")
 
 
 def raw_llamacpp_tps(prompt_text: str, tokens: int, threads: int) -> float:

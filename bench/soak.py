@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from baichuan2 import Baichuan2  # noqa: E402
-from bench.serve import rss_mib  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
+from harness.memory import rss_mib  # noqa: E402
 
 QUESTIONS = [
     "What is 2+2?",

@@ -40,8 +40,16 @@ class Refusal:
 class Answer:
     """The answer being produced into `record` by a thread of its own."""
 
-    def __init__(self, conversation: Conversation, record: Record, messages: list[Message], continuing: bool) -> None:
+    def __init__(
+        self,
+        conversation: Conversation,
+        record: Record,
+        messages: list[Message],
+        continuing: bool,
+        release: Callable[[], None],
+    ) -> None:
         self.record = record
+        self._release = release
         self.watch_s = conversation.watch_s  # a page's answer nobody follows this long was left behind
         self._touched = time.monotonic()
         self.queued: Queued | None = None  # the latest queue position while waiting
@@ -50,12 +58,13 @@ class Answer:
         self._generation = conversation.client.stream(messages, conversation.sampling, continue_last=continuing)
         self._interrupted = False
         self._changed = threading.Condition()
-        self._done = threading.Event()
+        self._finished = threading.Event()  # no more text comes; the conversation is being settled
+        self._done = threading.Event()  # settled: records restored or final, saved (join waits for this)
         self._thread = threading.Thread(target=self._run, name="edgechat-answer", daemon=True)
 
     @property
     def running(self) -> bool:
-        return not self._done.is_set()
+        return not self._finished.is_set()
 
     def start(self) -> None:
         self._thread.start()
@@ -75,7 +84,7 @@ class Answer:
         timeout. Lets a reader follow the answer without polling."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: self._done.is_set() or len(self.record["content"]) > seen, timeout=timeout
+                lambda: self._finished.is_set() or len(self.record["content"]) > seen, timeout=timeout
             )
 
     def join(self, timeout: float) -> bool:
@@ -107,10 +116,14 @@ class Answer:
         except Exception as err:  # noqa: BLE001 — the answer fails, the session goes on
             self._update(error=f"the answer failed ({type(err).__name__}: {err}); try again")
         finally:
+            self._release()
             with self._changed:
-                self._done.set()
+                self._finished.set()
                 self._changed.notify_all()
-            self._conversation.answer_ended(self)
+            try:
+                self._conversation.answer_ended(self)
+            finally:
+                self._done.set()
 
     def _finish(self, done: Done) -> None:
         stats = done.stats
@@ -138,6 +151,7 @@ class Conversation:
         records: list[Record] | None = None,
         on_change: Callable[[Conversation], None] | None = None,
         watch_s: float | None = None,
+        admission: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
         self.client = client
         self.sampling = sampling
@@ -146,6 +160,9 @@ class Conversation:
         self.records: list[Record] = records or []
         self.on_change = on_change
         self.watch_s = watch_s  # see Answer.touch; None: the reader never goes away silently (terminal)
+        # A slot for one more answer of this person (edgechat.access.ClientLimits.acquire): its
+        # release function, or None when they already have their share running or waiting.
+        self.admission = admission or (lambda: lambda: None)
         self.answer: Answer | None = None
         self.refusals: list[str] = []  # why the last answers were refused (busy, too long), shown once
         self.dropped = 0  # messages removed because the conversation outgrew MAX_RECORDS / MAX_BYTES
@@ -194,49 +211,57 @@ class Conversation:
 
     def ask(self, text: str) -> Refusal | None:
         refusal = self.check(text)
-        if refusal is None:
-            with self._lock:
-                self._before = list(self.records)
-                self.records.append({"role": "user", "content": text})
-                self._answer_last_question()
-        return refusal
+        release = self.admission() if refusal is None else None
+        if release is None:
+            return refusal or Refusal("too_many_at_once")
+        with self._lock:
+            self._before = list(self.records)
+            self.records.append({"role": "user", "content": text})
+            self._answer_last_question(release)
+        return None
 
     def regenerate(self) -> Refusal | None:
         if self.busy:
             return Refusal("busy_answering")
+        if not any(r["role"] == "user" for r in self.records):
+            return Refusal("blank")
+        release = self.admission()
+        if release is None:
+            return Refusal("too_many_at_once")
         with self._lock:
-            if not any(r["role"] == "user" for r in self.records):
-                return Refusal("blank")
             self._before = list(self.records)
             while self.records and self.records[-1]["role"] == "assistant":
                 self.records.pop()
-            self._answer_last_question()
+            self._answer_last_question(release)
         return None
 
     def edit(self, text: str) -> Refusal | None:
         """Replace the last question (and its answer) with `text`, and answer that."""
         refusal = self.check(text)
-        if refusal is None:
-            with self._lock:
-                self._before = list(self.records)
-                last_user = max(
-                    (i for i, r in enumerate(self.records) if r["role"] == "user"), default=len(self.records)
-                )
-                del self.records[last_user:]
-                self.records.append({"role": "user", "content": text})
-                self._answer_last_question()
-        return refusal
+        release = self.admission() if refusal is None else None
+        if release is None:
+            return refusal or Refusal("too_many_at_once")
+        with self._lock:
+            self._before = list(self.records)
+            last_user = max((i for i, r in enumerate(self.records) if r["role"] == "user"), default=len(self.records))
+            del self.records[last_user:]
+            self.records.append({"role": "user", "content": text})
+            self._answer_last_question(release)
+        return None
 
     def continue_answer(self) -> Refusal | None:
         """Generate on from the last answer's end (after Stop, a closed page or the length cap)."""
         if not self.can_continue:
             return Refusal("cannot_continue")
+        release = self.admission()
+        if release is None:
+            return Refusal("too_many_at_once")
         with self._lock:
             self._before = [*self.records[:-1], dict(self.records[-1])]
             record = self.records[-1]
             for flag in ("stopped", "interrupted", "error"):
                 record.pop(flag, None)
-            self._start(record, continuing=True)
+            self._start(record, True, release)
         return None
 
     def stop(self, interrupted: bool = False) -> None:
@@ -270,14 +295,18 @@ class Conversation:
 
     # ---- internals ----
 
-    def _answer_last_question(self) -> None:
+    def _answer_last_question(self, release: Callable[[], None]) -> None:
         record: Record = {"role": "assistant", "content": ""}
         self.records.append(record)
-        self._start(record, continuing=False)
+        self._start(record, False, release)
 
-    def _start(self, record: Record, continuing: bool) -> None:
+    def _start(self, record: Record, continuing: bool, release: Callable[[], None]) -> None:
         messages = self.messages_for_model(self.records if continuing else self.records[:-1])
-        self.answer = Answer(self, record, messages, continuing)
+        try:
+            self.answer = Answer(self, record, messages, continuing, release)
+        except BaseException:
+            release()
+            raise
         self.changed()  # the question is saved before the answer starts
         self.answer.start()
 

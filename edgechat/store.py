@@ -262,20 +262,24 @@ class Store:
         *,
         final: bool = False,
         stopped: bool = False,
+        interrupted: bool = False,
         stats: Mapping[str, Any] | None = None,
         trimmed: int = 0,
         error: str | None = None,
     ) -> None:
         """Save a streaming answer's text so far (call it at least once a second), and once with
         `final=True` and its flags and stats. A partial save marks the answer interrupted until
-        the final one, so Continue on a stopped answer that then crashes shows as interrupted.
+        the final one, so Continue on a stopped answer that then crashes shows as interrupted; a
+        final save with `interrupted` says the page went away mid-answer (Continue goes on).
         One UPDATE of one row: it rewrites that message's text, so its cost grows with the
         answer's length, not with the chat's."""
         _check_text(content, CONTENT_MAX, "content")
         if final:
             _check_text(error or "", ERROR_MAX, "error")
-            sets = "content = ?, updated = ?, interrupted = 0, stopped = ?, stats = ?, trimmed = ?, error = ?"
-            values: tuple[Any, ...] = (content, self.clock(), int(stopped), _stats(stats), int(trimmed), error)
+            sets = "content = ?, updated = ?, interrupted = ?, stopped = ?, stats = ?, trimmed = ?, error = ?"
+            values: tuple[Any, ...] = (
+                content, self.clock(), int(interrupted), int(stopped), _stats(stats), int(trimmed), error,
+            )  # fmt: skip
         else:
             sets, values = "content = ?, updated = ?, interrupted = 1", (content, self.clock())
         if not _is_id(chat_id):

@@ -52,9 +52,10 @@ class FinishReason(str, enum.Enum):
     ERROR = "error"
 
     @property
-    def completed(self) -> bool:
-        """The answer ran to its natural end: its cache is worth keeping for the next turn."""
-        return self in (FinishReason.STOP, FinishReason.LENGTH)
+    def keeps_cache(self) -> bool:
+        """The sequence's cache is consistent and worth keeping for the conversation's next turn
+        (a stopped answer may be continued); after an error its state is unknown."""
+        return self is not FinishReason.ERROR
 
 
 @dataclass

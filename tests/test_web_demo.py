@@ -6,31 +6,18 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from edgechat.ui_text import t
-from tests.conftest import REPO
+from tests.apptest import answers, ask, open_page, transcript
 
 ARGV = ["--temperature", "0", "--max-new-tokens", "48", "--context-length", "1024", "--max-sessions", "4"]
 
 
-def page() -> AppTest:
-    at = AppTest.from_file(str(REPO / "web_demo.py"), default_timeout=120)
-    at.run()  # AppTest does not pass argv; the page reads EDGECHAT_* like flags
-    assert not at.exception, at.exception
-    return at
+def page(**options: object) -> AppTest:
+    return open_page(**options)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
 def _flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["web_demo.py", *ARGV])
-
-
-def ask(at: AppTest, text: str) -> AppTest:
-    at.chat_input[0].set_value(text).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def transcript(at: AppTest) -> list[tuple[str, str]]:
-    return [(m.name, m.markdown[0].value if m.markdown else "") for m in at.chat_message]
 
 
 def test_question_gets_an_answer_with_stats() -> None:
@@ -70,10 +57,6 @@ def test_blank_input_is_ignored_with_a_hint() -> None:
 
 
 # ---- controls ----
-
-
-def answers(at: AppTest) -> list[str]:
-    return [text for role, text in transcript(at) if role == "assistant"]
 
 
 def test_regenerate_replaces_the_last_answer() -> None:
@@ -171,15 +154,17 @@ def test_input_length_cap_holds_in_the_widget_and_on_the_server(monkeypatch: pyt
     )
 
 
-def test_rate_limit_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_limit_per_address_across_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECHAT_RATE_LIMIT", "2")
-    at, other = page(), page()
+    at, same_laptop, other = page(address="10.9.0.1"), page(address="10.9.0.1"), page(address="10.9.0.2")
     at.sidebar.number_input(key="max_new_tokens").set_value(2).run()
     ask(at, "Hi")
     ask(at, "Hello")
     ask(at, "Hey")
     assert [u for r, u in transcript(at) if r == "user"] == ["Hi", "Hello"]
     assert at.warning[0].value.startswith("Too many requests: up to 2 a minute per person. Try again in")
+    assert transcript(ask(same_laptop, "Hi")) == []  # a new tab (or a reload) is the same person
+    assert same_laptop.warning[0].value.startswith("Too many requests")
     assert transcript(ask(other, "What is 2+2?"))[0] == ("user", "What is 2+2?")  # others go on
 
 

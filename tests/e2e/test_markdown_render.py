@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from harness.servers import free_port
 from tests.conftest import REPO
-from tests.e2e.conftest import free_port
 from tests.hostile_answers import hostile_answers
 
 PAGE = REPO / "tests" / "e2e" / "markdown_page.py"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from edgechat.owner import COOKIE_MAX_AGE_S, COOKIE_NAME, is_owner_token
-from tests.e2e.conftest import Server
+from harness.servers import Server
 
 APP = """
 import streamlit as st

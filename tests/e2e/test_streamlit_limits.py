@@ -14,8 +14,8 @@ import time
 import urllib.error
 import urllib.request
 
+from harness.servers import free_port
 from tests.conftest import REPO
-from tests.e2e.conftest import free_port
 
 PAGE = "tests/e2e/markdown_page.py"
 DEFAULTS = ["--server.maxUploadSize", "200", "--server.maxWidgetStateSize", "25", "--server.maxMessageSize", "200"]
