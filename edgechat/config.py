@@ -105,8 +105,12 @@ class Settings:
     # ---- serving many people ----
     max_sessions: int = option(8, "conversations holding their own KV cache at once", "serving", minimum=1)
     max_running: int | None = option(
-        None, "answers generating at once; more wait in a FIFO queue", "serving", minimum=1,
-        shown_default="= --max-sessions",
+        None, "answers generating at once; more wait in a FIFO queue; on the TPU each is a KV slot", "serving",
+        minimum=1, shown_default="= --max-sessions (TPU: 2)",
+    )  # fmt: skip
+    max_prompt_share: float = option(
+        0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",
+        "serving", above=0.0, maximum=1.0,
     )  # fmt: skip
     max_queue: int = option(32, "waiting requests; beyond it: 'busy, try again in a moment'", "serving", minimum=0)
     kv_budget: str | None = option(
