@@ -58,12 +58,13 @@ class Answer:
         self._generation = conversation.client.stream(messages, conversation.sampling, continue_last=continuing)
         self._interrupted = False
         self._changed = threading.Condition()
-        self._done = threading.Event()
+        self._finished = threading.Event()  # no more text comes; the conversation is being settled
+        self._done = threading.Event()  # settled: records restored or final, saved (join waits for this)
         self._thread = threading.Thread(target=self._run, name="edgechat-answer", daemon=True)
 
     @property
     def running(self) -> bool:
-        return not self._done.is_set()
+        return not self._finished.is_set()
 
     def start(self) -> None:
         self._thread.start()
@@ -83,7 +84,7 @@ class Answer:
         timeout. Lets a reader follow the answer without polling."""
         with self._changed:
             return self._changed.wait_for(
-                lambda: self._done.is_set() or len(self.record["content"]) > seen, timeout=timeout
+                lambda: self._finished.is_set() or len(self.record["content"]) > seen, timeout=timeout
             )
 
     def join(self, timeout: float) -> bool:
@@ -117,9 +118,12 @@ class Answer:
         finally:
             self._release()
             with self._changed:
-                self._done.set()
+                self._finished.set()
                 self._changed.notify_all()
-            self._conversation.answer_ended(self)
+            try:
+                self._conversation.answer_ended(self)
+            finally:
+                self._done.set()
 
     def _finish(self, done: Done) -> None:
         stats = done.stats
@@ -189,6 +193,13 @@ class Conversation:
             return Refusal("too_long", {"n": len(text), "limit": self.max_input_chars})
         if self.busy:
             return Refusal("busy_answering")
+        return None
+
+    def set_system(self, text: str) -> Refusal | None:
+        """The system prompt for the next answers, under the same length cap as a question."""
+        if len(text) > self.max_input_chars:
+            return Refusal("system_too_long", {"n": len(text), "limit": self.max_input_chars})
+        self.system = text.strip()
         return None
 
     def messages_for_model(self, records: list[Record] | None = None) -> list[Message]:

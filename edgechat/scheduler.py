@@ -406,7 +406,7 @@ class Scheduler:
             self._waiting.remove(request)
         else:
             self._active.remove(request)
-            if request.session is not None and reason.completed:
+            if request.session is not None and reason.keeps_cache:
                 self._idle[request.session] = (request.seq, request.cached)
                 self._idle.move_to_end(request.session)
                 self._make_room(0)

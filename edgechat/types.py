@@ -52,9 +52,10 @@ class FinishReason(str, enum.Enum):
     ERROR = "error"
 
     @property
-    def completed(self) -> bool:
-        """The answer ran to its natural end: its cache is worth keeping for the next turn."""
-        return self in (FinishReason.STOP, FinishReason.LENGTH)
+    def keeps_cache(self) -> bool:
+        """The sequence's cache is consistent and worth keeping for the conversation's next turn
+        (a stopped answer may be continued); after an error its state is unknown."""
+        return self is not FinishReason.ERROR
 
 
 @dataclass
@@ -136,6 +137,8 @@ class TurnStats:
         parts.append(f"{self.completion_tokens} tokens")
         if self.queue_wait_s >= 0.05:
             parts.append(f"queued {self.queue_wait_s:.1f} s")
+        if self.finish_reason is FinishReason.LENGTH:
+            parts.append("stopped at the length limit")
         return " · ".join(parts)
 
 

@@ -26,7 +26,7 @@ from edgechat.engines.remote import RemoteEngine
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import FinishReason, Message, SamplingParams
-from tests.conftest import REPO
+from tests.conftest import REPO, run_terminal
 
 KEY = "edgechat-test-key"
 SHORT = SamplingParams(temperature=0.0, max_new_tokens=24)
@@ -111,14 +111,7 @@ def session(runtime: Runtime, sampling: SamplingParams = SHORT) -> Baichuan2:
 
 
 def terminal(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "baichuan2.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), **(env or {})},
-    )
+    return run_terminal(*args, env=env, timeout=120)
 
 
 def test_terminal_answers_through_the_server_with_the_configured_key(server: Server) -> None:

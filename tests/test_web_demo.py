@@ -96,7 +96,7 @@ def test_settings_of_one_session_never_affect_another() -> None:
     question = "What color is the sky on a clear day?"
     ask(a, question)
     ask(b, question)
-    assert any(c.value.endswith("3 tokens") for c in a.caption)  # A's cap
+    assert any(c.value.endswith("3 tokens · stopped at the length limit") for c in a.caption)  # A's cap
     assert "blue" in answers(b)[0].lower() and b.session_state.conversation.client.last_stats.completion_tokens > 3
     assert b.sidebar.number_input(key="max_new_tokens").value == 48
     assert b.sidebar.slider(key="temperature").value == 0.0 and b.sidebar.text_area(key="system").value == ""
@@ -140,6 +140,23 @@ def test_password_attempts_are_limited(monkeypatch: pytest.MonkeyPatch) -> None:
     at.text_input(key="password_input").set_value("open sesame")  # right, but too late
     at.button[0].click().run()
     assert at.error[0].value.startswith("Too many attempts: try again in") and not at.chat_input
+
+
+def test_password_guesses_count_per_address_not_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_PASSWORD", "open sesame")
+    guesser = [page(address="10.8.0.1") for _ in range(6)]  # a script opening session after session
+    for at in guesser[:5]:
+        at.text_input(key="password_input").set_value("guess")
+        at.button[0].click().run()
+        assert at.error[0].value == "Wrong password."
+    late = guesser[5]
+    late.text_input(key="password_input").set_value("open sesame")
+    late.button[0].click().run()
+    assert late.error[0].value.startswith("Too many attempts") and not late.chat_input
+    neighbour = page(address="10.8.0.2")  # somebody else in the room is not locked out
+    neighbour.text_input(key="password_input").set_value("open sesame")
+    neighbour.button[0].click().run()
+    assert neighbour.chat_input
 
 
 def test_input_length_cap_holds_in_the_widget_and_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
