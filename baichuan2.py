@@ -40,9 +40,7 @@ class Baichuan2(ChatClient):
         self.handle = handle
 
 
-def client_for(
-    runtime: Runtime, settings: Settings, session: str | None = None, source: str = "page"
-) -> Baichuan2:
+def client_for(runtime: Runtime, settings: Settings, session: str | None = None, source: str = "page") -> Baichuan2:
     return Baichuan2(
         runtime.handle,
         runtime.backend,
