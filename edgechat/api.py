@@ -14,10 +14,12 @@ streams). A client that hangs up cancels its answer within a scheduler step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from itertools import chain
 from typing import Any
@@ -37,7 +39,19 @@ from edgechat.errors import ConfigError
 from edgechat.metrics import ServingMetrics, process_metrics
 from edgechat.openai_schema import ApiError, ChatCall
 from edgechat.runtime import Runtime, current_runtime, shared_runtime
-from edgechat.types import ChatEvent, Done, Failed, FailKind, Generation, Queued, Text, Tick, Trimmed, TurnStats
+from edgechat.types import (
+    ChatEvent,
+    Done,
+    Failed,
+    FailKind,
+    Generation,
+    Message,
+    Queued,
+    Text,
+    Tick,
+    Trimmed,
+    TurnStats,
+)
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # a long conversation is ~100 KB; more is a mistake or an attack
@@ -97,6 +111,7 @@ class OpenAIApi:
         self.key = settings.server_api_key or settings.password  # None: /v1 is open
         self.started = int(time.time())
         self._locked_until: dict[str, float] = {}  # address -> when its wrong-key lockout ends
+        self._sessions_in_flight: set[str] = set()  # touched on the event loop only
 
     # ---- probes ----
 
@@ -152,10 +167,10 @@ class OpenAIApi:
                 raise ApiError(
                     404, f"model {call.model!r} does not exist: {served}", param="model", code="model_not_found"
                 )
-            release = self._admit(request)
+            address, release = self._admit(request)
         except ApiError as err:
             return self._error(err)
-        answer = _Answer(self, rt, call, release)
+        answer = _Answer(self, rt, call, release, self._session_for(address, call))
         try:
             return await answer.respond(request)
         except Exception as err:  # a bug of ours: the caller still gets OpenAI's shape, the log the trace
@@ -220,7 +235,7 @@ class OpenAIApi:
             raise ApiError(503, "the engine is down; try again in a moment", code="engine_down")
         return rt
 
-    def _admit(self, request: Request) -> Callable[[], None]:
+    def _admit(self, request: Request) -> tuple[str, Callable[[], None]]:
         """Count the question against the address's --rate-limit and take one of its
         --max-in-flight slots (page tabs and API calls of one address share them)."""
         address = address_of(request, self.settings)
@@ -237,7 +252,26 @@ class OpenAIApi:
                 f"this address already has {n} answers running or waiting (--max-in-flight); try again when one ends"
             )
             raise ApiError(429, message, code="rate_limit_exceeded", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
-        return release
+        return address, release
+
+    def _session_for(self, address: str, call: ChatCall) -> _Session:
+        """The KV-cache key of this conversation, so its next turn reuses what this one read.
+        An API call carries its whole history, and the history's start (system prompt and first
+        question) stays the same from turn to turn, so that start and the caller's address name
+        the conversation; the scheduler keeps only the token prefix the new prompt really shares.
+        A key can serve one answer at a time: a second at once (a regenerate racing the first)
+        gets a key of its own that is forgotten when it ends."""
+        head: list[Message] = []
+        for m in call.messages:
+            head.append(m)
+            if m["role"] == "user":
+                break
+        digest = hashlib.sha256(json.dumps([address, head], ensure_ascii=False).encode()).hexdigest()
+        key = "api:" + digest[:32]
+        if key in self._sessions_in_flight:
+            return _Session(self, "api-once:" + uuid.uuid4().hex, keep=False)
+        self._sessions_in_flight.add(key)
+        return _Session(self, key, keep=True)
 
     def _error(self, err: ApiError) -> JSONResponse:
         self.metrics.api_error(err.status)
@@ -248,13 +282,16 @@ class _Answer:
     """One admitted chat completion: its ChatClient, its events, and the clean-up that runs
     exactly once however the request ends (answered, refused, hung up)."""
 
-    def __init__(self, api: OpenAIApi, rt: Runtime, call: ChatCall, release: Callable[[], None]) -> None:
+    def __init__(
+        self, api: OpenAIApi, rt: Runtime, call: ChatCall, release: Callable[[], None], session: _Session
+    ) -> None:
         self.api = api
         self.rt = rt
         self.call = call
         self.release = release
+        self.session = session
         self.model = model_id(rt)
-        self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, source="api")
+        self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api")
         self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
 
@@ -342,17 +379,30 @@ class _Answer:
         return ApiError(500, failed.message)
 
     async def finish(self) -> None:
-        """Cancel (a no-op once ended), read the answer to its Done so it is counted, free the
-        conversation's cache (an API call carries its whole history each time) and the
-        address's slot. Shielded: it runs to the end even when the request was cancelled."""
+        """Cancel (a no-op once ended), read the answer to its Done so it is counted, give back
+        the session key and the address's slot. Shielded: it runs to the end even when the
+        request was cancelled."""
         if self._finished:
             return
         self._finished = True
         with anyio.CancelScope(shield=True):
             self.generation.cancel()
             await anyio.to_thread.run_sync(_drain, self.generation)
-            self.rt.backend.forget_session(self.client.session)
+            self.session.end(self.rt)
             self.release()
+
+
+class _Session:
+    """A conversation's cache key while one answer uses it."""
+
+    def __init__(self, api: OpenAIApi, key: str, keep: bool) -> None:
+        self.api, self.key, self.keep = api, key, keep
+
+    def end(self, rt: Runtime) -> None:
+        if self.keep:
+            self.api._sessions_in_flight.discard(self.key)
+        else:
+            rt.backend.forget_session(self.key)
 
 
 class _Stream(StreamingResponse):

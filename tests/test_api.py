@@ -111,7 +111,10 @@ def test_a_stream_says_the_same_as_the_whole_answer(api: Api) -> None:
     assert "4" in "".join(pieces)
     finish = [e["choices"][0]["finish_reason"] for e in events if e["choices"] and e["choices"][0]["finish_reason"]]
     assert finish == [whole["choices"][0]["finish_reason"]] == ["stop"]
-    assert events[-1]["choices"] == [] and events[-1]["usage"] == whole["usage"]
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")  # the second read part of its prompt from cache
+    assert events[-1]["choices"] == [] and [events[-1]["usage"][k] for k in counts] == [
+        whole["usage"][k] for k in counts
+    ]
     assert all(e["usage"] is None for e in events[:-1])
     assert len({e["id"] for e in events}) == 1 and events[0]["object"] == "chat.completion.chunk"
 
@@ -121,6 +124,24 @@ def test_a_stop_string_ends_the_answer_before_it(api: Api) -> None:
     word = text.split()[2]
     cut = api.chat(messages=QUESTION, temperature=0, max_tokens=24, stop=[word]).json()["choices"][0]
     assert cut["finish_reason"] == "stop" and cut["message"]["content"] == text[: text.index(word)]
+
+
+def test_the_next_turn_reads_only_what_is_new(runtime: Runtime) -> None:
+    """An API call carries its whole history; the box keeps the conversation's cache between
+    calls (keyed by the caller's address and the conversation's start), as it does for a page."""
+    api = Api(runtime, "--trusted-proxy", "testclient")
+    me, other = {"X-Forwarded-For": "10.0.0.1"}, {"X-Forwarded-For": "10.0.0.2"}
+    try:
+        first = api.chat(messages=STORY, temperature=0, max_tokens=16, headers=me).json()
+        history = [*STORY, first["choices"][0]["message"], {"role": "user", "content": "And then?"}]
+        second = api.chat(messages=history, temperature=0, max_tokens=8, headers=me).json()
+        cached = second["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+        assert cached >= first["usage"]["prompt_tokens"]  # at least the first prompt was not read again
+        stranger = api.chat(messages=history, temperature=0, max_tokens=8, headers=other).json()
+        assert "prompt_tokens_details" not in stranger["usage"]  # another address shares nothing
+        assert stranger["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
+    finally:
+        api.close()
 
 
 def test_answers_are_counted_in_metrics_as_api(api: Api) -> None:

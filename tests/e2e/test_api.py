@@ -30,7 +30,7 @@ from harness.servers import Server
 
 KEY = "e2e-api-key"
 STORY = "Write a long story about a dragon who learns to bake bread."
-QUESTIONS = [  # two of the 8 API streams ask each
+QUESTIONS = [  # two of the 8 API streams ask each, from one address at once (its conversation's cache key is taken)
     "What is 2+2?",
     "What color is the sky on a clear day?",
     "What is the opposite of hot?",
@@ -110,7 +110,12 @@ def test_the_openai_client_whole_and_streamed(client: openai.OpenAI, model: str,
                                             stream=True, stream_options={"include_usage": True})  # fmt: skip
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
-    assert chunks[-1].usage is not None and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (
+        prompt,
+        whole.usage.completion_tokens,
+    )
+    assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens > 0  # same start
     cut = client.chat.completions.create(model=model, messages=[{"role": "user", "content": STORY}], max_tokens=7)
     assert cut.choices[0].finish_reason == "length" and cut.usage is not None and cut.usage.completion_tokens == 7
 
@@ -219,9 +224,10 @@ def test_eight_api_streams_and_two_browser_sessions_at_once(
 
     def stream(i: int) -> None:
         try:
+            person = {"X-Forwarded-For": f"10.0.0.{i % len(QUESTIONS) + 1}"}
             chunks = client.chat.completions.create(model=model, messages=[{"role": "user", "content": asked[i]}],
                                                     temperature=0, seed=1, max_tokens=16, stream=True,
-                                                    extra_headers={"X-Forwarded-For": f"10.0.0.{i + 1}"})  # fmt: skip
+                                                    extra_headers=person)  # fmt: skip
             together[i] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         except BaseException as err:  # noqa: BLE001 — reported by the assert below
             errors.append(err)
