@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO))
 from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from bench.serve import rss_mib  # noqa: E402
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
+from harness.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from harness.memory import rss_mib  # noqa: E402
+from harness.servers import Server  # noqa: E402
 
 QUESTIONS = [
     "What is 2+2?",

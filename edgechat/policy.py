@@ -5,8 +5,8 @@ service, the slots (engine sequences) and what their caches hold, idle sessions,
 cache of parked sessions, counters. Each step, `decide()` turns it into a `Plan` (finish cancelled
 and expired requests, admit waiting ones FIFO, park or evict idle caches for room, preempt when a
 KV pool runs out, pick the feeds) and `update()` folds what the engine did back in (tokens become
-events, requests finish). The engine object is read for its facts only (sizes and capability
-flags): every call into it is the scheduler's execute step.
+events, requests finish). It sees the engine's facts only (sizes and capability flags, an
+`EngineFacts`), never the engine: every call into it is the scheduler's execute step.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import math
 from collections import OrderedDict, deque
 from typing import Any
 
-from edgechat.engines.base import Engine
 from edgechat.kvcache import MIB, HostCache, ParkedState
-from edgechat.sequences import Admit, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
+from edgechat.sequences import Admit, EngineFacts, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
 from edgechat.types import Failed, Finished, FinishReason, Queued, Token
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class Policy:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineFacts,
         *,
         max_running: int,
         kv_budget_tokens: int,
@@ -77,7 +76,7 @@ class Policy:
         self._expire(now, plan)
         for request in [*self.waiting, *self.active]:
             if request.cancelled.is_set():
-                self._finish(request, FinishReason.CANCELLED, now, plan)
+                self._finish(request, request.cancel_reason, now, plan)
             elif request.deadline is not None and now > request.deadline:
                 self._finish(request, FinishReason.TIMEOUT, now, plan)
         while self.waiting and len(self.active) < self.max_running:
@@ -329,7 +328,7 @@ class Policy:
             request.slot = None
             if slot is not None:
                 slot.request = None
-                if request.session is not None and reason.completed and self.engine.prefix_cache:
+                if request.session is not None and reason.keeps_cache and self.engine.prefix_cache:
                     self._keep_idle(slot, request.session, now, plan)
                 else:
                     self.resident.remove(slot)

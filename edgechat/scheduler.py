@@ -13,8 +13,8 @@ one worker thread runs the loop, shaped like vLLM's scheduler step:
 The lock guards only the hand-off (inbox, forget list, close); `stats()` reads the snapshot the
 worker publishes after each step.
 
-A request that completes (stop id or length) with a `session` key leaves its sequence idle
-(a cancelled, timed-out or failed one frees it at once). The session's next request keeps the
+A request with a `session` key leaves its sequence idle when it ends (a failed one frees it: its
+cache state is unknown). The session's next request keeps the
 longest common token prefix of that cache and prefills only the rest (llama.cpp server's "keep
 the common prefix, drop the rest"). When a sequence is needed, the least recently used idle cache
 is parked in host RAM (edgechat.kvcache) instead of dropped, and restored on the session's next
@@ -36,8 +36,8 @@ from edgechat.engines.base import Engine
 from edgechat.errors import RequestError
 from edgechat.kvcache import HostCache, default_host_cache_bytes, meminfo_bytes
 from edgechat.policy import Policy
-from edgechat.sequences import Feed, Outputs, Plan, Request, Status
-from edgechat.types import Failed, Finished, RequestStats, SamplingParams, Tick, TokenEvent, TokenRate
+from edgechat.sequences import EngineFacts, Feed, Outputs, Plan, Request, Status
+from edgechat.types import Failed, Finished, FinishReason, RequestStats, SamplingParams, Tick, TokenEvent, TokenRate
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,12 @@ class RequestHandle:
     def stats(self) -> RequestStats:
         return self._request.stats
 
-    def cancel(self) -> None:
-        self._request.cancelled.set()
+    def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
+        """Finish the request within one step; `reason` STOP means the consumer found a stop
+        string: the answer is complete and its cache is kept for the next turn."""
+        if not self._request.cancelled.is_set():
+            self._request.cancel_reason = reason
+            self._request.cancelled.set()
         self._scheduler._wake()
 
     def poll(self) -> list[TokenEvent]:
@@ -124,7 +128,7 @@ class Scheduler:
             size = default_host_cache_bytes() if host_cache_bytes is None else host_cache_bytes
             host = HostCache(size, session_ttl_s, available_ram=available_ram)
         self._policy = Policy(
-            engine,
+            EngineFacts.of(engine),
             max_running=self.max_running,
             kv_budget_tokens=self.kv_budget_tokens,
             host=host,

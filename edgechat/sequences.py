@@ -12,10 +12,29 @@ from __future__ import annotations
 import enum
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from edgechat.kvcache import ParkedState
-from edgechat.types import RequestStats, SamplingParams, TokenEvent
+from edgechat.types import FinishReason, RequestStats, SamplingParams, TokenEvent
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the policy may know of the engine: sizes and capability flags (edgechat.engines.base),
+    never the engine itself, so deciding cannot call into it."""
+
+    max_sequences: int
+    max_len: int
+    max_batch: int
+    prefill_chunk: int | None
+    batch_prefill: bool
+    prefix_cache: bool
+    kv_bytes_per_token: int
+
+    @classmethod
+    def of(cls, engine: Any) -> EngineFacts:
+        return cls(**{f.name: getattr(engine, f.name) for f in fields(cls)})
 
 
 class Status(enum.Enum):
@@ -47,6 +66,7 @@ class Request:
     deadline: float | None
     events: queue.Queue[TokenEvent] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: FinishReason = FinishReason.CANCELLED
     stats: RequestStats = field(default_factory=RequestStats)
     status: Status = Status.WAITING
     slot: Slot | None = None

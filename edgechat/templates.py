@@ -126,9 +126,15 @@ class ChatTokenizer:
         self.template = template
         self.stop_ids = tokenizer.stop_ids
 
-    def render(self, messages: Sequence[Message]) -> list[int]:
+    def render(self, messages: Sequence[Message], continue_last: bool = False) -> list[int]:
+        """Prompt ids ending where the assistant speaks; with `continue_last` the last message is
+        a partial answer and the ids end inside it, so generation goes on from its last word."""
         check_messages(messages)
-        return self.template.render(messages)
+        if not continue_last:
+            return self.template.render(messages)
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise ValueError("only a partial assistant answer after a question can be continued")
+        return self.template.render(messages[:-1]) + self.tokenizer.encode(messages[-1]["content"], special=False)
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.tokenizer)

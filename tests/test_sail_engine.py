@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgechat.backend import LocalBackend
 from edgechat.client import ChatClient
 from edgechat.config import parse_settings
 from edgechat.errors import ConfigError
@@ -177,13 +178,13 @@ class RecordingScheduler:
 
 def chat(rt: Runtime, questions: Sequence[str], sampling: SamplingParams = GREEDY) -> list[tuple[list[int], list[int]]]:
     """Ask the questions as one session keeping history; (prompt ids, answer ids) per turn."""
-    recorder = RecordingScheduler(rt.engine)
-    client = ChatClient(recorder, rt.tokenizer, sampling=sampling)  # type: ignore[arg-type]
+    recorder = RecordingScheduler(rt.backend.scheduler)
+    client = ChatClient(LocalBackend(recorder, rt.tokenizer, rt.info), rt.tokenizer, sampling=sampling)  # type: ignore[arg-type]
     history: list[Message] = []
     turns = []
     for question in questions:
         answer = "".join(client.chat_stream(question, history))
-        assert client.last_stats.error is None and client.last_stats.notice is None, client.last_stats
+        assert client.last_stats.error is None, client.last_stats
         turns.append((recorder.prompt, list(recorder.tokens)))
         history += [Message(role="user", content=question), Message(role="assistant", content=answer)]
     return turns
@@ -199,7 +200,7 @@ CHATS = [
 def test_greedy_chats_match_a_cache_free_reference(runtime: Runtime, bmodel: Path) -> None:
     ref = Reference(bmodel)
     stop = runtime.tokenizer.stop_ids
-    net = runtime.engine.engine._net
+    net = runtime.backend.scheduler.engine._net
     for questions in CHATS:
         before = net.calls.copy()
         turns = chat(runtime, questions)
@@ -224,7 +225,7 @@ def test_interleaved_sessions_give_each_alone(runtime: Runtime) -> None:
     questions = {"a": ["讲一个关于猫的故事。", "再讲一个。"], "b": ["Tell me about sorting.", "Bubble sort?"]}
     alone = {name: chat(runtime, qs) for name, qs in questions.items()}
 
-    engine = runtime.engine.engine
+    engine = runtime.backend.scheduler.engine
     order: list[int] = []
     real_decode = engine.decode
     engine.decode = lambda batch: order.extend(seq for seq, _ in batch) or real_decode(batch)  # type: ignore[method-assign]
@@ -251,7 +252,7 @@ def test_interleaved_sessions_give_each_alone(runtime: Runtime) -> None:
 def test_slots_are_allocated_once_and_reused(bmodel: Path, token_dir: Path) -> None:
     baseline = sail.DEVICE["tensors"]
     rt = open_runtime(bmodel, token_dir, "--max-sessions", "2")
-    engine = rt.engine.engine
+    engine = rt.backend.scheduler.engine
     allocated = sail.DEVICE["tensors"]
     assert allocated - baseline == 2 * 2 * engine.num_layers + 12  # 2 slots' k/v per layer + scratch
     slot_k = [list(s.k) for s in engine._slots]
@@ -261,7 +262,7 @@ def test_slots_are_allocated_once_and_reused(bmodel: Path, token_dir: Path) -> N
     assert sail.DEVICE["tensors"] == allocated
     assert [list(s.k) for s in engine._slots] == slot_k  # the very same device tensors
 
-    rt.engine.close()  # stop the scheduler thread: from here on this test owns the engine
+    rt.backend.scheduler.close()  # stop the scheduler thread: from here on this test owns the engine
     first, second = engine.open_sequence(), engine.open_sequence()
     with pytest.raises(RuntimeError, match="slots are in use"):
         engine.open_sequence()
@@ -338,7 +339,7 @@ def test_a_tokenizer_whose_vocab_does_not_match_the_model(tmp_path: Path) -> Non
     big = sail.write_bmodel(tmp_path / "big.bmodel", max_len=MAX_LEN, vocab=125696, seed=3)
     rt = open_runtime(big, small)
     try:
-        client = ChatClient(rt.engine, rt.tokenizer, sampling=GREEDY)
+        client = ChatClient(rt.backend, rt.tokenizer, sampling=GREEDY)
         text = "".join(client.chat_stream("hello", []))
         assert text == "" and client.last_stats.error is not None
         assert "outside the tokenizer's vocabulary of 700" in client.last_stats.error
@@ -406,7 +407,7 @@ def test_the_page_with_the_seed_flags(bmodel: Path, token_dir: Path, monkeypatch
     at.chat_input[0].set_value(question).run()
     assert not at.exception, at.exception
 
-    tok = at.session_state.client.tokenizer
+    tok = at.session_state.conversation.client.tokenizer
     prompt = tok.render([Message(role="user", content=question)])
     expected = tok.decode(Reference(bmodel).generate(prompt, 16, tok.stop_ids))
     shown = [(m.name, m.markdown[0].value.strip()) for m in at.chat_message]  # Markdown drops edge spaces

@@ -258,15 +258,18 @@ def test_timeout_by_the_clock_stops_and_frees() -> None:
     assert 0 < handle.stats.completion_tokens < 100 and engine.open_sequences == 0
 
 
-def test_cancel_frees_the_sequence_within_one_step(fake) -> None:  # noqa: ANN001
+def test_cancel_ends_within_one_step_and_frees_or_keeps_the_cache(fake) -> None:  # noqa: ANN001
     sched, engine, _ = fake
-    handle = sched.submit(prompt(5), SamplingParams(temperature=0, max_new_tokens=100), NO_STOP, session="a")
+    long = SamplingParams(temperature=0, max_new_tokens=100)
+    anonymous, stopped = sched.submit(prompt(5), long, NO_STOP), sched.submit(prompt(6, 1), long, NO_STOP, session="a")
     sched.step()
-    handle.cancel()
+    anonymous.cancel()
+    stopped.cancel()
     sched.step()
-    assert handle.poll()[-1] == Finished(FinishReason.CANCELLED)
-    assert engine.open_sequences == 0 and sched.stats()["sequences_in_use"] == 0
-    assert sched.stats()["cancelled"] == 1
+    assert anonymous.poll()[-1] == stopped.poll()[-1] == Finished(FinishReason.CANCELLED)
+    # Without a session the sequence is freed; a stopped answer keeps its cache for Continue.
+    assert engine.open_sequences == 1 and sched.stats()["sessions_cached"] == 1
+    assert sched.stats()["cancelled"] == 2
 
 
 def test_stop_id_ends_the_answer_and_keeps_the_session_cache(fake) -> None:  # noqa: ANN001

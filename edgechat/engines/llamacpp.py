@@ -21,7 +21,6 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
-from edgechat.engines.base import Feed
 from edgechat.errors import ConfigError
 from edgechat.types import SamplingParams
 
@@ -30,6 +29,7 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
 UBATCH = 63  # rows per llama.cpp micro-batch: below the 64 where flash attention switches kernel
 STATE_FLAGS = 0  # llama_state_seq_*_ext flags: the whole sequence, copied to host memory
 PENALTY_LAST_N = 64
+Feed = tuple[int, Sequence[int], bool]  # edgechat.engines.base.Feed (engines import no sibling)
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
 _backend_lock = threading.Lock()
 _backend_ready = False

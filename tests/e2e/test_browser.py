@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.e2e.conftest import Server, save_screenshot
+from harness.servers import Server
+from tests.e2e.conftest import save_screenshot
 
 QUESTIONS = {
     "alice": ("What is 2+2?", "4"),

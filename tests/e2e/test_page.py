@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Server, save_screenshot
+from harness.servers import Server
+from tests.e2e.conftest import save_screenshot
 from tests.e2e.test_browser import ANSWER_TIMEOUT_MS, ask, messages, wait_answered
 
 PASSWORD = "room 42 only"
