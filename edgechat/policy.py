@@ -18,7 +18,7 @@ from typing import Any
 
 from edgechat.kvcache import MIB, HostCache, ParkedState
 from edgechat.sequences import Admit, EngineFacts, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
-from edgechat.types import Failed, Finished, FinishReason, Queued, Token
+from edgechat.types import Failed, Finished, FinishReason, Queued, Token, TokenEvent
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,17 @@ class Policy:
         self.counts = dict.fromkeys(("completed", "cancelled", "errors", "preemptions", "parks", "restore_failures"), 0)
         self.turns = dict.fromkeys(("reused", "restored", "reprefilled"), 0)
         self.service_s = 10.0  # moving average of a request's time in service, for queue ETAs
+        self.outbox: list[tuple[Request, TokenEvent]] = []  # delivered once the step's stats are out
+
+    def _emit(self, request: Request, event: TokenEvent) -> None:
+        self.outbox.append((request, event))
+
+    def deliver(self) -> None:
+        """Hand the step's events to their readers, after `snapshot()`: a reader that sees its
+        request finish then finds the engine's figures already counting it."""
+        outbox, self.outbox = self.outbox, []
+        for request, event in outbox:
+            request.events.put(event)
 
     def busy(self) -> bool:
         return bool(self.waiting or self.active or self.to_release)
@@ -304,13 +315,13 @@ class Policy:
             return
         request.generated.append(token)
         request.stats.completion_tokens += 1
-        request.events.put(Token(token))
+        self._emit(request, Token(token))
         if len(request.generated) >= request.max_new_tokens:
             self._finish(request, FinishReason.LENGTH, now)
 
     def _fail(self, request: Request, message: str, now: float) -> None:
         self.counts["errors"] += 1
-        request.events.put(Failed(message))
+        self._emit(request, Failed(message))
         request.session = None  # its cache state is unknown: never reuse it
         self._finish(request, FinishReason.ERROR, now, notify=False)
 
@@ -344,7 +355,7 @@ class Policy:
         if not was_waiting and stats.started_at is not None:
             self.service_s = 0.8 * self.service_s + 0.2 * (now - stats.started_at)
         if notify:
-            request.events.put(Finished(reason))
+            self._emit(request, Finished(reason))
 
     def _keep_idle(self, slot: Slot, session: str, now: float, plan: Plan | None) -> None:
         old = self.idle.pop(session, None)
@@ -365,7 +376,7 @@ class Policy:
             if request.last_position != position:
                 request.last_position = position
                 rounds = math.ceil(position / max(1, self.max_running))
-                request.events.put(Queued(position, rounds * self.service_s))
+                self._emit(request, Queued(position, rounds * self.service_s))
 
     def snapshot(self) -> dict[str, Any]:
         """The figures `Scheduler.stats()` returns, as of the end of a step."""
@@ -375,7 +386,7 @@ class Policy:
             "prefilling": sum(r.status is Status.PREFILL for r in self.active),
             "waiting": len(self.waiting),
             "idle_sessions": len(self.idle),
-            "sequences_in_use": len(self.resident) + len(self.to_release),
+            "sequences_in_use": len(self.resident),  # to_release ones are free: the next step frees them
             "kv_tokens_used": self._kv_used(),
             "kv_tokens_budget": self.kv_budget_tokens,
             "max_running": self.max_running,

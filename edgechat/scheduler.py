@@ -254,6 +254,7 @@ class Scheduler:
                 with self._rate_lock:
                     self._rate.add(produced, now)
         self._snapshot = self._policy.snapshot()
+        self._policy.deliver()
         return not plan.empty()
 
     # ---- execute: every engine call ----
@@ -336,6 +337,7 @@ class Scheduler:
             self._closing = True
             inbox = list(self._inbox)
             self._inbox.clear()
+        self._policy.deliver()
         pending, slots = self._policy.drain()
         message = self.failure or "the server is shutting down"
         for request in [*inbox, *pending]:

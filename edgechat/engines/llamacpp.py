@@ -90,10 +90,11 @@ class LlamaCppEngine:
         max_sequences: int = 8,
         threads: int | None = None,
         prefill_chunk: int = 256,
-        kv_budget_tokens: int | Callable[[int], int] | None = None,
+        kv_budget_tokens: int | Callable[[int, int], int] | None = None,
     ) -> None:
-        """`kv_budget_tokens` (or a function of the KV bytes per token, for a budget in MiB) is
-        split by `kv_layout` into sequences; without it every sequence holds `context_length`."""
+        """`kv_budget_tokens` (or a function of the KV bytes per token and the context length,
+        for a budget in MiB or a default) is split by `kv_layout` into sequences; without it every
+        sequence holds `context_length`."""
         check_gguf(model_path)
         _init_backend()
         self.model_path = str(model_path)
@@ -112,8 +113,15 @@ class LlamaCppEngine:
             2 * 2 * lc.llama_model_n_layer(self.model) * lc.llama_model_n_head_kv(self.model) * head_dim
         )
         trained = lc.llama_model_n_ctx_train(self.model)
-        context = min(context_length, trained) if trained > 0 else context_length
-        budget = kv_budget_tokens(self.kv_bytes_per_token) if callable(kv_budget_tokens) else kv_budget_tokens
+        self.trained_context = trained if trained > 0 else context_length
+        context = min(context_length, self.trained_context)
+        try:
+            budget = (
+                kv_budget_tokens(self.kv_bytes_per_token, context) if callable(kv_budget_tokens) else kv_budget_tokens
+            )
+        except ConfigError:
+            lc.llama_model_free(self.model)
+            raise
         if budget is not None:
             max_sequences, context = kv_layout(budget, context, max_sequences)
         self.max_sequences = max_sequences
