@@ -25,7 +25,7 @@ from edgechat.owner import local_owner
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.store import StoreUnavailable, default_data_dir
 from edgechat.templates import ChatTokenizer
-from edgechat.types import TurnStats
+from edgechat.types import FinishReason, TurnStats
 from edgechat.ui_text import t
 
 FOLLOW_TICK_S = 0.5  # how often the terminal wakes while an answer is quiet (queued, prefilling)
@@ -125,6 +125,10 @@ def follow(conversation: Conversation) -> bool:
     stats = conversation.client.last_stats
     if stats.completion_tokens:
         print(stats_line(stats), file=sys.stderr)
+    if stats.finish_reason is FinishReason.LENGTH:
+        full = stats.prompt_tokens + stats.completion_tokens >= conversation.client.max_len
+        limit = f"the context of {conversation.client.max_len} tokens is full" if full else "--max-new-tokens reached"
+        print(f"(the answer stopped: {limit})", file=sys.stderr)
     ok = not conversation.refusals and not answer.record.get("error")
     conversation.refusals.clear()
     return ok

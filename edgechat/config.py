@@ -109,12 +109,16 @@ class Settings:
     threads: int | None = option(None, "llama.cpp CPU threads", "model", minimum=1, shown_default="all cores")
     # ---- serving many people ----
     max_sessions: int = option(
-        8, "TPU: conversations holding a KV cache slot on the device (llama.cpp keeps sessions in --kv-budget "
-        "and --host-cache instead)", "serving", minimum=1,
+        8, "no longer used (llama.cpp caches sessions in --kv-budget and --host-cache, the TPU holds "
+        "--max-running slots); accepted so existing command lines still start", "serving", minimum=1,
     )  # fmt: skip
     max_running: int | None = option(
-        None, "answers generating at once, each in its own KV buffer; more wait in a FIFO queue", "serving",
-        minimum=1, maximum=256, shown_default="16 (llama.cpp), = --max-sessions (TPU)",
+        None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot); more wait in a FIFO "
+        "queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
+    )  # fmt: skip
+    max_prompt_share: float = option(
+        0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",
+        "serving", above=0.0, maximum=1.0,
     )  # fmt: skip
     max_queue: int = option(32, "waiting requests; beyond it: 'busy, try again in a moment'", "serving", minimum=0)
     kv_budget: str | None = option(
@@ -387,12 +391,13 @@ def markdown_tables() -> str:
         opt: Option = f.metadata["option"]
         scalar, _ = _kind(f.name)
         value = "" if scalar is bool else " " + _metavar(f.name)
-        names = ", ".join(f"`{n}{value}`" for n in (flag_of(f.name), *opt.aliases))
+        names = ", ".join(f"`{n}{value}`" for n in (flag_of(f.name), *opt.aliases)).replace("|", "\\|")
         default = opt.shown_default or ("none" if f.default in (None, False) else _shown(f.default))
         meaning = opt.help.replace("|", "\\|")
         by_group[opt.group].append(f"| {names} | {default} | {meaning} |")
     for group, rows in by_group.items():
-        out += [f"**{GROUPS[group]}**", "", "| Flag | Default | Meaning |", "| --- | --- | --- |", *rows, ""]
+        if rows:
+            out += [f"**{GROUPS[group]}**", "", "| Flag | Default | Meaning |", "| --- | --- | --- |", *rows, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -410,3 +415,7 @@ def _shown(default: Any) -> str:
     if isinstance(default, tuple):
         return " ".join(map(str, default))
     return f"`{default}`" if isinstance(default, str) else str(default)
+
+
+if __name__ == "__main__":  # python3 -m edgechat.config: README's flag tables
+    print(markdown_tables(), end="")

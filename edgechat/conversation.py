@@ -195,6 +195,13 @@ class Conversation:
             return Refusal("busy_answering")
         return None
 
+    def set_system(self, text: str) -> Refusal | None:
+        """The system prompt for the next answers, under the same length cap as a question."""
+        if len(text) > self.max_input_chars:
+            return Refusal("system_too_long", {"n": len(text), "limit": self.max_input_chars})
+        self.system = text.strip()
+        return None
+
     def messages_for_model(self, records: list[Record] | None = None) -> list[Message]:
         """What the model sees: the system prompt, then the turns; an answer stopped before its
         first word is left out with its question."""

@@ -169,15 +169,18 @@ def _load_llamacpp(settings: Settings) -> Runtime:
 
 
 def _load_sail(settings: Settings) -> Runtime:
-    from edgechat.engines.sail import load_sail
+    from edgechat.engines.sail import DEFAULT_SLOTS, load_sail
     from edgechat.templates import Baichuan2ChatTemplate
 
-    handle, engine, tokenizer = load_sail(settings.bmodel, settings.token, settings.dev_ids, settings.max_sessions)
-    budget = None
-    if settings.kv_budget is not None:  # slots are allocated whole: the budget is a pool over them
-        budget = _kv_budget_tokens(settings, engine.kv_bytes_per_token, engine.max_len, settings.max_sessions)
-    chat = ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer))
-    return _local(handle, engine, chat, settings, max_running=settings.max_running, kv_budget=budget)
+    # KV slots for the answers being generated only (--max-running), not --max-sessions: the TPU
+    # re-prefills the whole prompt every turn, so an idle session's cache is worth nothing there.
+    slots = settings.max_running or DEFAULT_SLOTS
+    handle, engine, tokenizer = load_sail(
+        settings.bmodel, settings.token, settings.dev_ids, slots, settings.max_prompt_share
+    )
+    runtime = _local(handle, engine, ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer)), settings)
+    runtime.backend.max_prompt_len = engine.max_prompt_len  # the sample's answer room (--max-prompt-share)
+    return runtime
 
 
 def _load_remote(settings: Settings) -> Runtime:

@@ -137,6 +137,8 @@ class TurnStats:
         parts.append(f"{self.completion_tokens} tokens")
         if self.queue_wait_s >= 0.05:
             parts.append(f"queued {self.queue_wait_s:.1f} s")
+        if self.finish_reason is FinishReason.LENGTH:
+            parts.append("stopped at the length limit")
         return " · ".join(parts)
 
 

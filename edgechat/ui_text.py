@@ -26,6 +26,10 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "Your message is {n} characters; this server accepts up to {limit}. Shorten it and send again.",
         "zh": "你的消息有 {n} 个字符，本服务器最多接受 {limit} 个。请缩短后重新发送。",
     },
+    "system_too_long": {
+        "en": "The system prompt is {n} characters; this server accepts up to {limit}. The previous one stays.",
+        "zh": "系统提示词有 {n} 个字符，本服务器最多接受 {limit} 个。仍使用之前的提示词。",
+    },
     "rate_limited": {
         "en": "Too many requests: up to {limit} a minute per person. Try again in {wait} s.",
         "zh": "请求过于频繁：每人每分钟最多 {limit} 次。请 {wait} 秒后再试。",
@@ -121,6 +125,7 @@ TEXT: dict[str, dict[str, str]] = {
     "stat_tps": {"en": "{tps:.1f} tok/s", "zh": "{tps:.1f} tok/s"},
     "stat_tokens": {"en": "{n} tokens", "zh": "{n} 个 token"},
     "stat_queued": {"en": "queued {s:.1f} s", "zh": "排队 {s:.1f} 秒"},
+    "stat_length": {"en": "stopped at the length limit", "zh": "达到长度上限"},
     "stopped": {"en": "stopped", "zh": "已停止"},
     "trimmed": {
         "en": "{n} earlier messages were left out so this conversation fits the model's context of {context} tokens.",
@@ -159,4 +164,6 @@ def stats_line(stats: Mapping[str, Any], lang: str) -> str:
     parts.append(t(lang, "stat_tokens", n=stats.get("completion_tokens", 0)))
     if stats.get("queue_wait_s", 0.0) >= 0.05:
         parts.append(t(lang, "stat_queued", s=stats["queue_wait_s"]))
+    if stats.get("finish_reason") == "length":  # max new tokens, or the context is full
+        parts.append(t(lang, "stat_length"))
     return " · ".join(parts)

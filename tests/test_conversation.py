@@ -82,6 +82,13 @@ def test_refused_questions_leave_the_conversation_as_it_was(runtime: Runtime) ->
     assert conv.records == [] and conv.refusals and "input length is too long" in conv.refusals[0]
 
 
+def test_a_system_prompt_over_the_cap_is_refused_and_the_last_one_stays(runtime: Runtime) -> None:
+    conv = conversation(runtime, max_input_chars="100")
+    assert conv.set_system("  Be brief.  ") is None and conv.system == "Be brief."
+    refusal = conv.set_system("x" * 25_000_000)  # what a crafted websocket message could carry
+    assert refusal is not None and refusal.key == "system_too_long" and conv.system == "Be brief."
+
+
 def test_one_address_gets_only_its_share_of_answers_at_once(runtime: Runtime) -> None:
     from edgechat.access import ClientLimits
 

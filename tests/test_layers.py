@@ -29,6 +29,8 @@ LAYERS: dict[str, int] = {
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
+    "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
+    "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
     "edgechat.engines.sail": 3,
     "edgechat.engines.remote": 3,
     "edgechat.kvcache": 1,

@@ -94,9 +94,11 @@ def test_closing_the_stream_stops_the_answer_and_keeps_its_cache(runtime: Runtim
     stream = client.chat_stream("Tell me a very long story.", [])
     next(stream)
     stream.close()  # the browser tab went away / Stop
-    assert wait_for(lambda: runtime.backend.stats()["running"] == 0)
-    assert wait_for(lambda: runtime.backend.stats()["sessions_cached"] == cached + 1)  # for Continue
-    runtime.backend.forget_session(client.session)
+    stats = runtime.backend.stats()  # chat_stream's close waits for the request to end
+    assert stats["running"] == 0 and stats["prefilling"] == 0
+    assert stats["sessions_cached"] == cached + 1  # kept for a Continue
+    assert client.last_stats.finish_reason is FinishReason.CANCELLED and client.last_stats.completion_tokens < 400
+    client.engine.forget_session(client.session)
 
 
 def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runtime) -> None:

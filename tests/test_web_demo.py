@@ -96,7 +96,7 @@ def test_settings_of_one_session_never_affect_another() -> None:
     question = "What color is the sky on a clear day?"
     ask(a, question)
     ask(b, question)
-    assert any(c.value.endswith("3 tokens") for c in a.caption)  # A's cap
+    assert any(c.value.endswith("3 tokens · stopped at the length limit") for c in a.caption)  # A's cap
     assert "blue" in answers(b)[0].lower() and b.session_state.conversation.client.last_stats.completion_tokens > 3
     assert b.sidebar.number_input(key="max_new_tokens").value == 48
     assert b.sidebar.slider(key="temperature").value == 0.0 and b.sidebar.text_area(key="system").value == ""

@@ -93,7 +93,10 @@ def session_conversation(runtime: Runtime) -> Conversation:
         if ss.saved is not None:
             ss.saved.attach(fresh)
         ss.conversation = conv = fresh
-    conv.system = ss.system.strip()
+    refusal = conv.set_system(ss.system)
+    if refusal is not None:  # a crafted message past the widget's max_chars: keep the last good one
+        ss.flash.append(("warning", t(ss.lang, refusal.key, **refusal.fields)))
+        ss.system = conv.system
     conv.sampling = replace(conv.sampling, **{k: type(getattr(conv.sampling, k))(ss[k]) for k in SAMPLING_KEYS})
     return conv
 
