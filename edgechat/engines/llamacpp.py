@@ -18,11 +18,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import llama_cpp as lc
-import numpy as np
+# ggml's CPU threads meet at OpenMP barriers many times per token; by default a waiting thread
+# spins. On an edge box the page, Streamlit and browsers share the cores, and a spinning thread
+# whose partner was descheduled burns its time slice: measured here with other work on the 2
+# cores, 16 sequences decoded 46-70 tok/s spinning against 136-140 with passive waiting (and
+# ~10 % less when the box was otherwise idle). libgomp reads this when llama_cpp loads its
+# libraries, so it must be set before the import; an operator's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from edgechat.errors import ConfigError
-from edgechat.types import SamplingParams
+import llama_cpp as lc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edgechat.errors import ConfigError  # noqa: E402
+from edgechat.types import SamplingParams  # noqa: E402
 
 GGUF_MAGIC = b"GGUF"
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
