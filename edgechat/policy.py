@@ -119,7 +119,7 @@ class Policy:
             slot, restore, keep = idle, None, min(common_prefix(idle.tokens, target), len(target) - 1)
             kind = "reused"
         elif parked is not None:
-            slot, restore = Slot(tokens=parked.tokens), parked
+            slot, restore = Slot(tokens=list(parked.tokens)), parked  # restored whole, then cut to `keep`
             keep = min(common_prefix(parked.tokens, target), len(target) - (0 if parked is request.resume else 1))
             kind = "restored"
             if keep == 0:  # nothing in common: not worth restoring

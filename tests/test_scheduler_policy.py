@@ -6,6 +6,7 @@ Product behaviour (real answers) is tested on llama.cpp in test_scheduler.py."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterator
 
 import pytest
@@ -157,6 +158,19 @@ def test_least_recently_used_idle_session_is_parked_and_restored() -> None:
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == len(turns["a"]) + 7
     assert sched.stats()["turns_restored"] == 1 and sched.stats()["sessions_parked"] == 1  # "b" parked for it
+
+
+def test_restore_keeps_only_the_common_prefix_of_a_parked_cache() -> None:
+    sched, engine, _ = build(FakeEngine(max_sequences=1))
+    first = prompt(12)
+    answer_of(sched, first, "a")
+    answer_of(sched, prompt(9, 4), "b")  # parks "a": 12 + 7 tokens
+    edited = first[:8] + prompt(6, 7)  # the person edited their first question
+    handle = sched.submit(edited, GREEDY, NO_STOP, session="a")
+    run(sched)
+    assert answer(handle) == expected_answer(edited, 8) and handle.stats.reused_tokens == 8
+    assert ("restore", 0, 19, True) in engine.calls and ("start", 0, 8) in engine.calls
+    assert sched.stats()["restore_failures"] == 0
 
 
 def test_a_restore_the_engine_rejects_falls_back_to_reprefill() -> None:
@@ -318,3 +332,43 @@ def test_stats_report_kv_use_and_the_keys_the_page_reads(fake) -> None:  # noqa:
     ):  # fmt: skip
         assert key in stats, key
     assert stats["kv_tokens_used"] == 17 and stats["kv_tokens_budget"] == 4 * 256 and stats["alive"] is True
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_traffic_keeps_every_cache_record_exact(seed: int) -> None:
+    """Questions, follow-ups that share some or none of the cache, Stop, New chat and expiry in a
+    random order: after every step the scheduler's record of each sequence equals what the engine
+    holds, so every keep, park and restore is planned on the truth."""
+    rng = random.Random(seed)
+    sched, engine, clock = build(FakeEngine(max_sequences=3, max_len=400, prefill_chunk=16), session_ttl_s=30)
+    history: dict[str, list[int]] = {f"s{i}": [] for i in range(6)}
+    live: dict[str, tuple[RequestHandle, list[int], list[int]]] = {}
+    for _ in range(250):
+        session = rng.choice(sorted(history))
+        roll = rng.random()
+        if session not in live and roll < 0.3:
+            ids = history[session][-200:] + prompt(rng.randint(3, 12), rng.randrange(50))
+            n = rng.randint(1, 20)
+            live[session] = (
+                sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=n), NO_STOP, session),
+                ids,
+                [],
+            )
+        elif session in live and roll < 0.4:
+            live[session][0].cancel(rng.choice([FinishReason.CANCELLED, FinishReason.STOP]))
+        elif roll < 0.42:
+            sched.forget_session(session)
+            history[session] = []
+        sched.step()
+        clock.now += rng.random() * 2
+        for slot in sched._policy.resident:  # the records, against the engine
+            if slot.seq >= 0:
+                assert engine.cache(slot.seq) == slot.tokens
+        for name, (handle, ids, got) in list(live.items()):
+            events = handle.poll()
+            got += [e.id for e in events if isinstance(e, Token)]
+            if any(isinstance(e, (Finished, Failed)) for e in events):
+                assert got == expected_answer(ids, len(got))  # a kept, restored or fresh cache: same answer
+                history[name] = ids + got
+                del live[name]
+    assert sched.stats()["errors"] == 0 and sched.stats()["restore_failures"] == 0

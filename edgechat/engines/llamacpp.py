@@ -12,6 +12,7 @@ sequence. A sequence's cache is copied to host RAM and back with
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ import numpy as np  # noqa: E402
 
 from edgechat.errors import ConfigError  # noqa: E402
 from edgechat.types import SamplingParams  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
@@ -267,7 +270,12 @@ class LlamaCppEngine:
         view = (ctypes.c_uint8 * len(data)).from_buffer(data)
         read = lc.llama_state_seq_set_data_ext(self.ctx, view, len(data), seq, STATE_FLAGS)
         del view
-        if read != len(data) or lc.llama_memory_seq_pos_max(self.memory, seq) + 1 != tokens:
+        held = lc.llama_memory_seq_pos_max(self.memory, seq) + 1
+        if read != len(data) or held != tokens:
+            log.warning(
+                "llama.cpp rejected a parked cache: took %d of %d bytes, holds %d of %d tokens",
+                read, len(data), held, tokens,
+            )  # fmt: skip
             lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
             return False
         self._pos[seq] = tokens
