@@ -347,7 +347,9 @@ def test_random_traffic_keeps_every_cache_record_exact(seed: int) -> None:
         session = rng.choice(sorted(history))
         roll = rng.random()
         if session not in live and roll < 0.3:
-            ids = history[session][-200:] + prompt(rng.randint(3, 12), rng.randrange(50))
+            past = history[session][-200:]
+            past = past[: rng.randint(len(past) // 2, len(past))]  # an edited or regenerated turn
+            ids = past + prompt(rng.randint(3, 12), rng.randrange(50))
             n = rng.randint(1, 20)
             live[session] = (
                 sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=n), NO_STOP, session),
