@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from harness.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from harness.browser import CHROMIUM, CHROMIUM_ARGS, person_options  # noqa: E402
 from harness.memory import rss_mib  # noqa: E402
 from harness.servers import Server  # noqa: E402
 
@@ -73,7 +73,7 @@ async def conversation(page, name: str, turns: int, stall_ms: int, out: dict) ->
 async def person(browser, url: str, name: str, turns: int, stall_s: float, out: dict) -> None:  # noqa: ANN001
     """A person chats; a page stuck for `stall_s` is reported with what it showed, then reloaded
     once (a new session, the conversation starts over), as someone in the room would."""
-    context = await browser.new_context(viewport={"width": 1000, "height": 800})
+    context = await browser.new_context(**person_options())
     page = await context.new_page()
     log: list[str] = []
     t0 = time.monotonic()
