@@ -240,6 +240,7 @@ def main() -> None:
     for name in args.configs.split(","):
         people, flags = configs[name]
         result[name] = one_configuration(flags, people, args.turns, args.tokens)
+        print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)  # a long run's progress
     if args.overhead_rounds:
         result["overhead"] = overhead(args.people, args.tokens, args.overhead_rounds)
     result["parking"] = parking(args.turns, args.tokens)
