@@ -33,6 +33,9 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
     "edgechat.engines.sail": 3,
     "edgechat.engines.remote": 3,
+    "edgechat.kvcache": 1,
+    "edgechat.sequences": 2,
+    "edgechat.policy": 3,
     "edgechat.scheduler": 4,
     "edgechat.backend": 5,
     "edgechat.client": 6,
