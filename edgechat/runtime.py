@@ -178,9 +178,7 @@ def _load_sail(settings: Settings) -> Runtime:
     handle, engine, tokenizer = load_sail(
         settings.bmodel, settings.token, settings.dev_ids, slots, settings.max_prompt_share
     )
-    runtime = _local(handle, engine, ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer)), settings)
-    runtime.backend.max_prompt_len = engine.max_prompt_len  # the sample's answer room (--max-prompt-share)
-    return runtime
+    return _local(handle, engine, ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer)), settings)
 
 
 def _load_remote(settings: Settings) -> Runtime:

@@ -60,6 +60,7 @@ class FakeEngine:
     ) -> None:
         self.max_sequences = max_sequences
         self.max_len = max_len
+        self.max_prompt_len = max_len
         self.max_batch = max_batch or max_sequences
         self.prefill_chunk = prefill_chunk
         self.batch_prefill = batch_prefill

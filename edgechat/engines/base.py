@@ -30,6 +30,7 @@ class Engine(Protocol):
     name: str  # backend name shown to users: "llamacpp", "sail"
     model_path: str
     max_len: int  # tokens one sequence can hold (prompt + answer)
+    max_prompt_len: int  # most prompt tokens it takes (a TPU bmodel keeps answer room: --max-prompt-share)
     max_sequences: int  # sequences that can hold a KV cache at once
     max_batch: int  # sequences decoded together in one step (1 on the TPU)
     prefill_chunk: int | None  # prompt tokens per step (all prefills together); None = whole prompts

@@ -166,6 +166,7 @@ class LlamaCppEngine:
                 "lower --kv-budget or --context-length"
             )
         self.max_len = min(context, lc.llama_n_ctx_seq(self.ctx))
+        self.max_prompt_len = self.max_len  # any answer room is the client's history budget
         self.kv_budget_tokens = self.max_len * max_sequences
         self.memory = lc.llama_get_memory(self.ctx)
         self._batch_capacity = cparams.n_batch
