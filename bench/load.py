@@ -6,8 +6,9 @@ check, on the user messages only: the model may echo a question). Prints one JSO
 turns, errors, cross-talk, stalls, first-token latency p50/p95 and aggregate tok/s as the pages show
 them, and the server's RSS before and after.
 
-A stall is a page that shows no progress for `--stall` seconds (seen about once in ten CI-sized runs
-on a loaded 2-core box: a blank first page, or a question with no answer). It is reported with what
+A stall is a page whose main area did not change for `--stall` seconds while its person waited (seen
+about once in ten CI-sized runs on a loaded 2-core box: a blank first page, or a question with no
+answer); a slow answer that still streams is not one. It is reported with what
 the page showed and the browser's log, then the person reloads once and starts over, as people do;
 a second stall is an error. The target is no stalls; the CI test tolerates one and prints it.
 """
@@ -16,11 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +37,7 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from bench.serve import rss_mib  # noqa: E402
+from bench.stalltrace.frames import JS_WS_TAIL, FrameLog, server_trace, session_ids  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
 
 QUESTIONS = [
@@ -42,7 +50,42 @@ QUESTIONS = [
 STATS = re.compile(r"first token ([\d.]+) s · ([\d.]+) tok/s · (\d+) tokens")
 
 
-async def conversation(page, name: str, turns: int, stall_ms: int, out: dict) -> list[str]:  # noqa: ANN001
+INPUT_READY = (
+    "() => { const b = document.querySelector('[data-testid=stChatInputTextArea]'); return !!b && !b.disabled }"
+)
+ANSWERS_DONE = """n => Array.from(document.querySelectorAll('[data-testid=stChatMessage]'))
+    .filter(m => m.innerText.includes('tok/s')).length > n"""
+MAIN_TEXT = "() => document.getElementById('stMain')?.innerText ?? ''"  # the main area, chat input included
+SNAPSHOT = """() => {
+  const q = s => document.querySelector(s), box = q('[data-testid=stChatInputTextArea]');
+  return {chat_input: box ? (box.disabled ? 'disabled' : 'ready') : 'absent',
+    messages: Array.from(document.querySelectorAll('[data-testid=stChatMessage]')).map(m => m.innerText.slice(0, 80)),
+    main: (document.getElementById('stMain')?.innerText ?? '').slice(-300),
+    sidebar: (q('[data-testid=stSidebar]')?.innerText ?? '').slice(-300),
+    status: q('[data-testid=stStatusWidget]')?.innerText ?? null,
+    stale: document.querySelectorAll('[data-stale=true]').length}
+}"""
+POLL_MS = 2000
+
+
+async def until(page, condition: str, arg: object, stall_s: float) -> None:  # noqa: ANN001
+    """Wait for a JS condition; a stall is `stall_s` seconds in which the page's main area did not
+    change (a slow answer that still streams is not a stall, however long it takes)."""
+    last_text, last_change = None, time.monotonic()
+    while True:
+        try:
+            await page.wait_for_function(condition, arg=arg, timeout=POLL_MS, polling=200)
+            return
+        except PlaywrightTimeout:
+            text = await page.evaluate(MAIN_TEXT)
+            now = time.monotonic()
+            if text != last_text:
+                last_text, last_change = text, now
+            elif now - last_change > stall_s:
+                raise PlaywrightTimeout(f"no progress for {stall_s:.0f} s") from None
+
+
+async def conversation(page, name: str, turns: int, stall_s: float, out: dict) -> list[str]:  # noqa: ANN001
     """One person's turns in one Streamlit session; returns the questions asked."""
     asked: list[str] = []
     out["completed_by"][name] = 0
@@ -50,16 +93,13 @@ async def conversation(page, name: str, turns: int, stall_ms: int, out: dict) ->
     for turn in range(turns):
         question = f"[{name}] {QUESTIONS[turn % len(QUESTIONS)]}"
         out["stage"][name] = f"turn {turn + 1}: waiting for the input"
-        await box.wait_for(timeout=stall_ms)
-        await page.wait_for_function(
-            "() => !document.querySelector('[data-testid=stChatInputTextArea]').disabled", timeout=stall_ms
-        )
+        await until(page, INPUT_READY, None, stall_s)
         await box.fill(question)
         await box.press("Enter")
         asked.append(question)
         out["stage"][name] = f"turn {turn + 1}: waiting for the answer"
+        await until(page, ANSWERS_DONE, turn, stall_s)
         done = page.get_by_test_id("stChatMessage").filter(has_text="tok/s").nth(turn)
-        await done.wait_for(timeout=stall_ms)
         match = STATS.search(await done.inner_text())
         if match:
             out["ftl"].append(float(match.group(1)))
@@ -76,6 +116,7 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
     page = await context.new_page()
     log: list[str] = []
     t0 = time.monotonic()
+    frames = FrameLog(time.monotonic) if out.get("trace") else None
 
     def note(what: str) -> None:
         log.append(f"{time.monotonic() - t0:.1f}s {what}")
@@ -83,15 +124,19 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
     page.on("console", lambda m: note(f"console {m.type}: {m.text[:200]}"))
     page.on("pageerror", lambda e: note(f"pageerror: {e}"))
     page.on("websocket", lambda ws: (note("websocket open"), ws.on("close", lambda _: note("websocket closed"))))
+    if frames:
+        await frames.attach(page)
     try:
         for attempt in (1, 2):
             await page.goto(url)
             try:
-                asked = await conversation(page, name, turns, int(stall_s * 1000), out)
+                asked = await conversation(page, name, turns, stall_s, out)
                 break
             except PlaywrightTimeout:
                 shown = (await page.locator("body").inner_text())[-300:]
                 stall = {"person": name, "stage": out["stage"][name], "page_text": shown, "browser_log": log[-20:]}
+                if frames:
+                    stall["record"] = await investigate(page, out, name, shown, log, frames)
                 out["stalls"].append(stall)
                 if attempt == 2:
                     raise
@@ -107,10 +152,56 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
         await context.close()
 
 
-async def run(sessions: int, turns: int, timeout_s: float, flags: list[str], stall_s: float = 90.0) -> dict:
-    server = Server(*flags)
+async def investigate(page, out: dict, name: str, shown: str, log: list[str], frames: FrameLog) -> str:  # noqa: ANN001
+    """What a stuck page showed, then whether it catches up by itself within another `--stall`
+    seconds (slow) or not (stuck); written with its frames and the server's trace to one JSON file."""
+    snapshot = await page.evaluate(SNAPSHOT)
+    js_ws = await page.evaluate(JS_WS_TAIL)
+    waited = time.monotonic()
+    condition, arg = (INPUT_READY, None) if "input" in out["stage"][name] else (ANSWERS_DONE, out["completed_by"][name])
+    try:
+        await page.wait_for_function(condition, arg=arg, timeout=out["stall_s"] * 1000, polling=500)
+        recovered_after = round(time.monotonic() - waited, 1)
+    except PlaywrightTimeout:
+        recovered_after = None
+    return save_stall(out, name, shown, log, frames, snapshot, js_ws, recovered_after)
+
+
+def save_stall(
+    out: dict, name: str, shown: str, log: list[str], frames: FrameLog, snapshot: dict, js_ws: dict, recovered_after
+) -> str:  # noqa: ANN001
+    """Write what a stuck page saw and what the server did for its session(s) to one JSON file."""
+    decoded = frames.decoded()
+    sessions = session_ids(decoded)
+    trace: Path = out["trace"]
+    record = {
+        "person": name,
+        "stage": out["stage"][name],
+        "at": time.monotonic(),
+        "recovered_after_s": recovered_after,
+        "page_text": shown,
+        "browser_log": log,
+        "sessions": sessions,
+        "websockets": frames.sockets,
+        "page": snapshot,
+        "js_websocket_messages": js_ws,
+        "frames": decoded,
+        "server": server_trace(trace, sessions),
+    }
+    path = trace.with_name(f"{trace.stem}-stall-{name}-{len(out['stalls'])}.json")
+    path.write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    return str(path)
+
+
+async def run(
+    sessions: int, turns: int, timeout_s: float, flags: list[str], stall_s: float = 90.0, trace: Path | None = None
+) -> dict:
+    """One room; with `trace` (a .jsonl path) the server logs its script runs there and each stall
+    is written beside it with the page's websocket frames (bench/stalltrace)."""
+    server = traced_server(flags, trace) if trace else Server(*flags)
     try:
         out: dict = {"completed_by": {}, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": [], "stage": {}}
+        out["trace"], out["stall_s"] = trace, stall_s
         out["cross_talk_examples"], out["error_examples"], out["stalls"] = [], [], []
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -147,10 +238,91 @@ async def run(sessions: int, turns: int, timeout_s: float, flags: list[str], sta
             "server_rss_before_mib": rss_before,
             "server_rss_after_mib": rss_mib(server.proc.pid),
             "examples": out["cross_talk_examples"][:3] + out["error_examples"][:3],
-            "stall_examples": out["stalls"][:3],
+            "stall_examples": [{k: v for k, v in s.items() if k != "record"} for s in out["stalls"][:3]],
+            "stall_list": out["stalls"],
         }
     finally:
         server.stop()
+
+
+def traced_server(flags: list[str], trace: Path) -> Server:
+    """`streamlit run` with bench/stalltrace/sitecustomize.py loaded and writing to `trace`."""
+    saved = {k: os.environ.get(k) for k in ("EDGECHAT_TRACE", "PYTHONPATH")}
+    os.environ["EDGECHAT_TRACE"] = str(trace)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO / "bench" / "stalltrace"), saved["PYTHONPATH"]) if p
+    )
+    try:
+        return Server(*flags)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"  # ends with the bench
+
+
+def burners(n: int) -> list[subprocess.Popen]:
+    """CPU-burning processes beside the room, as on a loaded CI box."""
+    return [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(n)]
+
+
+def stress(args: argparse.Namespace, flags: list[str]) -> dict:
+    """`--repeat N` rooms in a row (a fresh server each), with `--burners K` beside each; with
+    `--lock PATH` each room (burners included) holds that lock, so other benchmarks on a shared box
+    run between rooms, never during one."""
+    trace_dir = Path(args.trace) if args.trace else None
+    if trace_dir:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i in range(args.repeat):
+        trace = trace_dir / f"run{i:03d}.jsonl" if trace_dir else None
+        with exclusive(args.lock):
+            load = os.getloadavg()[0]
+            burning = burners(args.burners)
+            try:
+                result = asyncio.run(run(args.sessions, args.turns, args.timeout, flags, args.stall, trace))
+            finally:
+                for proc in burning:
+                    proc.kill()
+                    proc.wait()
+        runs.append(result)
+        brief = {k: result[k] for k in ("completed_turns", "errors", "stalls", "wall_s")}
+        records = [s.get("record") for s in result["stall_list"]]
+        print(
+            json.dumps({"run": i, **brief, "load1_before": load, "stall_records": records}), file=sys.stderr, flush=True
+        )
+    return {
+        "repeat": args.repeat,
+        "burners": args.burners,
+        "sessions": args.sessions,
+        "turns_per_session": args.turns,
+        "runs_with_stalls": sum(1 for r in runs if r["stalls"]),
+        "stalls": sum(r["stalls"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "cross_talk": sum(r["cross_talk"] for r in runs),
+        "completed_turns": sum(r["completed_turns"] for r in runs),
+        "expected_turns": sum(r["expected_turns"] for r in runs),
+        "stall_examples": [s for r in runs for s in r["stall_list"]][:10],
+        "load_average": os.getloadavg(),
+    }
+
+
+@contextlib.contextmanager
+def exclusive(path: str | None) -> Iterator[None]:
+    """Hold `flock PATH` (as `flock /work/bench.lock CMD` does) for the duration, if a path is given."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main() -> None:
@@ -161,9 +333,18 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--stall", type=float, default=90.0, help="a page without progress this long is reloaded once")
+    parser.add_argument("--repeat", type=int, default=1, help="stress: this many rooms in a row, a fresh server each")
+    parser.add_argument("--burners", type=int, default=0, help="stress: CPU-burning processes beside the rooms")
+    parser.add_argument("--trace", help="stress: a folder for the server's run trace and one JSON file per stall")
+    parser.add_argument("--lock", help="stress: hold this flock file during each room (e.g. /work/bench.lock)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID`: servers and burners are stopped
     flags = ["--temperature", "0", "--max-new-tokens", str(args.max_new_tokens), "--max-sessions", str(args.sessions)]
+    if args.repeat > 1 or args.burners or args.trace or args.lock:
+        print(json.dumps(stress(args, flags), indent=2, ensure_ascii=False))
+        return
     result = asyncio.run(run(args.sessions, args.turns, args.timeout, flags, args.stall))
+    result.pop("stall_list")
     result["targets_met"] = {
         "all_turns": result["completed_turns"] == result["expected_turns"],
         "no_errors": result["errors"] == 0,
