@@ -37,7 +37,14 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
 from bench.serve import rss_mib  # noqa: E402
-from bench.stalltrace.frames import JS_WS_TAIL, FrameLog, server_trace, session_ids  # noqa: E402
+from bench.stalltrace.frames import (  # noqa: E402
+    JS_WS_ALL,
+    JS_WS_TAIL,
+    FrameLog,
+    browser_lag,
+    server_trace,
+    session_ids,
+)
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
 
 QUESTIONS = [
@@ -68,21 +75,27 @@ SNAPSHOT = """() => {
 POLL_MS = 2000
 
 
-async def until(page, condition: str, arg: object, stall_s: float) -> None:  # noqa: ANN001
+async def until(page, condition: str, arg: object, stall_s: float, quiet: list) -> None:  # noqa: ANN001
     """Wait for a JS condition; a stall is `stall_s` seconds in which the page's main area did not
-    change (a slow answer that still streams is not a stall, however long it takes)."""
-    last_text, last_change = None, time.monotonic()
-    while True:
-        try:
-            await page.wait_for_function(condition, arg=arg, timeout=POLL_MS, polling=200)
-            return
-        except PlaywrightTimeout:
-            text = await page.evaluate(MAIN_TEXT)
-            now = time.monotonic()
-            if text != last_text:
-                last_text, last_change = text, now
-            elif now - last_change > stall_s:
-                raise PlaywrightTimeout(f"no progress for {stall_s:.0f} s") from None
+    change (a slow answer that still streams is not a stall, however long it takes). Appends the
+    longest such quiet spell of this wait and the wait's length to `quiet`."""
+    started = last_change = time.monotonic()
+    last_text, longest = None, 0.0
+    try:
+        while True:
+            try:
+                await page.wait_for_function(condition, arg=arg, timeout=POLL_MS, polling=200)
+                return
+            except PlaywrightTimeout:
+                text = await page.evaluate(MAIN_TEXT)
+                now = time.monotonic()
+                longest = max(longest, now - last_change)
+                if text != last_text:
+                    last_text, last_change = text, now
+                elif now - last_change > stall_s:
+                    raise PlaywrightTimeout(f"no progress for {stall_s:.0f} s") from None
+    finally:
+        quiet.append((max(longest, time.monotonic() - last_change), time.monotonic() - started))
 
 
 async def conversation(page, name: str, turns: int, stall_s: float, out: dict) -> list[str]:  # noqa: ANN001
@@ -93,12 +106,12 @@ async def conversation(page, name: str, turns: int, stall_s: float, out: dict) -
     for turn in range(turns):
         question = f"[{name}] {QUESTIONS[turn % len(QUESTIONS)]}"
         out["stage"][name] = f"turn {turn + 1}: waiting for the input"
-        await until(page, INPUT_READY, None, stall_s)
+        await until(page, INPUT_READY, None, stall_s, out["quiet"])
         await box.fill(question)
         await box.press("Enter")
         asked.append(question)
         out["stage"][name] = f"turn {turn + 1}: waiting for the answer"
-        await until(page, ANSWERS_DONE, turn, stall_s)
+        await until(page, ANSWERS_DONE, turn, stall_s, out["quiet"])
         done = page.get_by_test_id("stChatMessage").filter(has_text="tok/s").nth(turn)
         match = STATS.search(await done.inner_text())
         if match:
@@ -140,6 +153,9 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
                 out["stalls"].append(stall)
                 if attempt == 2:
                     raise
+        if frames:
+            js = await page.evaluate(JS_WS_ALL)
+            out["browser_lag"].append(browser_lag(frames, js, time.time() - time.monotonic()))
         users = page.get_by_test_id("stChatMessage").filter(has=page.get_by_test_id("stChatMessageAvatarUser"))
         shown_questions = [t.strip() for t in await users.get_by_test_id("stChatMessageContent").all_inner_texts()]
         if shown_questions != asked:
@@ -201,7 +217,7 @@ async def run(
     server = traced_server(flags, trace) if trace else Server(*flags)
     try:
         out: dict = {"completed_by": {}, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": [], "stage": {}}
-        out["trace"], out["stall_s"] = trace, stall_s
+        out["trace"], out["stall_s"], out["quiet"], out["browser_lag"] = trace, stall_s, [], []
         out["cross_talk_examples"], out["error_examples"], out["stalls"] = [], [], []
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -221,6 +237,7 @@ async def run(
                 task.cancel()
                 out["errors"] += 1
             wall = time.monotonic() - start
+            cpu = {"server_cpu_s": cpu_seconds([server.proc.pid]), "browser_cpu_s": cpu_seconds(chromium_pids())}
             await browser.close()
         ftl = sorted(out.pop("ftl"))
         return {
@@ -240,9 +257,43 @@ async def run(
             "examples": out["cross_talk_examples"][:3] + out["error_examples"][:3],
             "stall_examples": [{k: v for k, v in s.items() if k != "record"} for s in out["stalls"][:3]],
             "stall_list": out["stalls"],
+            "browser_js_lag_max_s": max((x for x in out["browser_lag"] if x is not None), default=None),
+            **cpu,
+            "longest_quiet_s": round(max((q for q, _ in out["quiet"]), default=0.0), 1),
+            "longest_wait_s": round(max((w for _, w in out["quiet"]), default=0.0), 1),
+            "waits_over_60s": sum(1 for _, w in out["quiet"] if w > 60),  # what the CI test's old timeout called stalls
         }
     finally:
         server.stop()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (/proc/PID/stat, clock ticks)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return round(total / os.sysconf("SC_CLK_TCK"), 1)
+
+
+def chromium_pids() -> list[int]:
+    """This bench's chromium processes (descendants of this process)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], names[pid] = int(tail.split()[1]), head.split("(", 1)[1]
+    mine = {os.getpid()}
+    for _ in range(6):  # bench -> playwright driver -> chromium -> zygote -> renderer
+        mine |= {pid for pid, parent in parents.items() if parent in mine}
+    return [pid for pid in mine if "chrom" in names.get(pid, "")]
 
 
 def traced_server(flags: list[str], trace: Path) -> Server:
@@ -290,7 +341,10 @@ def stress(args: argparse.Namespace, flags: list[str]) -> dict:
                     proc.kill()
                     proc.wait()
         runs.append(result)
-        brief = {k: result[k] for k in ("completed_turns", "errors", "stalls", "wall_s")}
+        keys = ("completed_turns", "errors", "stalls", "wall_s", "longest_quiet_s", "longest_wait_s", "waits_over_60s")
+        brief = {k: result[k] for k in (*keys, "server_cpu_s", "browser_cpu_s", "browser_js_lag_max_s")}
+        if trace:
+            brief["server"] = server_summary(trace)
         records = [s.get("record") for s in result["stall_list"]]
         print(
             json.dumps({"run": i, **brief, "load1_before": load, "stall_records": records}), file=sys.stderr, flush=True
@@ -308,6 +362,24 @@ def stress(args: argparse.Namespace, flags: list[str]) -> dict:
         "expected_turns": sum(r["expected_turns"] for r in runs),
         "stall_examples": [s for r in runs for s in r["stall_list"]][:10],
         "load_average": os.getloadavg(),
+    }
+
+
+def server_summary(trace: Path) -> dict:
+    """From the heartbeat lines of a trace: how late the event loop ran, the most messages waiting
+    for one page, and the share of wall time spent in gen-2 garbage collection."""
+    beats = [json.loads(line) for line in trace.read_text().splitlines() if '"loop_lag"' in line]
+    if len(beats) < 2:
+        return {}
+    lags = sorted(b["lag"] for b in beats)
+    wall = beats[-1]["t"] - beats[0]["t"]
+    return {
+        "loop_lag_p99_s": lags[int(0.99 * (len(lags) - 1))],
+        "loop_lag_max_s": lags[-1],
+        "unsent_max": max((q[0] for b in beats for q in b["queues"].values()), default=0),
+        "gc2_share": round((beats[-1]["gc2_s"] - beats[0]["gc2_s"]) / wall, 3),
+        "gc2_count": beats[-1]["gc2_n"] - beats[0]["gc2_n"],
+        "cpu_share": round((beats[-1]["cpu_s"] - beats[0]["cpu_s"]) / wall, 3),
     }
 
 

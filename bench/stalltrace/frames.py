@@ -117,3 +117,25 @@ def server_trace(path: Path, sessions: list[str]) -> list[dict[str, Any]]:
         if row.get("sid") in sessions:
             rows.append(row)
     return rows
+
+
+JS_WS_ALL = "() => ({handled: window.__edgechatWsCount ?? 0, log: window.__edgechatWs ?? []})"
+
+
+def browser_lag(frames: FrameLog, js: dict, wall_minus_monotonic: float) -> float | None:
+    """Longest time a websocket message waited between reaching the browser (network) and reaching
+    the page's JavaScript, over the current document's messages (the latest websocket's frames)."""
+    if len(frames.frames) == KEEP_FRAMES:  # the oldest frames are gone: indexes would not match
+        return None
+    received = [t for t, d, _ in frames.frames if d == "recv"]
+    opened = [i for i, (_, d, _) in enumerate(frames.frames) if d == "open"]
+    if opened:  # only the current document's socket: a reload starts a new JS log
+        received = [t for t, d, _ in list(frames.frames)[opened[-1] :] if d == "recv"]
+    log, handled = js["log"], js["handled"]
+    first = handled - len(log)  # index of log[0] among this document's messages
+    lags = [
+        ms / 1000 - wall_minus_monotonic - received[first + k]
+        for k, (ms, _) in enumerate(log)
+        if 0 <= first + k < len(received)
+    ]
+    return round(max(lags), 2) if lags else None
