@@ -9,6 +9,7 @@ edgechat/access.py: this file only lays them out.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -32,6 +33,11 @@ STOPPED_MARK = " ⏹"
 CURSOR = " ▌"
 STREAM_INTERVAL_S = 0.05  # ~20 page updates a second while an answer streams
 SERVER_PANEL_REFRESH_S = 0.5  # the room sees load move; a tiny fragment run, never the chat
+# EXPERIMENT (branch `stall` only, never to merge): knobs for the stall investigation (issue 13).
+if os.environ.get("EDGECHAT_EXP_STREAM_S"):  # "inf": no page update until the answer is complete
+    STREAM_INTERVAL_S = float(os.environ["EDGECHAT_EXP_STREAM_S"])
+if os.environ.get("EDGECHAT_EXP_PANEL_S"):  # "0": the server panel is drawn once per full run
+    SERVER_PANEL_REFRESH_S = float(os.environ["EDGECHAT_EXP_PANEL_S"]) or None
 # Sidebar sampling widgets: session_state key -> (min, max); values from the flags are clamped in.
 SAMPLING_RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
