@@ -5,7 +5,7 @@
     python3 baichuan2.py --prompt "What is 2+2?" --temperature 0   # answer once and exit
 
 Type at `Question:`; `clear` starts over, `stats` shows the engine's figures, `exit` (or Ctrl-D)
-quits, Ctrl-C stops an answer.
+quits, Ctrl-C stops an answer and keeps what was said.
 """
 
 from __future__ import annotations
@@ -13,34 +13,80 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edgechat.backend import Backend
+from edgechat.chats import SavedChat, shared_store
 from edgechat.client import BLANK_INPUT_HINT, ChatClient
 from edgechat.config import Settings, parse_settings
+from edgechat.conversation import Conversation, Refusal
 from edgechat.errors import ConfigError
-from edgechat.runtime import Runtime, load_runtime
-from edgechat.scheduler import Scheduler
+from edgechat.owner import local_owner
+from edgechat.runtime import Runtime, shared_runtime
+from edgechat.store import StoreUnavailable, default_data_dir
 from edgechat.templates import ChatTokenizer
-from edgechat.types import Message, TurnStats
+from edgechat.types import FinishReason, TurnStats
+from edgechat.ui_text import t
 
-if TYPE_CHECKING:
-    from edgechat.engines.remote import RemoteEngine  # imports openai (~1 s): only when used
+FOLLOW_TICK_S = 0.5  # how often the terminal wakes while an answer is quiet (queued, prefilling)
 
 
 class Baichuan2(ChatClient):
-    """The seed's per-session client; `handle` is the sail.Handle on a TPU (None elsewhere)."""
+    """The seed's per-session client; `handle` is the sail.Handle on a TPU (None elsewhere),
+    `engine` the shared backend, `tokenizer` the shared chat tokenizer (None for a remote server)."""
 
-    def __init__(
-        self, handle: Any, engine: Scheduler | RemoteEngine, tokenizer: ChatTokenizer | None, **options: Any
-    ) -> None:
+    def __init__(self, handle: Any, engine: Backend, tokenizer: ChatTokenizer | None, **options: Any) -> None:
         super().__init__(engine, tokenizer, **options)
         self.handle = handle
 
 
-def client_for(runtime: Runtime, settings: Settings) -> Baichuan2:
+def client_for(runtime: Runtime, settings: Settings, session: str | None = None) -> Baichuan2:
     return Baichuan2(
-        runtime.handle, runtime.engine, runtime.tokenizer, sampling=settings.sampling, system=settings.system
+        runtime.handle,
+        runtime.backend,
+        runtime.tokenizer,
+        sampling=settings.sampling,
+        system=settings.system,
+        session=session,
     )
+
+
+def conversation_for(runtime: Runtime, settings: Settings, session: str | None = None) -> Conversation:
+    return Conversation(
+        client_for(runtime, settings, session),
+        sampling=settings.sampling,
+        system=settings.system or "",
+        max_input_chars=settings.max_input_chars,
+    )
+
+
+def saved_conversation(runtime: Runtime, settings: Settings) -> tuple[Conversation, SavedChat | None]:
+    """The terminal's conversation, saved in the same store as the page's chats under the
+    terminal's own owner (a private token file in the data folder); `--resume ID` reopens one."""
+    conversation = conversation_for(runtime, settings)
+    if settings.no_history:
+        if settings.resume:
+            raise ConfigError("--resume needs saved chats: drop --no-history")
+        return conversation, None
+    data_dir = settings.data_dir or default_data_dir()
+    try:
+        store = shared_store(data_dir, settings.keep_days)
+        owner = local_owner(data_dir)
+    except (StoreUnavailable, OSError) as err:
+        if settings.resume:
+            raise ConfigError(f"--resume {settings.resume}: history is off ({err})") from None
+        print(f"history is off: {err}", file=sys.stderr)
+        return conversation, None
+    if not settings.resume:
+        saved = SavedChat(store, owner)
+    else:
+        chat = store.get(owner, settings.resume)
+        if chat is None:
+            raise ConfigError(f"--resume {settings.resume}: no such terminal chat in {data_dir} (see --data-dir)")
+        conversation.records = chat.messages
+        saved = SavedChat(store, owner, chat.id, chat.messages)
+    saved.attach(conversation)
+    return conversation, saved
 
 
 def stats_line(stats: TurnStats) -> str:
@@ -52,80 +98,126 @@ def stats_line(stats: TurnStats) -> str:
     )
 
 
-def answer(client: Baichuan2, question: str, history: Sequence[Message]) -> str:
-    """Stream one answer to stdout; Ctrl-C stops it and keeps what was said."""
-    pieces: list[str] = []
-    stream = client.chat_stream(question, history)
-    try:
-        for piece in stream:
-            pieces.append(piece)
-            print(piece, end="", flush=True)
-    except KeyboardInterrupt:
-        stream.close()
+def follow(conversation: Conversation) -> bool:
+    """Print the answer in progress as it arrives; Ctrl-C stops it and keeps what was said.
+    True when it was answered without an error."""
+    answer = conversation.answer
+    assert answer is not None
+    shown = 0
+    while True:
+        try:
+            answer.wait(shown, FOLLOW_TICK_S)
+        except KeyboardInterrupt:
+            conversation.stop()
+            answer.join(30)
+        text = answer.record["content"]
+        print(text[shown:], end="", flush=True)
+        shown = len(text)
+        if not answer.running:
+            break
+    if answer.record.get("stopped"):
         print(" [stopped]", end="")
     print()
-    stats = client.last_stats
-    if stats.error:
-        print(f"error: {stats.error}", file=sys.stderr)
+    for message in conversation.refusals:
+        print(message, file=sys.stderr)
+    if answer.record.get("error"):
+        print(f"error: {answer.record['error']}", file=sys.stderr)
+    stats = conversation.client.last_stats
     if stats.completion_tokens:
         print(stats_line(stats), file=sys.stderr)
-    return "".join(pieces)
+    if stats.finish_reason is FinishReason.LENGTH:
+        full = stats.prompt_tokens + stats.completion_tokens >= conversation.client.max_len
+        limit = f"the context of {conversation.client.max_len} tokens is full" if full else "--max-new-tokens reached"
+        print(f"(the answer stopped: {limit})", file=sys.stderr)
+    ok = not conversation.refusals and not answer.record.get("error")
+    conversation.refusals.clear()
+    return ok
 
 
-def interactive(client: Baichuan2) -> None:
-    history: list[Message] = []
+def refused(refusal: Refusal) -> None:
+    print(t("en", refusal.key, **refusal.fields))
+
+
+def new_chat(conversation: Conversation, saved: SavedChat | None) -> SavedChat | None:
+    """`clear`: the saved chat stays as it was; what follows is saved as a new one."""
+    conversation.on_change = None
+    conversation.clear()
+    if saved is None:
+        return None
+    fresh = SavedChat(saved.store, saved.owner)
+    fresh.attach(conversation)
+    return fresh
+
+
+def interactive(conversation: Conversation, saved: SavedChat | None) -> SavedChat | None:
     while True:
         try:
             question = input("\nQuestion: ")
         except EOFError:
             break
-        if question.strip() == "exit":
+        command = question.strip()
+        if command == "exit":
             break
-        if question.strip() == "stats":
-            print(json.dumps(client.engine.stats(), indent=1))
+        if command == "stats":
+            print(json.dumps(conversation.client.engine.stats(), indent=1))
             continue
-        if question.strip() == "clear":
-            history = []
-            client.engine.forget_session(client.session)
+        if command == "clear":
+            saved = new_chat(conversation, saved)
             continue
-        if not question.strip():
-            print(BLANK_INPUT_HINT)
+        refusal = conversation.ask(question)
+        if refusal is not None:
+            refused(refusal)
             continue
         print("\nAnswer: ", end="", flush=True)
-        reply = answer(client, question, history)
-        if client.last_stats.notice is None:
-            history += [Message(role="user", content=question), Message(role="assistant", content=reply)]
+        follow(conversation)
+    return saved
 
 
-def show_prompt(client: Baichuan2, question: str) -> None:
-    if client.tokenizer is None:
-        raise ValueError("--show-prompt needs a local model: a remote server renders the prompt itself")
-    ids = client.prompt_ids(question)
+def show_prompt(conversation: Conversation, question: str) -> None:
+    """The ids and text the model would read for `question` after this conversation's history."""
+    client = conversation.client
+    ids = client.prompt_ids(question, conversation.messages_for_model())
+    assert client.tokenizer is not None  # prompt_ids refused a remote server already
     text = client.tokenizer.decode(ids, special=True)
     print(json.dumps({"template": client.tokenizer.template.name, "ids": ids, "text": text}, ensure_ascii=False))
+
+
+def answer_once(conversation: Conversation, question: str) -> int:
+    if not question.strip():
+        print(BLANK_INPUT_HINT, file=sys.stderr)
+        return 2
+    refusal = conversation.ask(question)
+    if refusal is not None:
+        print(t("en", refusal.key, **refusal.fields), file=sys.stderr)
+        return 1
+    return 0 if follow(conversation) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_settings(argv, prog="baichuan2.py")
-        runtime = load_runtime(settings)
+        runtime = shared_runtime(settings)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     try:
-        client = client_for(runtime, settings)
+        conversation, saved = saved_conversation(runtime, settings)
+    except ConfigError as err:
+        runtime.close()
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    try:
         print(f"{runtime.info['model_name']} on {runtime.info['device']}", file=sys.stderr)
         if settings.show_prompt:
-            show_prompt(client, settings.prompt if settings.prompt is not None else sys.stdin.read())
+            show_prompt(conversation, settings.prompt if settings.prompt is not None else sys.stdin.read())
         elif settings.prompt is not None:
-            if not settings.prompt.strip():
-                print(BLANK_INPUT_HINT, file=sys.stderr)
-                return 2
-            answer(client, settings.prompt, [])
-            if client.last_stats.error or client.last_stats.notice:
-                return 1
+            return answer_once(conversation, settings.prompt)
         else:
-            interactive(client)
+            if conversation.records:
+                print(f"(resumed: {len(conversation.records)} messages)", file=sys.stderr)
+            saved = interactive(conversation, saved)
+            if saved is not None and saved.chat_id is not None:
+                print(f"chat saved: go on with --resume {saved.chat_id}", file=sys.stderr)
     except ValueError as err:  # a history or template problem the user can act on
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -42,7 +42,6 @@ sys.path.insert(0, str(REPO))
 from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
-from bench.serve import rss_mib  # noqa: E402
 from bench.stalltrace.frames import (  # noqa: E402
     JS_WS_ALL,
     JS_WS_TAIL,
@@ -51,7 +50,9 @@ from bench.stalltrace.frames import (  # noqa: E402
     server_trace,
     session_ids,
 )
-from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, Server  # noqa: E402
+from harness.browser import CHROMIUM, CHROMIUM_ARGS, person_options  # noqa: E402
+from harness.memory import rss_mib  # noqa: E402
+from harness.servers import Server  # noqa: E402
 
 QUESTIONS = [
     "What is 2+2?",
@@ -131,7 +132,7 @@ async def conversation(page, name: str, turns: int, stall_s: float, out: dict) -
 async def person(browser, url: str, name: str, turns: int, stall_s: float, out: dict) -> None:  # noqa: ANN001
     """A person chats; a page stuck for `stall_s` is reported with what it showed, then reloaded
     once (a new session, the conversation starts over), as someone in the room would."""
-    context = await browser.new_context(viewport={"width": 1000, "height": 800})
+    context = await browser.new_context(**person_options())
     page = await context.new_page()
     log: list[str] = []
     t0 = time.monotonic()
@@ -304,19 +305,8 @@ def chromium_pids() -> list[int]:
 
 def traced_server(flags: list[str], trace: Path) -> Server:
     """`streamlit run` with bench/stalltrace/sitecustomize.py loaded and writing to `trace`."""
-    saved = {k: os.environ.get(k) for k in ("EDGECHAT_TRACE", "PYTHONPATH")}
-    os.environ["EDGECHAT_TRACE"] = str(trace)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "bench" / "stalltrace"), saved["PYTHONPATH"]) if p
-    )
-    try:
-        return Server(*flags)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    path = os.pathsep.join(p for p in (str(REPO / "bench" / "stalltrace"), os.environ.get("PYTHONPATH")) if p)
+    return Server(*flags, env={"EDGECHAT_TRACE": str(trace), "PYTHONPATH": path})
 
 
 BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"  # ends with the bench

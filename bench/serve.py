@@ -24,6 +24,7 @@ from baichuan2 import Baichuan2  # noqa: E402
 from edgechat.config import default_model_path, parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
+from harness.memory import peak_rss_mib, rss_mib  # noqa: E402
 
 QUESTION = "Write a long story about a dragon and a knight."
 TARGETS = {
@@ -32,22 +33,6 @@ TARGETS = {
     "fairness_max_over_min": 1.5,
     "turn5_reuse_vs_reprefill": 0.3,
 }
-
-
-def proc_status_mib(field: str, pid: int | str = "self") -> float:
-    """A memory line of /proc/PID/status (VmRSS now, VmHWM the peak) in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def rss_mib(pid: int | str = "self") -> float:
-    return proc_status_mib("VmRSS", pid)
-
-
-def peak_rss_mib() -> float:
-    return proc_status_mib("VmHWM")
 
 
 def raw_llamacpp_tps(prompt_text: str, tokens: int, threads: int) -> float:
@@ -76,7 +61,7 @@ def single_client_tps(rt: Runtime, tokens: int) -> float:
     best = 0.0
     for _ in range(2):
         client = Baichuan2(
-            rt.handle, rt.engine, rt.tokenizer, sampling=SamplingParams(temperature=0, max_new_tokens=tokens)
+            rt.handle, rt.backend, rt.tokenizer, sampling=SamplingParams(temperature=0, max_new_tokens=tokens)
         )
         client.tokenizer = _NoStop(rt.tokenizer)
         "".join(client.chat_stream(QUESTION, []))
@@ -102,7 +87,7 @@ def concurrent(rt: Runtime, sessions: int, tokens: int) -> dict[str, float]:
 
     def one(i: int) -> None:
         client = Baichuan2(
-            rt.handle, rt.engine, _NoStop(rt.tokenizer), sampling=SamplingParams(temperature=0, max_new_tokens=tokens)
+            rt.handle, rt.backend, _NoStop(rt.tokenizer), sampling=SamplingParams(temperature=0, max_new_tokens=tokens)
         )
         for n, _ in enumerate(client.chat_stream(f"{QUESTION} (version {i})", [])):
             if n == tokens // 2 and i == 0:
@@ -133,7 +118,7 @@ def turn5(rt: Runtime, answer_tokens: int) -> dict[str, float]:
     """A 5-turn chat, ~150-token answers: the 5th turn's first-token latency with the session's
     cached prefix reused, and with a full re-prefill of the same prompt."""
     sampling = SamplingParams(temperature=0, max_new_tokens=answer_tokens)
-    client = Baichuan2(rt.handle, rt.engine, _NoStop(rt.tokenizer), sampling=sampling)
+    client = Baichuan2(rt.handle, rt.backend, _NoStop(rt.tokenizer), sampling=sampling)
     history: list[Message] = []
     questions = [f"Tell me part {i} of a story about a lighthouse keeper, in detail." for i in range(1, 6)]
     for q in questions[:4]:
@@ -142,7 +127,7 @@ def turn5(rt: Runtime, answer_tokens: int) -> dict[str, float]:
     client.sampling = SamplingParams(temperature=0, max_new_tokens=2)
     "".join(client.chat_stream(questions[4], history))
     reuse = client.last_stats
-    fresh = Baichuan2(rt.handle, rt.engine, _NoStop(rt.tokenizer), sampling=client.sampling)
+    fresh = Baichuan2(rt.handle, rt.backend, _NoStop(rt.tokenizer), sampling=client.sampling)
     "".join(fresh.chat_stream(questions[4], history))
     return {
         "turn5_prompt_tokens": reuse.prompt_tokens,

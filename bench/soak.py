@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from baichuan2 import Baichuan2  # noqa: E402
-from bench.serve import rss_mib  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
+from harness.memory import rss_mib  # noqa: E402
 
 QUESTIONS = [
     "What is 2+2?",
@@ -40,7 +40,7 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
     """One simulated user: picks an action per turn, like someone at the demo would."""
     rng = random.Random(seed)
     client = Baichuan2(
-        rt.handle, rt.engine, rt.tokenizer, sampling=SamplingParams(temperature=0.7, max_new_tokens=96, seed=seed)
+        rt.handle, rt.backend, rt.tokenizer, sampling=SamplingParams(temperature=0.7, max_new_tokens=96, seed=seed)
     )
     history: list[Message] = []
     while time.monotonic() < until:
@@ -48,7 +48,7 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
         action = rng.choices(["chat", "stop", "close_tab", "new_chat"], weights=[6, 2, 1, 1])[0]
         if action == "new_chat":
             history = []
-            rt.engine.forget_session(client.session)
+            rt.backend.forget_session(client.session)
         stream = client.chat_stream(question, history)
         pieces: list[str] = []
         cut = rng.randint(1, 20) if action in ("stop", "close_tab") else None
@@ -58,8 +58,8 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
                 stream.close()  # Stop button / tab closed: the generator is closed mid-answer
                 break
         if action == "close_tab":
-            rt.engine.forget_session(client.session)
-            client = Baichuan2(rt.handle, rt.engine, rt.tokenizer, sampling=client.sampling)
+            rt.backend.forget_session(client.session)
+            client = Baichuan2(rt.handle, rt.backend, rt.tokenizer, sampling=client.sampling)
             history = []
         else:
             history += [Message(role="user", content=question), Message(role="assistant", content="".join(pieces))]
@@ -69,7 +69,7 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
             tally["tokens"] += client.last_stats.completion_tokens
             if client.last_stats.error:
                 tally["errors"] += 1
-    rt.engine.forget_session(client.session)
+    rt.backend.forget_session(client.session)
 
 
 def main() -> None:
@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.25, help="fraction of the run before the RSS baseline")
     args = parser.parse_args()
     rt = load_runtime(parse_settings(["--max-sessions", "4", "--context-length", "1024"], env={}))
-    baseline = rt.engine.stats()
+    baseline = rt.backend.stats()
     tally: Counter = Counter()
     lock = threading.Lock()
     start = time.monotonic()
@@ -96,9 +96,9 @@ def main() -> None:
         time.sleep(1.0)
     rss_end = rss_mib()
     deadline = time.monotonic() + 5
-    while rt.engine.stats()["sequences_in_use"] and time.monotonic() < deadline:
+    while rt.backend.stats()["sequences_in_use"] and time.monotonic() < deadline:
         time.sleep(0.05)
-    end = rt.engine.stats()
+    end = rt.backend.stats()
     rt.close()
     result = {
         "seconds": round(time.monotonic() - start, 1),

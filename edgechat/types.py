@@ -8,7 +8,8 @@ from __future__ import annotations
 import enum
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 STATS_WINDOW_S = 5.0  # aggregate tok/s is measured over this many recent seconds
@@ -51,16 +52,17 @@ class FinishReason(str, enum.Enum):
     ERROR = "error"
 
     @property
-    def completed(self) -> bool:
-        """The answer ran to its natural end: its cache is worth keeping for the next turn."""
-        return self in (FinishReason.STOP, FinishReason.LENGTH)
+    def keeps_cache(self) -> bool:
+        """The sequence's cache is consistent and worth keeping for the conversation's next turn
+        (a stopped answer may be continued); after an error its state is unknown."""
+        return self is not FinishReason.ERROR
 
 
 @dataclass
 class RequestStats:
     """Times and counts of one request, measured where it is served (scheduler or remote stream)."""
 
-    submitted_at: float = 0.0
+    submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # left the queue
     first_token_at: float | None = None
     finished_at: float | None = None
@@ -99,7 +101,6 @@ class TurnStats:
     trimmed_messages: int = 0
     finish_reason: FinishReason | None = None
     error: str | None = None
-    notice: str | None = None  # why the question was not answered (blank, too long, busy)
 
     @classmethod
     def measured(cls, stats: RequestStats, trimmed_messages: int = 0, error: str | None = None) -> TurnStats:
@@ -136,6 +137,8 @@ class TurnStats:
         parts.append(f"{self.completion_tokens} tokens")
         if self.queue_wait_s >= 0.05:
             parts.append(f"queued {self.queue_wait_s:.1f} s")
+        if self.finish_reason is FinishReason.LENGTH:
+            parts.append("stopped at the length limit")
         return " · ".join(parts)
 
 
@@ -173,13 +176,52 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Tick:
+    """Nothing new for a while: lets a waiting reader act (check for Stop, redraw)."""
+
+
+@dataclass(frozen=True)
 class Done:
     """The last event of every stream: how it ended and its figures."""
 
     stats: TurnStats
 
 
-ChatEvent = Text | Queued | Trimmed | Failed | Done
+ChatEvent = Text | Queued | Trimmed | Failed | Done | Tick
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One answer to produce. Everything per-request travels here, never on a shared object."""
+
+    messages: Sequence[Message]  # already fitted to the context by the client
+    sampling: SamplingParams
+    session: str | None = None  # KV-cache key: the same conversation reuses its cached prefix
+    continue_last: bool = False  # the last message is a partial answer to go on with
+
+
+class Generation:
+    """An answer in progress: iterate its events. `cancel()`, from any thread, ends it within a
+    step and the events still end with Done (with the figures of what was generated); closing
+    the iterator also cancels, without the Done."""
+
+    def __init__(self, events: Iterator[ChatEvent], cancel: Callable[[], None] = lambda: None) -> None:
+        self._events = events
+        self._cancel = cancel
+
+    def __iter__(self) -> Iterator[ChatEvent]:
+        return self
+
+    def __next__(self) -> ChatEvent:
+        return next(self._events)
+
+    def cancel(self) -> None:
+        self._cancel()
+
+    def close(self) -> None:
+        close = getattr(self._events, "close", None)  # a generator; a list iterator has nothing to close
+        if close is not None:
+            close()
 
 
 # ---- what the scheduler streams for one token-level request ----
@@ -190,11 +232,6 @@ class Token:
     """The next token of the answer."""
 
     id: int
-
-
-@dataclass(frozen=True)
-class Tick:
-    """Nothing new for a while: lets a waiting reader act (check for Stop, redraw)."""
 
 
 @dataclass(frozen=True)

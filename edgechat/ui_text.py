@@ -26,9 +26,25 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "Your message is {n} characters; this server accepts up to {limit}. Shorten it and send again.",
         "zh": "你的消息有 {n} 个字符，本服务器最多接受 {limit} 个。请缩短后重新发送。",
     },
+    "system_too_long": {
+        "en": "The system prompt is {n} characters; this server accepts up to {limit}. The previous one stays.",
+        "zh": "系统提示词有 {n} 个字符，本服务器最多接受 {limit} 个。仍使用之前的提示词。",
+    },
     "rate_limited": {
         "en": "Too many requests: up to {limit} a minute per person. Try again in {wait} s.",
         "zh": "请求过于频繁：每人每分钟最多 {limit} 次。请 {wait} 秒后再试。",
+    },
+    "busy_answering": {
+        "en": "Wait for the answer to finish (or stop it) before sending another question.",
+        "zh": "请等回答结束（或停止它）后再发送新问题。",
+    },
+    "too_many_at_once": {
+        "en": "You already have answers running or waiting from this computer; wait for one to finish.",
+        "zh": "你这台电脑已有回答正在生成或排队，请等其中一个结束。",
+    },
+    "cannot_continue": {
+        "en": "There is no stopped or cut-off answer to continue.",
+        "zh": "没有可以继续的已停止或被截断的回答。",
     },
     # controls
     "new_chat": {"en": "New chat", "zh": "新对话"},
@@ -38,6 +54,41 @@ TEXT: dict[str, dict[str, str]] = {
     "edit": {"en": "Edit question", "zh": "修改问题"},
     "edit_label": {"en": "Your last question", "zh": "上一个问题"},
     "resend": {"en": "Resend", "zh": "重新发送"},
+    "continue": {"en": "Continue", "zh": "继续生成"},
+    "interrupted": {
+        "en": "This answer was interrupted when the page went away; Continue goes on from here.",
+        "zh": "页面离开时此回答被中断；点“继续生成”可从这里接着写。",
+    },
+    "dropped": {
+        "en": "{n} of the oldest messages were removed: this chat reached its size limit.",
+        "zh": "已删除最早的 {n} 条消息：此对话已达到长度上限。",
+    },
+    "copy": {"en": "Copy", "zh": "复制"},
+    "meter": {
+        "en": "used {used} / {context} tokens of the context before your next question",
+        "zh": "下一个问题之前已用上下文 {used} / {context} tokens",
+    },
+    # saved chats
+    "your_chats": {"en": "Your chats", "zh": "你的对话"},
+    "untitled": {"en": "(untitled)", "zh": "（无标题）"},
+    "rename": {"en": "Rename", "zh": "重命名"},
+    "delete": {"en": "Delete", "zh": "删除"},
+    "undo_delete": {"en": "Undo delete", "zh": "撤销删除"},
+    "import": {"en": "Import a chat", "zh": "导入对话"},
+    "import_help": {
+        "en": "Paste the contents of a JSON export of this page; it opens as a new chat.",
+        "zh": "粘贴本页 JSON 导出文件的内容，将作为新对话打开。",
+    },
+    "import_button": {"en": "Import", "zh": "导入"},
+    "import_failed": {"en": "That file could not be imported: {reason}", "zh": "无法导入该文件：{reason}"},
+    "chat_not_found": {
+        "en": "That chat was not found: it may have been deleted, or it belongs to another browser.",
+        "zh": "找不到该对话：它可能已被删除，或属于另一个浏览器。",
+    },
+    "history_off": {
+        "en": "History is off: {reason}. Your chat still works, but is not saved.",
+        "zh": "历史记录已关闭：{reason}。对话仍可继续，但不会保存。",
+    },
     "cancel": {"en": "Cancel", "zh": "取消"},
     # answer settings
     "settings": {"en": "Answer settings", "zh": "回答设置"},
@@ -74,6 +125,7 @@ TEXT: dict[str, dict[str, str]] = {
     "stat_tps": {"en": "{tps:.1f} tok/s", "zh": "{tps:.1f} tok/s"},
     "stat_tokens": {"en": "{n} tokens", "zh": "{n} 个 token"},
     "stat_queued": {"en": "queued {s:.1f} s", "zh": "排队 {s:.1f} 秒"},
+    "stat_length": {"en": "stopped at the length limit", "zh": "达到长度上限"},
     "stopped": {"en": "stopped", "zh": "已停止"},
     "trimmed": {
         "en": "{n} earlier messages were left out so this conversation fits the model's context of {context} tokens.",
@@ -112,4 +164,6 @@ def stats_line(stats: Mapping[str, Any], lang: str) -> str:
     parts.append(t(lang, "stat_tokens", n=stats.get("completion_tokens", 0)))
     if stats.get("queue_wait_s", 0.0) >= 0.05:
         parts.append(t(lang, "stat_queued", s=stats["queue_wait_s"]))
+    if stats.get("finish_reason") == "length":  # max new tokens, or the context is full
+        parts.append(t(lang, "stat_length"))
     return " · ".join(parts)

@@ -10,19 +10,11 @@ from pathlib import Path
 import pytest
 
 from edgechat.config import default_model_path
-from tests.conftest import REPO
+from tests.conftest import REPO, run_terminal
 
 
-def cli(*args: str, stdin: str = "", timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "baichuan2.py"), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
-    )
+def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return run_terminal(*args, stdin=stdin)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +35,18 @@ def test_interactive_question_clear_exit() -> None:
     assert '"completed": 1' in out.stdout  # the engine's stats after one answer
     assert "4" in out.stdout.split("Answer: ")[1]
     assert "empty input is ignored" in out.stdout
+
+
+def test_a_terminal_chat_is_saved_and_resumed(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path), "--temperature", "0", "--max-new-tokens", "16"]
+    first = cli(*data, stdin="What is the capital of Japan?\nexit\n")
+    assert first.returncode == 0, first.stderr
+    chat = first.stderr.split("--resume ")[-1].split()[0]
+    shown = cli(*data, "--resume", chat, "--show-prompt", "--prompt", "And of France?")
+    assert shown.returncode == 0, shown.stderr
+    text = json.loads(shown.stdout)["text"]
+    assert text.index("What is the capital of Japan?") < text.index("And of France?")  # the history goes first
+    assert cli(*data, "--resume", "nope", "--prompt", "hi").returncode == 2
 
 
 def test_show_prompt_keeps_special_strings_as_text() -> None:

@@ -1,16 +1,16 @@
-"""The per-session client: history handling, context budget, notices, stats."""
+"""The per-session client: history handling, context budget, typed events, stats."""
 
 from dataclasses import replace
 
 from baichuan2 import Baichuan2
 from edgechat.client import BLANK_INPUT_HINT
 from edgechat.runtime import Runtime
-from edgechat.types import FinishReason, Message
+from edgechat.types import Done, Failed, FinishReason, Message
 from tests.conftest import GREEDY
 
 
 def client(runtime: Runtime, **options: object) -> Baichuan2:
-    return Baichuan2(runtime.handle, runtime.engine, runtime.tokenizer, sampling=GREEDY, **options)
+    return Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=GREEDY, **options)
 
 
 def test_seed_history_ending_with_the_question_is_not_repeated(runtime: Runtime) -> None:
@@ -47,16 +47,19 @@ def test_oldest_turns_are_trimmed_to_fit(runtime: Runtime) -> None:
     assert "Q7" in prompt and "Q0 " not in prompt  # newest kept, oldest dropped
 
 
-def test_input_that_cannot_fit_gets_a_notice(runtime: Runtime) -> None:
+def test_input_that_cannot_fit_is_refused_with_a_reason_not_as_answer_text(runtime: Runtime) -> None:
     c = client(runtime)
-    out = "".join(c.chat_stream("tell me " * 2000, []))
-    assert out.startswith("input length is too long") and c.last_stats.notice == out
+    assert "".join(c.chat_stream("tell me " * 2000, [])) == ""
+    assert (c.last_stats.error or "").startswith("input length is too long")
+    events = list(c.stream(c.messages_for("tell me " * 2000, [])))
+    assert [type(e) for e in events] == [Failed, Done] and events[0].refused
+    assert "context holds" in events[0].message and events[1].stats.finish_reason is FinishReason.ERROR
 
 
 def test_blank_input_is_ignored_with_a_hint(runtime: Runtime) -> None:
     c = client(runtime)
     assert list(c.chat_stream("   \n\t", [])) == []
-    assert c.last_stats.notice == BLANK_INPUT_HINT
+    assert c.last_stats.error == BLANK_INPUT_HINT
 
 
 def test_system_prompt_reaches_the_model(runtime: Runtime) -> None:

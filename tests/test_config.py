@@ -25,6 +25,9 @@ def test_seed_flags_choose_the_tpu_backend() -> None:
     settings = parse_settings(["--bmodel", "m.bmodel", "--token", "tok", "--dev_ids", "0"], env={})
     assert settings.resolved_backend == "sail"
     assert settings.bmodel == Path("m.bmodel") and settings.token == Path("tok") and settings.dev_ids == (0,)
+    for ids in (["0,1"], ["0", "1"], ["0,", "1"]):  # LLM-TPU's comma form and the seed's spaces
+        assert parse_settings(["--dev_ids", *ids], env={}).dev_ids == (0, 1)
+    assert parse_settings(["--max-prompt-share", "0.25"], env={}).max_prompt_share == 0.25
 
 
 @pytest.mark.parametrize(

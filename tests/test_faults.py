@@ -41,7 +41,9 @@ class FaultInjectingEngine(LlamaCppEngine):
 
 @pytest.fixture
 def faulty(runtime: Runtime) -> Iterator[tuple[Scheduler, FaultInjectingEngine]]:
-    engine = FaultInjectingEngine(Path(runtime.engine.engine.model_path), context_length=512, max_sequences=3)
+    engine = FaultInjectingEngine(
+        Path(runtime.backend.scheduler.engine.model_path), context_length=512, max_sequences=3
+    )
     sched = Scheduler(engine)
     yield sched, engine
     sched.close()
@@ -95,7 +97,9 @@ def test_dead_scheduler_is_reported_and_a_new_runtime_serves(runtime: Runtime, f
     assert sched.stats()["alive"] is False
     with pytest.raises(RequestError, match="engine stopped"):
         sched.submit(prompt(runtime, "Hi"), LONG, NO_STOP)
-    fresh = Scheduler(LlamaCppEngine(Path(runtime.engine.engine.model_path), context_length=512, max_sequences=1))
+    fresh = Scheduler(
+        LlamaCppEngine(Path(runtime.backend.scheduler.engine.model_path), context_length=512, max_sequences=1)
+    )
     try:
         assert collect(fresh.submit(prompt(runtime, "What is 2+2?"), LONG, NO_STOP))[0]
     finally:
@@ -104,7 +108,7 @@ def test_dead_scheduler_is_reported_and_a_new_runtime_serves(runtime: Runtime, f
 
 
 def test_a_reader_that_never_reads_blocks_no_one(runtime: Runtime) -> None:
-    sched = runtime.engine
+    sched = runtime.backend.scheduler
     idle_reader = sched.submit(prompt(runtime, "Tell me a story."), replace(GREEDY, max_new_tokens=200), NO_STOP)
     tokens, errors = collect(sched.submit(prompt(runtime, "What is 2+2?"), GREEDY, runtime.tokenizer.stop_ids))
     assert "4" in runtime.tokenizer.decode(tokens) and not errors

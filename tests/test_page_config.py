@@ -1,11 +1,18 @@
-"""The page's flags: language, password, input cap and rate limit, from flags or EDGECHAT_*."""
+"""The page's flags (language, password, input cap, rate limit) and the Streamlit settings it runs with."""
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+
 import pytest
+from streamlit import config
 
 from edgechat.config import parse_settings
 from edgechat.errors import ConfigError
+from tests.conftest import REPO
 
 
 def test_page_flags_have_safe_defaults() -> None:
@@ -38,15 +45,54 @@ def test_bad_page_flags_are_one_clear_line(argv: list[str], env: dict[str, str],
         parse_settings(argv, env=env)
 
 
-def test_xsrf_protection_stays_on_with_the_projects_streamlit_config() -> None:
-    import subprocess
-    import sys
+# What .streamlit/config.toml must make Streamlit 1.67 do on a LAN box (issue 14).
+HARDENED = {
+    "server.maxUploadSize": 0,  # no uploader on the page: any non-empty upload is a 413
+    "server.maxWidgetStateSize": 1,  # client frames over 1 MB close the websocket
+    "server.maxMessageSize": 8,
+    "server.fileWatcherType": "none",
+    "server.runOnSave": False,
+    "server.enableXsrfProtection": True,
+    "server.enableCORS": True,
+    "server.enableStaticServing": False,
+    "server.enableAgentApi": False,
+    "server.headless": True,
+    "browser.gatherUsageStats": False,
+    "client.toolbarMode": "viewer",
+    "client.showErrorDetails": "none",
+    "client.showErrorLinks": False,
+}
 
-    from tests.conftest import REPO
 
+def streamlit_options(keys: list[str]) -> dict[str, object]:
+    """The options as Streamlit itself reads them in the repository (where `streamlit run` starts)."""
     code = (
-        "from streamlit import config; config.get_config_options(); "
-        "print(config.get_option('server.enableXsrfProtection'), config.get_option('browser.gatherUsageStats'))"
-    )  # gatherUsageStats False proves .streamlit/config.toml was read
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["True", "False"], out.stderr
+        "import json, sys; from streamlit import config; config.get_config_options(); "
+        "print(json.dumps({k: config.get_option(k) for k in sys.argv[1:]}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *keys], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_every_key_in_the_streamlit_config_exists_in_this_streamlit() -> None:
+    """Streamlit ignores an unknown key with a log line: a typo would leave the default on."""
+    keys, section = [], ""
+    for line in (REPO / ".streamlit" / "config.toml").read_text().splitlines():
+        if m := re.match(r"\[(\w+)\]\s*$", line):
+            section = m.group(1)
+        elif m := re.match(r"(\w+)\s*=", line):
+            keys.append(f"{section}.{m.group(1)}")
+    config.get_config_options()
+    assert [k for k in keys if k not in config._config_options] == []
+    assert set(HARDENED) <= set(keys)  # stated in the file, not left to Streamlit's defaults
+
+
+def test_streamlit_reads_the_hardened_settings() -> None:
+    assert streamlit_options(list(HARDENED)) == HARDENED
+
+
+def test_host_checking_is_left_to_the_page() -> None:
+    """allowedHosts depends on the box's names (a flag), and Streamlit's option guards only the
+    websocket: the file must not pin it to names that would lock the LAN out."""
+    assert streamlit_options(["server.allowedHosts"]) == {"server.allowedHosts": []}

@@ -22,11 +22,11 @@ import pytest
 
 from baichuan2 import Baichuan2
 from edgechat.config import Settings, default_model_path
-from edgechat.engines.remote import RemoteEngine, trim_history
+from edgechat.engines.remote import RemoteEngine
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import FinishReason, Message, SamplingParams
-from tests.conftest import REPO
+from tests.conftest import REPO, run_terminal
 
 KEY = "edgechat-test-key"
 SHORT = SamplingParams(temperature=0.0, max_new_tokens=24)
@@ -107,18 +107,11 @@ def rt(server: Server) -> Iterator[Runtime]:
 
 
 def session(runtime: Runtime, sampling: SamplingParams = SHORT) -> Baichuan2:
-    return Baichuan2(runtime.handle, runtime.engine, runtime.tokenizer, sampling=sampling)
+    return Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=sampling)
 
 
 def terminal(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(REPO / "baichuan2.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), **(env or {})},
-    )
+    return run_terminal(*args, env=env, timeout=120)
 
 
 def test_terminal_answers_through_the_server_with_the_configured_key(server: Server) -> None:
@@ -141,7 +134,7 @@ def test_wrong_or_missing_key_is_a_clear_401(server: Server) -> None:
     client = session(runtime)
     assert "".join(client.chat_stream("hi")) == ""
     assert client.last_stats.error is not None and "refused the API key (401)" in client.last_stats.error
-    assert runtime.engine.health().startswith("server down:")
+    assert runtime.backend.health().startswith("server down:")
     runtime.close()
 
 
@@ -162,7 +155,7 @@ def test_three_sessions_at_once_each_answer_while_a_rejected_one_fails_alone(rt:
     for t in threads:
         t.start()
     opened.wait()  # every session has its own stream open (the server queues and batches them)
-    peak = rt.engine.stats()["running"]
+    peak = rt.backend.stats()["running"]
     for t in threads:
         t.join(timeout=120)
     assert peak >= 3
@@ -171,8 +164,8 @@ def test_three_sessions_at_once_each_answer_while_a_rejected_one_fails_alone(rt:
         assert clients[i].last_stats.error is None
         assert clients[i].last_stats.completion_tokens > 0 and clients[i].last_stats.first_token_s is not None
     assert "4" in answers[0]
-    assert answers[3] == "" and "prompt too long" in (clients[3].last_stats.error or "")
-    assert rt.engine.stats()["running"] == 0
+    assert answers[3] == "" and "input length is too long" in (clients[3].last_stats.error or "")
+    assert rt.backend.stats()["running"] == 0
 
 
 def test_cancel_closes_the_http_stream(rt: Runtime, server: Server) -> None:
@@ -189,7 +182,7 @@ def test_cancel_closes_the_http_stream(rt: Runtime, server: Server) -> None:
     while server.log_text().count("Disconnected from client") == before:
         assert time.monotonic() < deadline, "the server never saw the stream close"
         time.sleep(0.05)
-    assert rt.engine.stats()["running"] == 0
+    assert rt.backend.stats()["running"] == 0
     # And it is free: a new question is answered without waiting out 800 tokens.
     after = session(rt)
     assert "4" in "".join(after.chat_stream("What is 2+2?"))
@@ -206,7 +199,7 @@ def test_wrong_port_is_a_clear_connection_message() -> None:
     client = session(runtime)
     assert "".join(client.chat_stream("hi")) == ""
     assert "cannot connect to the model server" in (client.last_stats.error or "")
-    assert "server down: cannot connect" in runtime.engine.health()
+    assert "server down: cannot connect" in runtime.backend.health()
     runtime.close()
 
 
@@ -261,7 +254,7 @@ def test_the_bad_base_url_is_one_line_exit_2() -> None:
     assert out.returncode == 2 and "needs --base-url" in out.stderr
 
 
-def test_history_is_trimmed_oldest_first_by_characters() -> None:
+def test_history_is_trimmed_oldest_first_by_an_estimate_of_tokens(server: Server) -> None:
     long = "x" * 400
     messages = [
         Message(role="system", content="Be brief."),
@@ -271,17 +264,21 @@ def test_history_is_trimmed_oldest_first_by_characters() -> None:
         Message(role="assistant", content="ok"),
         Message(role="user", content="What is 2+2?"),
     ]
-    kept, dropped = trim_history(list(messages), budget_tokens=100)  # 200 characters
+    # A context of 160: the prompt may take 120 tokens, 240 characters at 2 a token (the server tokenizes).
+    engine = RemoteEngine(server.url, api_key=KEY, model_name="any", context_length=160)
+    client = Baichuan2(None, engine, None)
+    kept, dropped = client.fit(messages, max_new_tokens=60)
     assert dropped == 2
     assert [m["content"] for m in kept] == ["Be brief.", "second", "ok", "What is 2+2?"]
-    alone, _ = trim_history([Message(role="user", content=long)], budget_tokens=10)
-    assert alone == [Message(role="user", content=long)]  # the question itself goes to the server
+    with pytest.raises(ValueError, match="input length is too long"):
+        client.fit([Message(role="user", content=long)], max_new_tokens=60)
+    engine.close()
 
 
 def test_remote_engine_reports_health_and_the_served_model(rt: Runtime) -> None:
-    assert isinstance(rt.engine, RemoteEngine) and rt.tokenizer is None
+    assert isinstance(rt.backend, RemoteEngine) and rt.tokenizer is None
     assert rt.info["backend"] == "openai" and rt.info["model_name"].startswith("SmolLM2")
-    assert rt.engine.health().startswith("server up")
+    assert rt.backend.health().startswith("server up")
 
 
 def test_the_page_answers_through_the_server_and_shows_its_health(

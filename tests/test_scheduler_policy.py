@@ -23,7 +23,7 @@ NO_STOP: frozenset[int] = frozenset()
 @pytest.fixture
 def small(runtime: Runtime) -> Iterator[Scheduler]:
     """Two sequences, one generating at a time, queue of three."""
-    engine = LlamaCppEngine(Path(runtime.engine.engine.model_path), context_length=1024, max_sequences=2)
+    engine = LlamaCppEngine(Path(runtime.backend.scheduler.engine.model_path), context_length=1024, max_sequences=2)
     sched = Scheduler(engine, max_running=1, max_queue=3)
     yield sched
     sched.close()
@@ -82,7 +82,7 @@ def test_evicted_session_recomputes_and_answers_the_same(runtime: Runtime, small
 
 
 def test_kv_budget_evicts_idle_sessions(runtime: Runtime) -> None:
-    engine = LlamaCppEngine(Path(runtime.engine.engine.model_path), context_length=512, max_sequences=3)
+    engine = LlamaCppEngine(Path(runtime.backend.scheduler.engine.model_path), context_length=512, max_sequences=3)
     sched = Scheduler(engine, kv_budget_tokens=100)
     try:
         for name in ("a", "b"):
@@ -98,7 +98,7 @@ def test_kv_budget_evicts_idle_sessions(runtime: Runtime) -> None:
 
 def test_running_session_keeps_streaming_while_a_long_prompt_prefills(runtime: Runtime) -> None:
     engine = LlamaCppEngine(
-        Path(runtime.engine.engine.model_path), context_length=1024, max_sequences=2, prefill_chunk=32
+        Path(runtime.backend.scheduler.engine.model_path), context_length=1024, max_sequences=2, prefill_chunk=32
     )
     sched = Scheduler(engine)
     try:
@@ -126,7 +126,7 @@ def test_running_session_keeps_streaming_while_a_long_prompt_prefills(runtime: R
 
 
 def test_request_timeout_stops_and_frees(runtime: Runtime) -> None:
-    engine = LlamaCppEngine(Path(runtime.engine.engine.model_path), context_length=1024, max_sequences=1)
+    engine = LlamaCppEngine(Path(runtime.backend.scheduler.engine.model_path), context_length=1024, max_sequences=1)
     sched = Scheduler(engine, request_timeout_s=0.5)
     try:
         handle = sched.submit(ids(runtime, "Tell me a story."), replace(GREEDY, max_new_tokens=1000), NO_STOP)
@@ -140,7 +140,7 @@ def test_request_timeout_stops_and_frees(runtime: Runtime) -> None:
 
 
 def test_engine_stats_shape(runtime: Runtime) -> None:
-    stats = runtime.engine.stats()
+    stats = runtime.backend.stats()
     for key in ("running", "waiting", "aggregate_tps", "kv_tokens_used", "kv_tokens_budget", "completed", "alive"):
         assert key in stats
     assert stats["alive"] is True

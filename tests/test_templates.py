@@ -53,4 +53,5 @@ def test_baichuan2_turn_format(runtime: Runtime) -> None:
             Message(role="user", content="Q2"),
         ]
     )
-    assert ids == [195, *enc("Q1"), 196, *enc("A1"), 2, 195, *enc("Q2"), 196]
+    # Baichuan2's build_chat_input: no eos between turns (see Baichuan2ChatTemplate)
+    assert ids == [195, *enc("Q1"), 196, *enc("A1"), 195, *enc("Q2"), 196]

@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from edgechat.types import TurnStats
+from edgechat.types import FinishReason, TurnStats
 from edgechat.ui_text import LANG_NAMES, TEXT, stats_line, t
 
 
@@ -32,6 +32,7 @@ def test_chinese_strings_are_chinese() -> None:
     [
         TurnStats(completion_tokens=48, first_token_s=0.31, decode_tps=65.2, queue_wait_s=0.0),
         TurnStats(completion_tokens=1, first_token_s=0.5, decode_tps=None, queue_wait_s=2.25),
+        TurnStats(completion_tokens=7, finish_reason=FinishReason.LENGTH),
         TurnStats(),
     ],
 )

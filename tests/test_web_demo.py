@@ -5,31 +5,19 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import REPO
+from edgechat.ui_text import t
+from tests.apptest import answers, ask, open_page, transcript
 
 ARGV = ["--temperature", "0", "--max-new-tokens", "48", "--context-length", "1024", "--max-sessions", "4"]
 
 
-def page() -> AppTest:
-    at = AppTest.from_file(str(REPO / "web_demo.py"), default_timeout=120)
-    at.run()  # AppTest does not pass argv; the page reads EDGECHAT_* like flags
-    assert not at.exception, at.exception
-    return at
+def page(**options: object) -> AppTest:
+    return open_page(**options)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
 def _flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["web_demo.py", *ARGV])
-
-
-def ask(at: AppTest, text: str) -> AppTest:
-    at.chat_input[0].set_value(text).run()
-    assert not at.exception, at.exception
-    return at
-
-
-def transcript(at: AppTest) -> list[tuple[str, str]]:
-    return [(m.name, m.markdown[0].value if m.markdown else "") for m in at.chat_message]
 
 
 def test_question_gets_an_answer_with_stats() -> None:
@@ -54,7 +42,7 @@ def test_second_turn_sees_the_first() -> None:
     at = ask(page(), "What is 2+2?")
     ask(at, "What is 3+3?")
     assert [r for r, _ in transcript(at)] == ["user", "assistant", "user", "assistant"]
-    assert at.session_state.client.last_stats.reused_tokens > 0  # the first turn's cache was kept
+    assert at.session_state.conversation.client.last_stats.reused_tokens > 0  # the first turn's cache was kept
 
 
 def test_new_chat_clears_the_history() -> None:
@@ -71,17 +59,13 @@ def test_blank_input_is_ignored_with_a_hint() -> None:
 # ---- controls ----
 
 
-def answers(at: AppTest) -> list[str]:
-    return [text for role, text in transcript(at) if role == "assistant"]
-
-
 def test_regenerate_replaces_the_last_answer() -> None:
     at = ask(page(), "What is 2+2?")
     at.button(key="regenerate").click().run()
     assert not at.exception, at.exception
     msgs = transcript(at)
     assert [r for r, _ in msgs] == ["user", "assistant"] and "4" in msgs[1][1]
-    assert at.session_state.client.last_stats.completion_tokens > 0  # it was generated again
+    assert at.session_state.conversation.client.last_stats.completion_tokens > 0  # it was generated again
 
 
 def test_edit_and_resend_replaces_the_last_question() -> None:
@@ -112,11 +96,11 @@ def test_settings_of_one_session_never_affect_another() -> None:
     question = "What color is the sky on a clear day?"
     ask(a, question)
     ask(b, question)
-    assert any(c.value.endswith("3 tokens") for c in a.caption)  # A's cap
-    assert "blue" in answers(b)[0].lower() and b.session_state.client.last_stats.completion_tokens > 3
+    assert any(c.value.endswith("3 tokens · stopped at the length limit") for c in a.caption)  # A's cap
+    assert "blue" in answers(b)[0].lower() and b.session_state.conversation.client.last_stats.completion_tokens > 3
     assert b.sidebar.number_input(key="max_new_tokens").value == 48
     assert b.sidebar.slider(key="temperature").value == 0.0 and b.sidebar.text_area(key="system").value == ""
-    assert a.session_state.client.system == "You are a pirate." and b.session_state.client.system is None
+    assert a.session_state.conversation.system == "You are a pirate." and b.session_state.conversation.system == ""
 
 
 def test_language_switch_is_per_session() -> None:
@@ -158,24 +142,46 @@ def test_password_attempts_are_limited(monkeypatch: pytest.MonkeyPatch) -> None:
     assert at.error[0].value.startswith("Too many attempts: try again in") and not at.chat_input
 
 
-def test_input_length_cap_says_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_guesses_count_per_address_not_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECHAT_PASSWORD", "open sesame")
+    guesser = [page(address="10.8.0.1") for _ in range(6)]  # a script opening session after session
+    for at in guesser[:5]:
+        at.text_input(key="password_input").set_value("guess")
+        at.button[0].click().run()
+        assert at.error[0].value == "Wrong password."
+    late = guesser[5]
+    late.text_input(key="password_input").set_value("open sesame")
+    late.button[0].click().run()
+    assert late.error[0].value.startswith("Too many attempts") and not late.chat_input
+    neighbour = page(address="10.8.0.2")  # somebody else in the room is not locked out
+    neighbour.text_input(key="password_input").set_value("open sesame")
+    neighbour.button[0].click().run()
+    assert neighbour.chat_input
+
+
+def test_input_length_cap_holds_in_the_widget_and_on_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECHAT_MAX_INPUT_CHARS", "20")
-    at = ask(page(), "x" * 21)
-    assert transcript(at) == []
-    assert at.warning[0].value == (
+    at = page()
+    assert at.chat_input[0].proto.max_chars == 20  # the browser cannot type more
+    conversation = at.session_state.conversation
+    refusal = conversation.ask("x" * 21)  # what a crafted websocket message would bring
+    assert refusal is not None and conversation.records == []
+    assert t("en", refusal.key, **refusal.fields) == (
         "Your message is 21 characters; this server accepts up to 20. Shorten it and send again."
     )
 
 
-def test_rate_limit_per_session(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_limit_per_address_across_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECHAT_RATE_LIMIT", "2")
-    at, other = page(), page()
+    at, same_laptop, other = page(address="10.9.0.1"), page(address="10.9.0.1"), page(address="10.9.0.2")
     at.sidebar.number_input(key="max_new_tokens").set_value(2).run()
     ask(at, "Hi")
     ask(at, "Hello")
     ask(at, "Hey")
     assert [u for r, u in transcript(at) if r == "user"] == ["Hi", "Hello"]
     assert at.warning[0].value.startswith("Too many requests: up to 2 a minute per person. Try again in")
+    assert transcript(ask(same_laptop, "Hi")) == []  # a new tab (or a reload) is the same person
+    assert same_laptop.warning[0].value.startswith("Too many requests")
     assert transcript(ask(other, "What is 2+2?"))[0] == ("user", "What is 2+2?")  # others go on
 
 
@@ -191,14 +197,14 @@ def test_trimmed_history_is_announced() -> None:
 
 def test_model_output_is_markdown_never_html() -> None:
     at = page()
-    at.session_state.messages = [
+    at.session_state.conversation.records = [
         {"role": "user", "content": "show me"},
         {"role": "assistant", "content": "<b>bold?</b> $x^2$ ![pixel](http://tracker.example/p.png)"},
     ]
     at.run()
     shown = at.chat_message[1].markdown[0]
     assert not shown.allow_html
-    assert shown.value == "<b>bold?</b> $x^2$ [image: pixel](http://tracker.example/p.png)"
+    assert shown.value == "\\<b>bold?\\</b> $x^2$ [image: pixel](<http://tracker.example/p.png>)"
 
 
 def test_export_buttons_appear_once_there_is_a_chat() -> None:
@@ -224,12 +230,12 @@ def test_server_panel_shows_the_lan_address_to_share(monkeypatch: pytest.MonkeyP
 def test_a_dead_engine_is_rebuilt_without_restarting_the_server() -> None:
     at = ask(page(), "What is 2+2?")
     other = page()
-    old = at.session_state.client.engine
-    old.failure = "simulated scheduler death"  # what the worker records when its thread dies
+    old = at.session_state.conversation.client.engine
+    old.scheduler.failure = "simulated scheduler death"  # what the worker records when its thread dies
     ask(at, "What is 3+3?")
-    new = at.session_state.client.engine
-    assert new is not old and new.failure is None and new.stats()["alive"]
+    new = at.session_state.conversation.client.engine
+    assert new is not old and new.alive and new.stats()["alive"]
     assert [r for r, _ in transcript(at)] == ["user", "assistant", "user", "assistant"]
     assert "6" in transcript(at)[3][1]
     ask(other, "What is 2+2?")  # another session moves to the new runtime too
-    assert other.session_state.client.engine is new and "4" in transcript(other)[1][1]
+    assert other.session_state.conversation.client.engine is new and "4" in transcript(other)[1][1]

@@ -1,14 +1,16 @@
 """Chat-level backend: an OpenAI-compatible server (vLLM, llama.cpp server, Ollama) renders the
 chat template, tokenizes and batches; this module streams `/v1/chat/completions` for each turn.
 
-There is no scheduler on this path: every session's turn is its own HTTP stream through the
-official `openai` client, so sessions never wait on each other here and the server does the
-batching. Closing a turn's iterator (Stop, a closed tab) closes its HTTP stream, which is how
-these servers learn to stop generating.
+It implements the same Backend protocol as the local scheduler (edgechat/backend.py), so the
+client above cannot tell them apart. There is no scheduler on this path: every session's turn is
+its own HTTP stream through the official `openai` client, and the server does the batching.
+Cancelling a turn (Stop, a closed tab) closes its HTTP stream, which is how these servers learn
+to stop generating.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,16 +21,29 @@ import httpx2
 import openai
 
 from edgechat.errors import ConfigError
-from edgechat.types import FinishReason, Message, RequestStats, SamplingParams, TokenRate
+from edgechat.types import (
+    ChatEvent,
+    ChatRequest,
+    Done,
+    Failed,
+    FinishReason,
+    Generation,
+    Message,
+    RequestStats,
+    Text,
+    TokenRate,
+    TurnStats,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 300.0  # a busy vLLM may hold a request in its queue this long
 HEALTH_TIMEOUT_S = 2.0  # the page waits for this at most, once per HEALTH_TTL_S
 HEALTH_TTL_S = 5.0
-# History is trimmed by characters: the server tokenizes, and a round trip per turn to count
-# tokens is not worth it. 2 characters a token is safe for English (~4) and close for Chinese
+# Prompt sizes are estimated from characters: the server tokenizes, and a round trip per turn to
+# count tokens is not worth it. 2 characters a token is safe for English (~4) and close for Chinese
 # (~1.5 with Baichuan2's vocabulary); a prompt that still does not fit gets the server's own 400.
 CHARS_PER_TOKEN = 2
+TOKENS_PER_MESSAGE = 4  # the turn markers a chat template wraps around each message
 NO_KEY = "none"  # the openai client insists on a key; servers without auth ignore it
 
 
@@ -36,7 +51,6 @@ class RemoteEngine:
     """One OpenAI-compatible endpoint shared by every session of the process."""
 
     name = "openai"
-    chat_level = True  # ChatClient sends messages, not token ids (DESIGN: the client chooses the path)
 
     def __init__(
         self,
@@ -49,6 +63,7 @@ class RemoteEngine:
     ) -> None:
         self.base_url = base_url
         self.max_len = context_length
+        self.max_prompt_len = context_length
         self.request_timeout = request_timeout
         read_timeout = request_timeout or DEFAULT_READ_TIMEOUT_S
         self._client = openai.OpenAI(
@@ -61,6 +76,7 @@ class RemoteEngine:
         self._running = 0
         self._rate = TokenRate()  # streamed chunks, for aggregate tok/s
         self._health: tuple[float, str] = (0.0, "")
+        self._health_check = threading.Lock()  # one /v1/models round trip at a time
         self.model_name = model_name or self._served_model()
 
     def _served_model(self) -> str:
@@ -73,17 +89,25 @@ class RemoteEngine:
             raise ConfigError(f"--base-url {self.base_url}: the server lists no model; start it with one")
         return models[0].id
 
-    def chat(self, messages: Sequence[Message], sampling: SamplingParams) -> RemoteRequest:
-        kept, trimmed = trim_history(list(messages), self.max_len - sampling.max_new_tokens)
-        return RemoteRequest(self, kept, sampling, trimmed)
+    def prompt_size(self, messages: Sequence[Message], continue_last: bool = False) -> int:
+        """An estimate from characters (see CHARS_PER_TOKEN)."""
+        chars = sum(len(m["content"]) for m in messages)
+        return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * len(messages)
+
+    def generate(self, request: ChatRequest) -> Generation:
+        turn = _RemoteTurn(self, request)
+        return Generation(turn.events(), turn.cancel)
 
     def health(self) -> str:
         """One line for the page's server panel: a `/v1/models` round trip, cached for a few
-        seconds so many open pages cost the server one cheap request."""
+        seconds so many open pages cost the server one cheap request. The round trip runs outside
+        the lock every streamed chunk takes, so a slow server never stalls the answers; pages that
+        ask meanwhile get the previous line."""
         with self._lock:
             checked, line = self._health
-            if time.monotonic() - checked < HEALTH_TTL_S:
-                return line
+            if time.monotonic() - checked < HEALTH_TTL_S or not self._health_check.acquire(blocking=False):
+                return line or "checking the server…"
+        try:
             start = time.monotonic()
             try:
                 ids = [m.id for m in self._client.with_options(timeout=HEALTH_TIMEOUT_S).models.list().data]
@@ -93,8 +117,11 @@ class RemoteEngine:
                 )
             except (openai.APIError, httpx2.HTTPError) as err:
                 line = f"server down: {describe_error(err, self.base_url, self.model_name)}"
-            self._health = (time.monotonic(), line)
+            with self._lock:
+                self._health = (time.monotonic(), line)
             return line
+        finally:
+            self._health_check.release()
 
     def stats(self) -> dict[str, Any]:
         """This process's view (the server's queue is its own): streams open, recent tok/s."""
@@ -106,6 +133,10 @@ class RemoteEngine:
                 "aggregate_tps": self._rate.per_second(time.monotonic()),
                 "alive": True,
             }
+
+    @property
+    def alive(self) -> bool:
+        return True  # nothing of ours can die here; the server's own health is health()
 
     def forget_session(self, session: str) -> None:
         """New chat: nothing to drop here; the server's prefix cache is the server's business."""
@@ -131,92 +162,102 @@ class RemoteEngine:
                 self._rate.add(chunks, now)
 
 
-class RemoteRequest:
-    """One turn: iterate it for text; `error` says what went wrong (the text so far stands);
-    closing the iterator closes the HTTP stream."""
+class _RemoteTurn:
+    """One answer streamed from the server. `cancel()` may come from another thread: it closes
+    the HTTP stream, which ends the iteration with the figures of what arrived."""
 
-    def __init__(self, engine: RemoteEngine, messages: list[Message], sampling: SamplingParams, trimmed: int) -> None:
+    def __init__(self, engine: RemoteEngine, request: ChatRequest) -> None:
         self._engine = engine
-        self._messages = messages
-        self._sampling = sampling
-        self.trimmed_messages = trimmed
+        self._request = request
+        self._cancelled = threading.Event()
+        self._stream: Any = None
         self.stats = RequestStats(submitted_at=time.monotonic())
-        self.error: str | None = None
 
-    def __iter__(self) -> Iterator[str]:
-        engine, s, stats = self._engine, self._sampling, self.stats
+    def cancel(self) -> None:
+        self._cancelled.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def events(self) -> Iterator[ChatEvent]:
+        engine, stats = self._engine, self.stats
         deadline = None if engine.request_timeout is None else stats.submitted_at + engine.request_timeout
-        stream = None
-        chunks, usage_tokens = 0, None
+        chunks, usage_tokens, error = 0, None, None
         engine._count(running=1)
         try:
-            stream = engine._client.chat.completions.create(
-                model=engine.model_name,
-                messages=self._messages,  # type: ignore[arg-type]
-                stream=True,
-                stream_options={"include_usage": True},  # exact token counts where the server sends them
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_tokens=s.max_new_tokens,
-                seed=s.seed,
-                # Not in OpenAI's API: vLLM reads top_k/repetition_penalty, llama.cpp top_k/repeat_penalty,
-                # and both ignore the other's name. top_k 0 (off) is left to the server's default.
-                extra_body={
-                    **({"top_k": s.top_k} if s.top_k > 0 else {}),
-                    "repetition_penalty": s.repetition_penalty,
-                    "repeat_penalty": s.repetition_penalty,
-                },
-            )
+            self._stream = engine._client.chat.completions.create(**self._arguments())
             stats.started_at = stats.submitted_at  # the server's own queue is not visible from here
-            for chunk in stream:
+            for chunk in self._stream:
                 if chunk.usage is not None:
                     usage_tokens = chunk.usage.completion_tokens
                     stats.prompt_tokens = chunk.usage.prompt_tokens
-                if not chunk.choices:
-                    continue
-                choice = chunk.choices[0]
-                text = choice.delta.content
-                if text:
+                choice = chunk.choices[0] if chunk.choices else None
+                if choice is not None and choice.delta.content:
                     if stats.first_token_at is None:
                         stats.first_token_at = time.monotonic()
                     chunks += 1
                     engine._count(chunks=1)
-                    yield text
-                if choice.finish_reason:
+                    yield Text(choice.delta.content)
+                if choice is not None and choice.finish_reason:
                     stats.finish_reason = FinishReason.LENGTH if choice.finish_reason == "length" else FinishReason.STOP
+                if self._cancelled.is_set():
+                    break
                 if deadline is not None and time.monotonic() > deadline:
-                    self.error = f"stopped after {engine.request_timeout:g} s (--request-timeout)"
+                    error = f"stopped after {engine.request_timeout:g} s (--request-timeout)"
                     stats.finish_reason = FinishReason.TIMEOUT
-                    return
-            if not stats.finish_reason:  # llama.cpp fails a too-long prompt this way, after the 200
-                self.error = "the model server ended the answer without finishing it (a prompt too long?); try again"
+                    break
+            if self._cancelled.is_set():
+                stats.finish_reason = FinishReason.CANCELLED
+            elif stats.finish_reason is None:  # llama.cpp fails a too-long prompt this way, after the 200
+                error = "the model server ended the answer without finishing it (a prompt too long?); try again"
                 stats.finish_reason = FinishReason.ERROR
         except (openai.APIError, httpx2.HTTPError) as err:
-            self.error = describe_error(err, engine.base_url, engine.model_name, midway=chunks > 0)
-            stats.finish_reason = FinishReason.ERROR
+            if self._cancelled.is_set():  # our own close() broke the read
+                stats.finish_reason = FinishReason.CANCELLED
+            else:
+                error = describe_error(err, engine.base_url, engine.model_name, midway=chunks > 0)
+                stats.finish_reason = FinishReason.ERROR
         finally:
-            if stream is not None:
-                stream.close()  # Stop / closed tab: the server sees the disconnect and stops
+            if self._stream is not None:
+                self._stream.close()  # Stop / closed tab: the server sees the disconnect and stops
             engine._count(running=-1)
             stats.finished_at = time.monotonic()
             # Servers that send usage (vLLM with include_usage) count tokens; otherwise one chunk
             # is one token, which is what vLLM, llama.cpp and Ollama stream.
             stats.completion_tokens = usage_tokens if usage_tokens is not None else chunks
+        if error is not None:
+            yield Failed(error, refused=chunks == 0)
+        yield Done(TurnStats.measured(stats, error=error))
 
-
-def trim_history(messages: list[Message], budget_tokens: int) -> tuple[list[Message], int]:
-    """Drop the oldest turns (keeping a system prompt and the question) until the characters fit
-    `budget_tokens` at CHARS_PER_TOKEN; the question alone is never dropped: the server judges it."""
-    budget = max(0, budget_tokens) * CHARS_PER_TOKEN
-    head = 1 if messages and messages[0]["role"] == "system" else 0
-    dropped = 0
-    while len(messages) - head > 1 and sum(len(m["content"]) for m in messages) > budget:
-        del messages[head]
-        dropped += 1
-        while len(messages) - head > 1 and messages[head]["role"] != "user":
-            del messages[head]
-            dropped += 1
-    return messages, dropped
+    def _arguments(self) -> dict[str, Any]:
+        s = self._request.sampling
+        # Not in OpenAI's API: vLLM reads top_k/repetition_penalty, llama.cpp top_k/repeat_penalty,
+        # and both ignore the other's name. top_k 0 (off) is left to the server's default.
+        extra: dict[str, Any] = {
+            **({"top_k": s.top_k} if s.top_k > 0 else {}),
+            "repetition_penalty": s.repetition_penalty,
+            "repeat_penalty": s.repetition_penalty,
+        }
+        if self._request.continue_last:  # vLLM's names; llama.cpp's server continues a final assistant turn itself
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        arguments: dict[str, Any] = {
+            "model": self._engine.model_name,
+            "messages": list(self._request.messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},  # exact token counts where the server sends them
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_new_tokens,
+            "seed": s.seed,
+            "extra_body": extra,
+        }
+        if s.stop:
+            arguments["stop"] = list(s.stop)
+        if s.frequency_penalty:
+            arguments["frequency_penalty"] = s.frequency_penalty
+        if s.presence_penalty:
+            arguments["presence_penalty"] = s.presence_penalty
+        return arguments
 
 
 def describe_error(err: Exception, base_url: str, model: str | None, midway: bool = False) -> str:

@@ -1,7 +1,7 @@
 """Baichuan2 bmodels on a Sophgo BM1684X TPU through `sophon.sail` (the seed's graph protocol).
 
 A sophon-demo Baichuan2 bmodel is a set of static-shape graphs (MAX_LEN = the compiled sequence
-length, H = hidden size):
+length, H = hidden size; sophgo/sophon-demo `sample/Baichuan2/tools/export_onnx.py`):
 
     embedding [1,MAX_LEN] ids -> [1,MAX_LEN,H]        embedding_cache [1,1] id -> [1,1,H]
     block_i   (hidden, position_ids, mask [1,1,MAX_LEN,MAX_LEN]) -> (hidden, past_k, past_v)
@@ -9,15 +9,21 @@ length, H = hidden size):
               -> (hidden, present_k, present_v)
     lm_head   [1,H] -> next token id (argmax inside the graph)
 
-The mask is additive f16 with -1000 for masked positions. `block_i` computes the whole prompt at
-once, so a request always prefills its full prompt: `start()` keeps 0 cached tokens and
-`prefill_chunk` is None. Each decode step runs `block_cache_i` and copies the new key/value into
-the sequence's cache at row token_length-1 with `sync_d2d`.
+Dtypes are read from the bmodel, never assumed: Sophgo's compiled bmodels keep hidden states, the
+mask and lm_head's input in F32 and only K/V in F16 (int8, W8F16) or BF16 (int4, W4BF16)
+(`scripts/gen_bmodel.sh`: `--quant_output_list 2,3`, `--quant_input_list 4,5`). The mask is
+additive with -1000 for masked positions. `block_i` computes the whole prompt at once, so a
+request always prefills its full prompt: `start()` keeps 0 cached tokens and `prefill_chunk` is
+None. Each decode step runs `block_cache_i` and copies the new key/value into the sequence's
+cache at row token_length-1 with `sync_d2d`.
 
-Unlike the seed, which allocated every tensor per message, each sequence slot owns its per-layer
-KV tensors, allocated once when the engine loads (`--max-sessions` slots) and reused by every
-request that lands on the slot; scratch tensors are shared, since only the scheduler thread runs
-the engine. Device memory is released by `close()`.
+Unlike the seed, which allocated every tensor per message, each KV slot owns its per-layer K/V
+tensors, allocated once at load and reused by every request that lands on it. There are
+`--max-running` slots, not `--max-sessions`: the prefill graph recomputes the whole prompt every
+turn, so an idle session's cache is worth nothing here and only answers being generated need one.
+Before allocating, the engine checks the TPU's free memory (`sail.get_dev_stat`); after, it
+checks the allocation (sail only logs a failed one); a shortfall is one ConfigError, never a
+half-allocated engine. Scratch tensors are shared: only the scheduler thread runs the engine.
 
 Sampling: `lm_head` returns the argmax, so this backend is greedy; temperature, top-p, top-k and
 the repetition penalty of a request are ignored.
@@ -25,9 +31,8 @@ the repetition penalty of a request are ignored.
 
 from __future__ import annotations
 
-import importlib.metadata
+import logging
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,30 +40,30 @@ from typing import Any
 
 import numpy as np
 
+from edgechat.engines.sail_api import (
+    GraphApi,
+    Io,
+    detect_release,
+    device_memory_mib,
+    first_line,
+    to_device,
+)
+from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
 from edgechat.errors import ConfigError
 from edgechat.tokenizers.baichuan import BaichuanTokenizer
 from edgechat.types import SamplingParams
 
+log = logging.getLogger(__name__)
+
 MASKED = -1000.0
+MIB = 1 << 20
+SPARE_MIB = 16  # kept free beyond the exact need: allocator alignment and what get_dev_stat rounds away
+DEFAULT_SLOTS = 2  # --max-running unset: decode is batch 1, more slots add no speed, each costs K/V memory
+DEFAULT_PROMPT_SHARE = 0.5  # the seed keeps prompts <= MAX_LEN / 2 so answers have room
 INSTALL_HINT = (
-    "install Sophgo's sophon-sail 3.8.0 wheel and libsophon 0.5.1 "
+    "install Sophgo's sophon-sail wheel (3.8.0 as the sample pins, or >= 3.9) and libsophon "
     "(README, section 'Running on a Sophgo TPU (BM1684X)'), or use --backend llamacpp"
 )
-SINGLE_GRAPHS = ("embedding", "embedding_cache", "lm_head")
-
-
-@dataclass
-class _Io:
-    """One graph input/output: its name in the bmodel, shape and dtype, and a device tensor."""
-
-    name: str
-    shape: list[int]
-    dtype: Any
-    tensor: Any = None
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.name, 0)  # sail 3.8.0 keys process() tensors by (name, device index)
 
 
 @dataclass
@@ -70,9 +75,14 @@ class _Slot:
 
 
 def load_sail(
-    bmodel: Path | None, token_dir: Path, dev_ids: Sequence[int], max_sequences: int
+    bmodel: Path | None,
+    token_dir: Path,
+    dev_ids: Sequence[int],
+    slots: int,
+    max_prompt_share: float = DEFAULT_PROMPT_SHARE,
 ) -> tuple[Any, SailEngine, BaichuanTokenizer]:
-    """The shared (handle, engine, tokenizer) for `--bmodel`; each bad input is one ConfigError."""
+    """The shared (handle, engine, tokenizer) for `--bmodel` with `slots` KV slots
+    (`--max-running`); each bad input is one ConfigError."""
     bmodel = _check_bmodel(bmodel)
     tokenizer = BaichuanTokenizer(token_dir)
     tokenizer.check_chat_ids()
@@ -82,9 +92,15 @@ def load_sail(
     try:
         net = sail.EngineLLM(str(bmodel), list(dev_ids))
     except Exception as err:  # sail's own error classes differ between versions
-        raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {err}") from None
-    engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, max_sequences, dev_ids)
-    return handle, engine, tokenizer
+        raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
+    try:
+        engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, slots, dev_ids, max_prompt_share)
+    except ConfigError as err:
+        refused = str(err)
+    else:
+        return handle, engine, tokenizer
+    net = handle = None  # the traceback is gone: the bmodel and any tensor leave the TPU now
+    raise ConfigError(refused)
 
 
 def _check_bmodel(path: Path | None) -> Path:
@@ -129,8 +145,9 @@ class SailEngine:
         net: Any,
         bmodel: Path,
         vocab_size: int,
-        max_sequences: int,
+        slots: int,
         dev_ids: Sequence[int] = (0,),
+        max_prompt_share: float = DEFAULT_PROMPT_SHARE,
     ) -> None:
         self._sail = sail
         self._handle = handle
@@ -138,14 +155,22 @@ class SailEngine:
         self.model_path = str(bmodel)
         self.vocab_size = vocab_size
         self.dev_ids = tuple(dev_ids)
-        self.num_layers = _count_layers(net, bmodel)
-        self._first = self._graph_io("block_0")
-        self._next = self._graph_io("block_cache_0")
-        self.max_len, self.hidden = self._first[0][0].shape[1], self._first[0][0].shape[2]
-        self._check_shapes(bmodel)
-        self.max_sequences = max_sequences
-        self._alloc_scratch()
-        self._slots = [self._alloc_slot() for _ in range(max_sequences)]
+        self.num_layers = count_layers(net, bmodel)
+        self.release_info = detect_release(net, "block_0")
+        self._api = GraphApi(net, self.release_info)
+        self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0")}
+        self._first, self._next = self._io["block_0"], self._io["block_cache_0"]
+        hidden_shape = self._first[0][0].shape
+        if len(hidden_shape) != 3:
+            raise ConfigError(f"{bmodel} is not a sophon-demo Baichuan2 bmodel: block_0 takes {hidden_shape}")
+        self.max_len, self.hidden = hidden_shape[1], hidden_shape[2]
+        self._check_protocol(bmodel)
+        self.max_sequences = slots
+        # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
+        self.max_prompt_len = max(1, min(self.max_len - 1, int(self.max_len * max_prompt_share)))
+        self._slots: list[_Slot] = []
+        self._scratch: list[Io] = []
+        self._allocate()
 
     # ---- the Engine contract ----
 
@@ -154,7 +179,7 @@ class SailEngine:
             if not slot.busy:
                 slot.busy, slot.length = True, 0
                 return seq
-        raise RuntimeError(f"all {len(self._slots)} TPU sequence slots are in use (--max-sessions)")
+        raise RuntimeError(f"all {len(self._slots)} TPU KV slots are in use (--max-running)")
 
     def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
         """Always 0 kept: block_i recomputes the whole prompt, it cannot extend a cached prefix.
@@ -171,7 +196,7 @@ class SailEngine:
             raise RuntimeError(f"prompt of {n} tokens does not fit this bmodel's {self.max_len}")
         self._run_first(slot, tokens)
         slot.length = n
-        self._lm_in.tensor.sync_d2d(self._hidden, (n - 1) * self.hidden, 0, self.hidden)
+        self._lm_in.tensor.sync_d2d(self._hidden.tensor, (n - 1) * self.hidden, 0, self.hidden)
         return self._lm_head()
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
@@ -185,116 +210,122 @@ class SailEngine:
         slot.busy, slot.length = False, 0
 
     def describe(self) -> dict[str, Any]:
+        kv = self._first[1][1].dtype_name.removeprefix("BM_")
         return {
             "backend": self.name,
             "model": self.model_path,
             "model_name": Path(self.model_path).stem,
-            "device": f"{_target(self._handle)} TPU {list(self.dev_ids)} (sophon-sail {_sail_version()})",
+            "device": f"{_target(self._handle)} TPU {list(self.dev_ids)} · {self.release_info.describe()} · K/V {kv}",
+            "sail_version": self.release_info.version,
             "context_length": self.max_len,
-            "max_sessions": self.max_sequences,
+            "max_prompt_len": self.max_prompt_len,
+            "kv_slots": self.max_sequences,
             "layers": self.num_layers,
             "hidden_size": self.hidden,
+            "kv_dtype": kv,
             "kv_bytes_per_session": self.kv_bytes_per_slot,
+            "tpu_memory_bytes": self.device_bytes_needed,
             "sampling": "greedy: lm_head returns the argmax on the TPU; temperature/top-p/top-k are not applied",
         }
 
     def close(self) -> None:
         """Drop every device tensor and the loaded bmodel; sail frees them with the last reference."""
-        for io in [*self._scratch_io, *(io for group in (*self._first, *self._next) for io in group)]:
-            io.tensor = None
-        self._slots = []
-        self._scratch_io = []
-        self._hidden = self._next_hidden = None
-        self._net = None
+        self._free()
+        self._net = self._api.net = None
 
     # ---- setup ----
 
-    def _graph_io(self, graph: str) -> tuple[list[_Io], list[_Io]]:
-        net = self._net
-        ins = [
-            _Io(n, list(net.get_input_shape(graph, n)), net.get_input_dtype(graph, n))
-            for n in net.get_input_names(graph)
-        ]
-        outs = [
-            _Io(n, list(net.get_output_shape(graph, n)), net.get_output_dtype(graph, n))
-            for n in net.get_output_names(graph)
-        ]
-        return ins, outs
-
-    def _check_shapes(self, bmodel: Path) -> None:
-        """Fail at load, in one line, on a bmodel whose graphs are not the seed's protocol."""
-        problem = self._shape_problem()
-        if problem:
-            raise ConfigError(f"{bmodel} is not a sophon-demo Baichuan2 bmodel: {problem}")
-        self.kv_row = math.prod(self._next[1][1].shape[2:])  # elements of one token's k: heads * head_dim
-
-    def _shape_problem(self) -> str | None:
-        L, H = self.max_len, self.hidden
-        (fi, fo), (ni, no) = self._first, self._next
-        if len(fi) != 3 or len(fo) != 3:
-            return "block_0 must take (hidden, position_ids, attention_mask) and give (hidden, past_k, past_v)"
-        if len(ni) != 5 or len(no) != 3:
-            return "block_cache_0 must take (hidden, position_id, mask, past_k, past_v) and give (hidden, k, v)"
-        if fi[0].shape != [1, L, H] or fi[1].shape != [1, L] or fi[2].shape != [1, 1, L, L]:
-            return f"block_0 input shapes {[io.shape for io in fi]}, expected [1,L,H], [1,L], [1,1,L,L]"
-        if ni[0].shape != [1, 1, H] or ni[2].shape != [1, 1, 1, L + 1]:
-            return f"block_cache_0 input shapes {[io.shape for io in ni]}, expected [1,1,H], ..., [1,1,1,L+1]"
-        cache_shape = no[1].shape[:1] + [L] + no[1].shape[2:]
-        if not fo[1].shape == fo[2].shape == ni[3].shape == ni[4].shape == cache_shape:
-            return f"KV cache shapes differ: block_0 gives {fo[1].shape}, block_cache_0 takes {ni[3].shape}"
-        if _dtype_name(fi[2].dtype) not in ("BM_FLOAT16", "BM_FLOAT32"):
-            return f"attention mask dtype {_dtype_name(fi[2].dtype)}, expected f16"
-        return None
-
-    def _tensor(self, io: _Io, shape: list[int] | None = None) -> Any:
-        io.tensor = self._sail.Tensor(self._handle, shape or io.shape, io.dtype, False, True)
-        return io.tensor
-
-    def _alloc_scratch(self) -> None:
-        L, H = self.max_len, self.hidden
-        emb_i, emb_o = self._graph_io("embedding")
-        cache_i, cache_o = self._graph_io("embedding_cache")
-        lm_i, lm_o = self._graph_io("lm_head")
-        self._emb_in, self._emb_out = emb_i[0], emb_o[0]
-        self._cache_in, self._cache_out = cache_i[0], cache_o[0]
-        self._lm_in, self._lm_out = lm_i[0], lm_o[0]
-        self._tensor(self._emb_in, [1, L])
-        self._hidden = self._tensor(self._emb_out, [1, L, H])  # block_i runs in place on it
-        self._tensor(self._cache_in, [1, 1])
-        self._next_hidden = self._tensor(self._cache_out, [1, 1, H])
-        self._tensor(self._lm_in)
-        self._tensor(self._lm_out)
-        fi, _ = self._first
-        ni, no = self._next
-        for io in (fi[1], fi[2], ni[1], ni[2], no[1], no[2]):
-            self._tensor(io)
-        self._scratch_io = [self._emb_in, self._emb_out, self._cache_in, self._cache_out, self._lm_in, self._lm_out]
-        self._np_ids = _numpy_dtype(self._emb_in.dtype, "embedding input")
-        self._np_pos = _numpy_dtype(fi[1].dtype, "position_ids")
-        self._np_mask = _numpy_dtype(fi[2].dtype, "attention_mask")
-
-    def _alloc_slot(self) -> _Slot:
-        _, fo = self._first
-        shape_k, shape_v = fo[1].shape, fo[2].shape
+    def _read_graph(self, graph: str, bmodel: Path) -> tuple[list[Io], list[Io]]:
         try:
-            k = [self._sail.Tensor(self._handle, shape_k, fo[1].dtype, False, True) for _ in range(self.num_layers)]
-            v = [self._sail.Tensor(self._handle, shape_v, fo[2].dtype, False, True) for _ in range(self.num_layers)]
-        except (RuntimeError, MemoryError) as err:
+            return self._api.io(graph)
+        except Exception as err:  # noqa: BLE001 — a wheel of another generation than detected
             raise ConfigError(
-                f"TPU memory: cannot hold KV caches for --max-sessions {self.max_sequences} "
-                f"({self.kv_bytes_per_slot >> 20} MiB each): {err}; lower --max-sessions"
+                f"{self.release_info.describe()} does not answer EngineLLM's graph queries for {bmodel.name} "
+                f"({first_line(err)}); edgechat speaks sail 3.8 (name-keyed) and >= 3.9 (index-keyed)"
             ) from None
-        return _Slot(k, v)
+
+    def _check_protocol(self, bmodel: Path) -> None:
+        check_protocol(self._io, self.dev_ids, bmodel)
+        self.kv_row = math.prod(self._next[1][1].shape[2:])  # elements of one token's k: heads * head_dim
 
     @property
     def kv_bytes_per_slot(self) -> int:
         _, fo = self._first
-        return 2 * self.num_layers * math.prod(fo[1].shape) * _dtype_size(fo[1].dtype)
+        return self.num_layers * (fo[1].nbytes + fo[2].nbytes)
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """For `--kv-budget` in MiB (slots are allocated whole, so the budget counts idle slots)."""
+        """For `--kv-budget` in MiB (slots are allocated whole)."""
         return self.kv_bytes_per_slot // self.max_len
+
+    @property
+    def device_bytes_needed(self) -> int:
+        """What `_allocate` takes from the TPU: every slot's K/V plus the shared scratch tensors."""
+        return self.max_sequences * self.kv_bytes_per_slot + sum(io.nbytes for io in self._scratch_plan())
+
+    def _scratch_plan(self) -> list[Io]:
+        (fi, _), (ni, no) = self._first, self._next
+        (emb_i, emb_o), (cache_i, cache_o), (lm_i, lm_o) = (self._io[g] for g in SINGLE_GRAPHS)
+        return [emb_i[0], emb_o[0], cache_i[0], cache_o[0], lm_i[0], lm_o[0], fi[1], fi[2], ni[1], ni[2], no[1], no[2]]
+
+    def _allocate(self) -> None:
+        """All device tensors, once: check the TPU can hold them, allocate, verify, or refuse."""
+        need_mib = -(-self.device_bytes_needed // MIB) + SPARE_MIB
+        dev = self.dev_ids[0]
+        before = device_memory_mib(self._sail, dev)
+        if before is not None and need_mib > before[0] - before[1]:
+            raise ConfigError(self._shortfall(need_mib, before[0] - before[1]))
+        plan = self._scratch_plan()
+        for io in plan:
+            io.tensor = self._tensor(io)
+        self._scratch = plan
+        _, fo = self._first
+        for _ in range(self.max_sequences):
+            k = [self._tensor(fo[1]) for _ in range(self.num_layers)]
+            v = [self._tensor(fo[2]) for _ in range(self.num_layers)]
+            self._slots.append(_Slot(k, v))
+        if not self._allocated(before):
+            after = device_memory_mib(self._sail, dev)
+            self._free()
+            free = "unknown" if before is None else before[0] - before[1]
+            raise ConfigError(self._shortfall(need_mib, free, after=after))
+        (fi, _), (ni, _) = self._first, self._next
+        self._hidden, self._next_hidden = plan[1], plan[3]  # block_i / block_cache_i run in place on them
+        self._emb_in, self._cache_in, self._lm_in, self._lm_out = plan[0], plan[2], plan[4], plan[5]
+        self._positions, self._mask, self._next_position, self._next_mask = fi[1], fi[2], ni[1], ni[2]
+
+    def _allocated(self, before: tuple[int, int] | None) -> bool:
+        """sail logs a failed device allocation and returns a tensor without memory: check every
+        tensor where the wheel can tell (`is_dev_data_valid`, >= 3.9), else that the TPU's used
+        memory grew by what was asked (to get_dev_stat's MiB rounding)."""
+        tensors = [io.tensor for io in self._scratch] + [t for s in self._slots for t in (*s.k, *s.v)]
+        if tensors and getattr(tensors[0], "is_dev_data_valid", None) is not None:
+            return all(t.is_dev_data_valid() for t in tensors)
+        after = device_memory_mib(self._sail, self.dev_ids[0])
+        if before is None or after is None:
+            log.warning("this sophon-sail cannot report TPU memory: the KV allocation is not verified")
+            return True
+        return after[1] - before[1] >= self.device_bytes_needed // MIB - 1
+
+    def _shortfall(self, need_mib: int, free: int | str, after: tuple[int, int] | None = None) -> str:
+        slots = self.max_sequences
+        what = f"{need_mib} MiB of TPU memory for {slots} KV slot{'s' if slots != 1 else ''}"
+        what += f" ({self.kv_bytes_per_slot / MIB:.0f} MiB each)"
+        name, dev = Path(self.model_path).name, self.dev_ids[0]
+        advice = "lower --max-running (or give the TPU more memory, README 'SoC memory')"
+        if after is None:
+            return f"{name} needs {what}, {free} MiB free on TPU {dev}: {advice}"
+        return f"{name}: sail could not allocate {what} on TPU {dev} (it reported {free} MiB free): {advice}"
+
+    def _tensor(self, io: Io) -> Any:
+        return self._sail.Tensor(self._handle, io.shape, io.dtype, False, True)
+
+    def _free(self) -> None:
+        for ins, outs in self._io.values():
+            for io in (*ins, *outs):
+                io.tensor = None
+        self._slots = []
+        self._scratch = []
 
     # ---- the graphs ----
 
@@ -303,27 +334,29 @@ class SailEngine:
             raise RuntimeError(f"no sequence slot {seq}")
         return self._slots[seq]
 
+    def _process(self, graph: str, ins: Sequence[tuple[Io, Any]], outs: Sequence[tuple[Io, Any]]) -> None:
+        self._api.process(graph, {io.key: t for io, t in ins}, {io.key: t for io, t in outs})
+
     def _run_first(self, slot: _Slot, tokens: Sequence[int]) -> None:
         """embedding + block_i over the whole prompt, padded to MAX_LEN; k/v land in the slot."""
         L, n = self.max_len, len(tokens)
-        ids = np.zeros((1, L), dtype=self._np_ids)
+        ids = np.zeros((1, L), dtype=np.int64)
         ids[0, :n] = tokens
-        positions = np.zeros((1, L), dtype=self._np_pos)
+        positions = np.zeros((1, L), dtype=np.int64)
         positions[0, :n] = np.arange(n)
-        mask = np.full((L, L), MASKED, dtype=self._np_mask)
-        mask[np.tril_indices(n)] = 0
-        self._emb_in.tensor.update_data(ids)
-        self._process("embedding", [self._emb_in], [self._emb_out])
+        mask = np.full((L, L), MASKED)
+        mask[np.tril_indices(n)] = 0.0  # rows past the prompt stay fully masked, as the seed's
+        self._emb_in.tensor.update_data(to_device(ids, self._emb_in.dtype))
+        emb_o = self._io["embedding"][1][0]
+        self._process("embedding", [(self._io["embedding"][0][0], self._emb_in.tensor)], [(emb_o, self._hidden.tensor)])
         fi, fo = self._first
-        self._hidden.reshape(fi[0].shape)
-        fi[1].tensor.update_data(positions)
-        fi[2].tensor.update_data(mask.reshape(fi[2].shape))
+        hidden = self._hidden.tensor
+        hidden.reshape(fi[0].shape)
+        self._positions.tensor.update_data(to_device(positions, self._positions.dtype))
+        self._mask.tensor.update_data(to_device(mask.reshape(fi[2].shape), self._mask.dtype))
+        ins = [(fi[0], hidden), (fi[1], self._positions.tensor), (fi[2], self._mask.tensor)]
         for i in range(self.num_layers):
-            self._net.process(
-                f"block_{i}",
-                {fi[0].key: self._hidden, fi[1].key: fi[1].tensor, fi[2].key: fi[2].tensor},
-                {fo[0].key: self._hidden, fo[1].key: slot.k[i], fo[2].key: slot.v[i]},
-            )
+            self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], slot.k[i]), (fo[2], slot.v[i])])
 
     def _decode_one(self, seq: int, token: int) -> int:
         """embedding_cache + block_cache_i for one token at row `length`; returns the next id."""
@@ -331,35 +364,32 @@ class SailEngine:
         n = slot.length + 1  # the seed's token_length: tokens in the cache once this one is in
         if slot.length == 0 or n > self.max_len:
             raise RuntimeError(f"sequence {seq} holds {slot.length} of {self.max_len} tokens: cannot decode")
-        self._cache_in.tensor.update_data(np.array([[token]], dtype=self._np_ids))
-        self._process("embedding_cache", [self._cache_in], [self._cache_out])
+        self._cache_in.tensor.update_data(to_device(np.array([[token]]), self._cache_in.dtype))
+        cache_i, cache_o = self._io["embedding_cache"]
+        hidden = self._next_hidden.tensor
+        self._process("embedding_cache", [(cache_i[0], self._cache_in.tensor)], [(cache_o[0], hidden)])
         ni, no = self._next
-        mask = np.zeros(self.max_len + 1, dtype=self._np_mask)
+        mask = np.zeros(self.max_len + 1)
         mask[n - 1 : self.max_len] = MASKED
-        ni[1].tensor.update_data(np.array([n - 1], dtype=self._np_pos).reshape(ni[1].shape))
-        ni[2].tensor.update_data(mask.reshape(ni[2].shape))
-        self._next_hidden.reshape(ni[0].shape)
+        position = np.array([n - 1]).reshape(ni[1].shape)
+        self._next_position.tensor.update_data(to_device(position, self._next_position.dtype))
+        self._next_mask.tensor.update_data(to_device(mask.reshape(ni[2].shape), self._next_mask.dtype))
+        hidden.reshape(ni[0].shape)
+        k_new, v_new = self._next[1][1].tensor, self._next[1][2].tensor
+        ins_common = [(ni[0], hidden), (ni[1], self._next_position.tensor), (ni[2], self._next_mask.tensor)]
         row = (n - 1) * self.kv_row
         for i in range(self.num_layers):
-            self._net.process(
-                f"block_cache_{i}",
-                {
-                    ni[0].key: self._next_hidden,
-                    ni[1].key: ni[1].tensor,
-                    ni[2].key: ni[2].tensor,
-                    ni[3].key: slot.k[i],
-                    ni[4].key: slot.v[i],
-                },
-                {no[0].key: self._next_hidden, no[1].key: no[1].tensor, no[2].key: no[2].tensor},
-            )
-            slot.k[i].sync_d2d(no[1].tensor, 0, row, self.kv_row)
-            slot.v[i].sync_d2d(no[2].tensor, 0, row, self.kv_row)
+            ins = [*ins_common, (ni[3], slot.k[i]), (ni[4], slot.v[i])]
+            self._process(f"block_cache_{i}", ins, [(no[0], hidden), (no[1], k_new), (no[2], v_new)])
+            slot.k[i].sync_d2d(k_new, 0, row, self.kv_row)
+            slot.v[i].sync_d2d(v_new, 0, row, self.kv_row)
         slot.length = n
-        self._lm_in.tensor.sync_d2d(self._next_hidden, 0, 0, self.hidden)
+        self._lm_in.tensor.sync_d2d(hidden, 0, 0, self.hidden)
         return self._lm_head()
 
     def _lm_head(self) -> int:
-        self._process("lm_head", [self._lm_in], [self._lm_out])
+        lm_i, lm_o = self._io["lm_head"]
+        self._process("lm_head", [(lm_i[0], self._lm_in.tensor)], [(lm_o[0], self._lm_out.tensor)])
         token = int(self._lm_out.tensor.asnumpy().reshape(-1)[0])
         if not 0 <= token < self.vocab_size:
             raise ConfigError(
@@ -368,68 +398,8 @@ class SailEngine:
             )
         return token
 
-    def _process(self, graph: str, ins: Sequence[_Io], outs: Sequence[_Io]) -> None:
-        self._net.process(graph, {io.key: io.tensor for io in ins}, {io.key: io.tensor for io in outs})
-
-
-def _count_layers(net: Any, bmodel: Path) -> int:
-    """NUM_LAYERS from the graph names: block_0..block_{N-1}, each with its block_cache_i."""
-    names = set(net.get_graph_names())
-    blocks = {int(m.group(1)) for n in names if (m := re.fullmatch(r"block_(\d+)", n))}
-    layers = 0
-    while layers in blocks:
-        layers += 1
-    missing = [g for g in SINGLE_GRAPHS if g not in names]
-    missing += [f"block_cache_{i}" for i in range(layers) if f"block_cache_{i}" not in names]
-    if layers == 0:
-        missing.append("block_0")
-    elif blocks != set(range(layers)):
-        missing.append(f"block_{layers}")
-    if missing:
-        found = ", ".join(sorted(names)[:8]) + (" ..." if len(names) > 8 else "")
-        raise ConfigError(
-            f"{bmodel} lacks the graphs of a Baichuan2 bmodel: missing {', '.join(missing)} (has {found})"
-        )
-    return layers
-
-
-_NUMPY_DTYPES = {"BM_FLOAT32": np.float32, "BM_FLOAT16": np.float16, "BM_INT32": np.int32, "BM_UINT32": np.uint32}
-_DTYPE_SIZES = {
-    "BM_FLOAT32": 4,
-    "BM_FLOAT16": 2,
-    "BM_BFLOAT16": 2,
-    "BM_INT32": 4,
-    "BM_UINT32": 4,
-    "BM_INT16": 2,
-    "BM_UINT16": 2,
-    "BM_INT8": 1,
-    "BM_UINT8": 1,
-}
-
-
-def _dtype_name(dtype: Any) -> str:
-    return str(getattr(dtype, "name", dtype)).rsplit(".", 1)[-1]
-
-
-def _numpy_dtype(dtype: Any, what: str) -> Any:
-    name = _dtype_name(dtype)
-    if name not in _NUMPY_DTYPES:
-        raise ConfigError(f"the bmodel's {what} has dtype {name}; this backend feeds f16/f32 masks and int32 ids")
-    return _NUMPY_DTYPES[name]
-
-
-def _dtype_size(dtype: Any) -> int:
-    return _DTYPE_SIZES.get(_dtype_name(dtype), 2)
-
 
 def _target(handle: Any) -> str:
     """The chip name (BM1684X); older sail builds lack Handle.get_target."""
     get_target = getattr(handle, "get_target", None)
     return str(get_target()) if get_target is not None else "Sophgo"
-
-
-def _sail_version() -> str:
-    try:
-        return importlib.metadata.version("sophon")
-    except importlib.metadata.PackageNotFoundError:
-        return "version unknown"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Server, save_screenshot
+from harness.browser import person_options
+from harness.servers import Server
+from tests.e2e.conftest import save_screenshot
 from tests.e2e.test_browser import ANSWER_TIMEOUT_MS, ask, messages, wait_answered
 
 PASSWORD = "room 42 only"
@@ -30,7 +32,7 @@ def gated() -> Iterator[Server]:
 
 def enter(browser, server: Server, password: str = PASSWORD):  # noqa: ANN001, ANN201
     """A new person (browser context) opens the page and gives the password."""
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    context = browser.new_context(**person_options())
     page = context.new_page()
     page.goto(server.url)
     box = page.locator("input[type=password]")

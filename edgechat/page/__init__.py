@@ -1,0 +1,1 @@
+"""The page layer: Streamlit layout pieces that web_demo.py puts together (imports streamlit)."""

@@ -1,0 +1,113 @@
+"""The chat itself: past messages with their notices and actions, the answer in progress, and
+the context meter under the input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+from streamlit import runtime as streamlit_runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+from edgechat.conversation import Conversation
+from edgechat.runtime import Runtime
+from edgechat.safe_markdown import plain_text, safe_markdown
+from edgechat.ui_text import stats_line, t
+
+STOPPED_MARK = " ⏹"
+CURSOR = " ▌"
+FRAME_S = 0.05  # the streaming answer is redrawn at most ~20 times a second ...
+KEEPALIVE_S = 0.25  # ... and at least this often: the points where Stop or a closed tab can act
+GONE_CHECK_S = 0.2  # after a run is stopped, when to ask Streamlit whether the page is still there
+
+
+def message_body(record: dict[str, Any], runtime: Runtime, lang: str) -> None:
+    content = record["content"] + (STOPPED_MARK if record.get("stopped") else "")
+    st.markdown(safe_markdown(content))
+    if record.get("error"):
+        st.error(plain_text(record["error"], max_chars=1000))
+    if record.get("interrupted"):
+        st.info(t(lang, "interrupted"), icon=":material/pause_circle:")
+    if record.get("trimmed"):
+        st.info(t(lang, "trimmed", n=record["trimmed"], context=runtime.info.get("context_length", "?")), icon="✂️")
+    if record.get("stats"):
+        st.caption(stats_line(record["stats"], lang))
+
+
+def show_history(conv: Conversation, runtime: Runtime, lang: str, actions: Callable[[Conversation, str], None]) -> None:
+    """Every message but the answer being written; the last answer gets its actions."""
+    records = conv.records[:-1] if conv.busy else list(conv.records)
+    for i, record in enumerate(records):
+        with st.chat_message(record["role"]):
+            message_body(record, runtime, lang)
+            if record["role"] == "assistant" and record["content"]:
+                copy_button(record["content"], key=f"copy_{i}", lang=lang)
+            if i == len(records) - 1 and record["role"] == "assistant" and not conv.busy:
+                actions(conv, lang)
+
+
+def copy_button(content: str, key: str, lang: str) -> None:
+    """The answer's raw Markdown in a code block, whose own button copies it to the clipboard."""
+    with st.popover(t(lang, "copy"), icon=":material/content_copy:", key=key, type="tertiary"):
+        st.code(content, language="markdown", wrap_lines=True)
+
+
+def context_meter(conv: Conversation, lang: str) -> None:
+    """How much of the context the conversation takes before the next question, so people see
+    the ✂️ trimming coming. Measured once per change of the conversation, not per rerun."""
+    version = (id(conv), len(conv.records), sum(len(r["content"]) for r in conv.records[-2:]), conv.system)
+    ss = st.session_state
+    if ss.get("meter_version") != version:
+        engine = conv.client.engine
+        ss.meter_used = engine.prompt_size(conv.messages_for_model()) if conv.records or conv.system else 0
+        ss.meter_version = version
+    st.caption(t(lang, "meter", used=ss.meter_used, context=conv.client.engine.max_len))
+
+
+def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) -> None:
+    """Render the answer in progress until it ends. Every redraw is a point where Streamlit can
+    end this run: for a rerun (Stop's callback, any widget; with runner.fastReruns a rerun stops
+    this run and starts a new one, which follows the answer again) or because the page went away
+    (tab closed, network gone), which interrupts the answer so its sequence is freed at once."""
+    answer = conv.answer
+    assert answer is not None
+    with st.chat_message("assistant"):
+        status, body = st.empty(), st.empty()
+        st.button(t(lang, "stop"), key="stop", on_click=on_stop, help=t(lang, "stop_help"),
+                  icon=":material/stop_circle:")  # fmt: skip
+        shown, drawn = None, 0.0
+        try:
+            while answer.running:
+                answer.touch()
+                answer.wait(len(shown or ""), FRAME_S)
+                text = answer.record["content"]
+                if text != shown or time.monotonic() - drawn >= KEEPALIVE_S:
+                    if answer.queued is not None and not text:
+                        status.caption(t(lang, "queued", position=answer.queued.position, eta=answer.queued.eta_s))
+                    elif shown is None or text != shown:
+                        status.empty()
+                    body.markdown(safe_markdown(text) + CURSOR)
+                    shown, drawn = text, time.monotonic()
+        except StopException:
+            interrupt_if_gone(conv)
+            raise
+    st.rerun()  # redraw without the Stop button, with the input enabled
+
+
+def interrupt_if_gone(conv: Conversation) -> None:
+    """A stopped run is a rerun or a page that went away; Streamlit drops a closed page's session
+    from its active ones right after stopping its run, so ask a moment later."""
+    ctx = get_script_run_ctx()
+    if ctx is None or not streamlit_runtime.exists():
+        return
+    session, instance = ctx.session_id, streamlit_runtime.get_instance()
+
+    def check() -> None:
+        if not instance.is_active_session(session):
+            conv.stop(interrupted=True)
+
+    threading.Timer(GONE_CHECK_S, check).start()

@@ -1,0 +1,103 @@
+"""What `streamlit run web_demo.py` serves besides the page, on the same port: routes for
+programs (edgechat.api), and the middleware a LAN box needs in front of everything.
+
+web_demo.py hands `app_options(settings)` to `st.App`; Streamlit then runs the page and these
+routes in one uvicorn server, so the page, the API and the metrics share one runtime.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import PlainTextResponse
+
+from edgechat.config import Settings
+from edgechat.errors import ConfigError
+from edgechat.owner import OwnerCookieMiddleware
+from edgechat.runtime import shared_runtime
+
+log = logging.getLogger(__name__)
+PROGRAM_PATHS = ("/v1/", "/metrics", "/healthz")  # called by programs, not browsers: no owner cookie
+STREAMLIT_METRICS = "/_stcore/metrics"  # Streamlit's own, always registered; not for the whole LAN
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The names people and programs use to reach this box: `--allowed-hosts`, or this machine's
+    own names and addresses. A Host header outside them (a DNS-rebinding page) gets 400."""
+    if settings.allowed_hosts.strip():
+        return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    names = {"localhost", "127.0.0.1", "::1"}
+    hostname = socket.gethostname()
+    names |= {hostname, f"{hostname}.local", socket.getfqdn()}
+    try:
+        names |= {info[4][0] for info in socket.getaddrinfo(hostname, None)}
+    except OSError:
+        pass
+    from streamlit import config, net_util
+
+    names |= {ip for ip in (net_util.get_internal_ip(), config.get_option("server.address")) if ip}
+    return sorted(names)
+
+
+class LoopbackOnly:
+    """Streamlit's /_stcore/metrics (cache sizes, session counts) answers loopback clients only:
+    /metrics is the box's own, curated view for the LAN."""
+
+    def __init__(self, app: Any, *, paths: tuple[str, ...] = (STREAMLIT_METRICS,)) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path", "") in self.paths and not _loopback(scope):
+            await PlainTextResponse("not found", status_code=404)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _loopback(scope: dict[str, Any]) -> bool:
+    client = scope.get("client") or ("", 0)
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def app_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `st.App`: routes, middleware and a lifespan that loads the model at
+    start, so the first visitor does not wait for it."""
+    hosts = allowed_hosts(settings)
+    middleware = [Middleware(LoopbackOnly), Middleware(OwnerCookieMiddleware, skip_prefixes=PROGRAM_PATHS)]
+    if "*" not in hosts:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+    routes: list[Any] = []
+    if settings.api == "on":
+        from edgechat.api import api_routes
+
+        routes = api_routes(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        try:
+            shared_runtime(settings)
+        except ConfigError as err:  # a bad model or device: one line and exit 2, as the terminal does
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            os._exit(err.exit_code)  # uvicorn would turn a raise into a traceback and exit 3
+        from streamlit import config
+
+        if not settings.password and config.get_option("server.address") not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "the page is open to everyone who can reach this box, with no password: set "
+                "EDGECHAT_PASSWORD=... (and --server-api-key for /v1) if the network is not trusted"
+            )
+        yield
+
+    return {"routes": routes, "middleware": middleware, "lifespan": lifespan}

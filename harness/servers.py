@@ -1,0 +1,87 @@
+"""`streamlit run web_demo.py` as a user starts it, on a free 127.0.0.1 port; stopped by its owner."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`streamlit run web_demo.py` (or another `script`) with `flags` after `--`. Its saved chats go
+    to a fresh temporary folder (EDGECHAT_DATA_DIR) unless `data_dir` names one to reuse (a
+    restart test), and its output to a log file read by `output()`."""
+
+    def __init__(
+        self,
+        *flags: str,
+        script: Path = REPO / "web_demo.py",
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._own_data = data_dir is None
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="edgechat-data-"))
+        self.log = open(REPO / f".e2e-server-{self.port}.log", "w+")  # noqa: SIM115
+        cmd = [
+            sys.executable, "-m", "streamlit", "run", str(script),
+            "--server.address", "127.0.0.1", "--server.port", str(self.port),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--", *flags,
+        ]  # fmt: skip
+        # Browsers of tests and benches all connect from 127.0.0.1: harness.browser.person() gives
+        # each its own address in X-Forwarded-For, trusted from there (as from a reverse proxy).
+        base = {"EDGECHAT_DATA_DIR": str(self.data_dir), "EDGECHAT_TRUSTED_PROXY": "127.0.0.1"}
+        child_env = {**_environ(), **base, **(env or {})}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=child_env)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        output = self.output()
+        self.stop()
+        raise RuntimeError(f"streamlit did not start within {START_TIMEOUT_S:.0f} s: {output[-2000:]}")
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self.log.closed:
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
+        if self._own_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

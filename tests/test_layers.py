@@ -1,0 +1,95 @@
+"""Imports point down the layers of DESIGN.md: page / terminal / API -> conversation -> client ->
+backend -> scheduler -> engines -> plain types. Read from the source (ast), not by importing."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+# Each module may import only modules of a LOWER rank. A new module must be placed here.
+LAYERS: dict[str, int] = {
+    "edgechat": 0,
+    "edgechat.types": 0,
+    "edgechat.errors": 0,
+    "edgechat.tokenizers": 1,
+    "edgechat.tokenizers.gguf": 1,
+    "edgechat.tokenizers.baichuan": 2,
+    "edgechat.owner": 1,
+    "edgechat.safe_markdown": 1,
+    "edgechat.ui_text": 1,
+    "edgechat.access": 1,
+    "edgechat.store_db": 1,
+    "edgechat.templates": 3,
+    "edgechat.store": 2,
+    "edgechat.export": 2,
+    "edgechat.config": 2,
+    "edgechat.metrics": 1,
+    "edgechat.engines": 3,
+    "edgechat.engines.base": 3,
+    "edgechat.engines.llamacpp": 3,
+    "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
+    "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
+    "edgechat.engines.sail": 3,
+    "edgechat.engines.remote": 3,
+    "edgechat.scheduler": 4,
+    "edgechat.backend": 5,
+    "edgechat.client": 6,
+    "edgechat.conversation": 7,
+    "edgechat.chats": 8,
+    "edgechat.runtime": 8,
+    "edgechat.api": 9,
+    "edgechat.server": 10,
+    "baichuan2": 11,
+    "edgechat.page": 12,
+    "edgechat.page.session": 12,
+    "edgechat.page.messages": 12,
+    "edgechat.page.sidebar": 13,
+    "web_demo": 14,
+}
+PLAIN = {"edgechat", "edgechat.types", "edgechat.errors"}  # import nothing of ours at all
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def our_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        found |= {n for n in names if n in LAYERS}
+    return found
+
+
+def sources() -> list[Path]:
+    return [*sorted((REPO / "edgechat").rglob("*.py")), REPO / "baichuan2.py", REPO / "web_demo.py"]
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = [module_name(p) for p in sources() if module_name(p) not in LAYERS]
+    assert not missing, f"place these modules in tests/test_layers.py LAYERS: {missing}"
+
+
+def test_imports_point_down_only() -> None:
+    upward = []
+    for path in sources():
+        me = module_name(path)
+        for other in our_imports(path) - {me}:
+            if other.startswith(me + "."):  # a package importing its own submodules
+                continue
+            if LAYERS[other] >= LAYERS[me] or (me in PLAIN):
+                upward.append(f"{me} ({LAYERS[me]}) imports {other} ({LAYERS[other]})")
+    assert not upward, "\n".join(upward)
+
+
+def test_engines_import_neither_the_scheduler_nor_the_settings() -> None:
+    for path in (REPO / "edgechat" / "engines").glob("*.py"):
+        imports = our_imports(path)
+        assert not imports & {"edgechat.scheduler", "edgechat.config", "edgechat.templates", "edgechat.backend"}, path
