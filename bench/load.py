@@ -4,23 +4,36 @@ Each person is a separate chromium context (its own Streamlit session) typing qu
 its own name; afterwards every page must show exactly its own questions, in order (cross-talk
 check, on the user messages only: the model may echo a question). Prints one JSON object: completed
 turns, errors, cross-talk, stalls, first-token latency p50/p95 and aggregate tok/s as the pages show
-them, and the server's RSS before and after.
+them, the server's RSS before and after, and the CPU time the server and the browsers used.
 
-A stall is a page that shows no progress for `--stall` seconds (seen about once in ten CI-sized runs
-on a loaded 2-core box: a blank first page, or a question with no answer). It is reported with what
-the page showed and the browser's log, then the person reloads once and starts over, as people do;
-a second stall is an error. The target is no stalls; the CI test tolerates one and prints it.
+A stall is a page whose main area did not change for `--stall` seconds while its person waited; a
+slow answer that still streams is not one (`longest_wait_s` reports how long the slowest wait took:
+the CI test's old per-wait timeout called every wait over 60 s a stall). A stall is reported with
+what the page showed and the browser's log, then the person reloads once and starts over, as people
+do; a second stall is an error.
+
+Stress mode (issue 13): `--repeat N --burners K --lock /work/bench.lock --trace DIR` runs N rooms in a
+row, each with K CPU-burning processes beside it and holding the lock; `--trace` makes the server
+log its script runs (bench/stalltrace/sitecustomize.py) and writes each stall to DIR as one JSON
+file: the page's decoded websocket frames, what its JavaScript handled, a DOM snapshot, whether it
+caught up by itself, and the server's trace for that session. One line per room goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
+import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +42,14 @@ sys.path.insert(0, str(REPO))
 from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 from playwright.async_api import async_playwright  # noqa: E402
 
+from bench.stalltrace.frames import (  # noqa: E402
+    JS_WS_ALL,
+    JS_WS_TAIL,
+    FrameLog,
+    browser_lag,
+    server_trace,
+    session_ids,
+)
 from harness.browser import CHROMIUM, CHROMIUM_ARGS, person_options  # noqa: E402
 from harness.memory import rss_mib  # noqa: E402
 from harness.servers import Server  # noqa: E402
@@ -43,7 +64,48 @@ QUESTIONS = [
 STATS = re.compile(r"first token ([\d.]+) s · ([\d.]+) tok/s · (\d+) tokens")
 
 
-async def conversation(page, name: str, turns: int, stall_ms: int, out: dict) -> list[str]:  # noqa: ANN001
+INPUT_READY = (
+    "() => { const b = document.querySelector('[data-testid=stChatInputTextArea]'); return !!b && !b.disabled }"
+)
+ANSWERS_DONE = """n => Array.from(document.querySelectorAll('[data-testid=stChatMessage]'))
+    .filter(m => m.innerText.includes('tok/s')).length > n"""
+MAIN_TEXT = "() => document.getElementById('stMain')?.innerText ?? ''"  # the main area, chat input included
+SNAPSHOT = """() => {
+  const q = s => document.querySelector(s), box = q('[data-testid=stChatInputTextArea]');
+  return {chat_input: box ? (box.disabled ? 'disabled' : 'ready') : 'absent',
+    messages: Array.from(document.querySelectorAll('[data-testid=stChatMessage]')).map(m => m.innerText.slice(0, 80)),
+    main: (document.getElementById('stMain')?.innerText ?? '').slice(-300),
+    sidebar: (q('[data-testid=stSidebar]')?.innerText ?? '').slice(-300),
+    status: q('[data-testid=stStatusWidget]')?.innerText ?? null,
+    stale: document.querySelectorAll('[data-stale=true]').length}
+}"""
+POLL_MS = 2000
+
+
+async def until(page, condition: str, arg: object, stall_s: float, quiet: list) -> None:  # noqa: ANN001
+    """Wait for a JS condition; a stall is `stall_s` seconds in which the page's main area did not
+    change (a slow answer that still streams is not a stall, however long it takes). Appends the
+    longest such quiet spell of this wait and the wait's length to `quiet`."""
+    started = last_change = time.monotonic()
+    last_text, longest = None, 0.0
+    try:
+        while True:
+            try:
+                await page.wait_for_function(condition, arg=arg, timeout=POLL_MS, polling=200)
+                return
+            except PlaywrightTimeout:
+                text = await page.evaluate(MAIN_TEXT)
+                now = time.monotonic()
+                longest = max(longest, now - last_change)
+                if text != last_text:
+                    last_text, last_change = text, now
+                elif now - last_change > stall_s:
+                    raise PlaywrightTimeout(f"no progress for {stall_s:.0f} s") from None
+    finally:
+        quiet.append((max(longest, time.monotonic() - last_change), time.monotonic() - started))
+
+
+async def conversation(page, name: str, turns: int, stall_s: float, out: dict) -> list[str]:  # noqa: ANN001
     """One person's turns in one Streamlit session; returns the questions asked."""
     asked: list[str] = []
     out["completed_by"][name] = 0
@@ -51,16 +113,13 @@ async def conversation(page, name: str, turns: int, stall_ms: int, out: dict) ->
     for turn in range(turns):
         question = f"[{name}] {QUESTIONS[turn % len(QUESTIONS)]}"
         out["stage"][name] = f"turn {turn + 1}: waiting for the input"
-        await box.wait_for(timeout=stall_ms)
-        await page.wait_for_function(
-            "() => !document.querySelector('[data-testid=stChatInputTextArea]').disabled", timeout=stall_ms
-        )
+        await until(page, INPUT_READY, None, stall_s, out["quiet"])
         await box.fill(question)
         await box.press("Enter")
         asked.append(question)
         out["stage"][name] = f"turn {turn + 1}: waiting for the answer"
+        await until(page, ANSWERS_DONE, turn, stall_s, out["quiet"])
         done = page.get_by_test_id("stChatMessage").filter(has_text="tok/s").nth(turn)
-        await done.wait_for(timeout=stall_ms)
         match = STATS.search(await done.inner_text())
         if match:
             out["ftl"].append(float(match.group(1)))
@@ -77,6 +136,7 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
     page = await context.new_page()
     log: list[str] = []
     t0 = time.monotonic()
+    frames = FrameLog(time.monotonic) if out.get("trace") else None
 
     def note(what: str) -> None:
         log.append(f"{time.monotonic() - t0:.1f}s {what}")
@@ -84,18 +144,25 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
     page.on("console", lambda m: note(f"console {m.type}: {m.text[:200]}"))
     page.on("pageerror", lambda e: note(f"pageerror: {e}"))
     page.on("websocket", lambda ws: (note("websocket open"), ws.on("close", lambda _: note("websocket closed"))))
+    if frames:
+        await frames.attach(page)
     try:
         for attempt in (1, 2):
             await page.goto(url)
             try:
-                asked = await conversation(page, name, turns, int(stall_s * 1000), out)
+                asked = await conversation(page, name, turns, stall_s, out)
                 break
             except PlaywrightTimeout:
                 shown = (await page.locator("body").inner_text())[-300:]
                 stall = {"person": name, "stage": out["stage"][name], "page_text": shown, "browser_log": log[-20:]}
+                if frames:
+                    stall["record"] = await investigate(page, out, name, shown, log, frames)
                 out["stalls"].append(stall)
                 if attempt == 2:
                     raise
+        if frames:
+            js = await page.evaluate(JS_WS_ALL)
+            out["browser_lag"].append(browser_lag(frames, js, time.time() - time.monotonic()))
         users = page.get_by_test_id("stChatMessage").filter(has=page.get_by_test_id("stChatMessageAvatarUser"))
         shown_questions = [t.strip() for t in await users.get_by_test_id("stChatMessageContent").all_inner_texts()]
         if shown_questions != asked:
@@ -108,10 +175,56 @@ async def person(browser, url: str, name: str, turns: int, stall_s: float, out: 
         await context.close()
 
 
-async def run(sessions: int, turns: int, timeout_s: float, flags: list[str], stall_s: float = 90.0) -> dict:
-    server = Server(*flags)
+async def investigate(page, out: dict, name: str, shown: str, log: list[str], frames: FrameLog) -> str:  # noqa: ANN001
+    """What a stuck page showed, then whether it catches up by itself within another `--stall`
+    seconds (slow) or not (stuck); written with its frames and the server's trace to one JSON file."""
+    snapshot = await page.evaluate(SNAPSHOT)
+    js_ws = await page.evaluate(JS_WS_TAIL)
+    waited = time.monotonic()
+    condition, arg = (INPUT_READY, None) if "input" in out["stage"][name] else (ANSWERS_DONE, out["completed_by"][name])
+    try:
+        await page.wait_for_function(condition, arg=arg, timeout=out["stall_s"] * 1000, polling=500)
+        recovered_after = round(time.monotonic() - waited, 1)
+    except PlaywrightTimeout:
+        recovered_after = None
+    return save_stall(out, name, shown, log, frames, snapshot, js_ws, recovered_after)
+
+
+def save_stall(
+    out: dict, name: str, shown: str, log: list[str], frames: FrameLog, snapshot: dict, js_ws: dict, recovered_after
+) -> str:  # noqa: ANN001
+    """Write what a stuck page saw and what the server did for its session(s) to one JSON file."""
+    decoded = frames.decoded()
+    sessions = session_ids(decoded)
+    trace: Path = out["trace"]
+    record = {
+        "person": name,
+        "stage": out["stage"][name],
+        "at": time.monotonic(),
+        "recovered_after_s": recovered_after,
+        "page_text": shown,
+        "browser_log": log,
+        "sessions": sessions,
+        "websockets": frames.sockets,
+        "page": snapshot,
+        "js_websocket_messages": js_ws,
+        "frames": decoded,
+        "server": server_trace(trace, sessions),
+    }
+    path = trace.with_name(f"{trace.stem}-stall-{name}-{len(out['stalls'])}.json")
+    path.write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    return str(path)
+
+
+async def run(
+    sessions: int, turns: int, timeout_s: float, flags: list[str], stall_s: float = 90.0, trace: Path | None = None
+) -> dict:
+    """One room; with `trace` (a .jsonl path) the server logs its script runs there and each stall
+    is written beside it with the page's websocket frames (bench/stalltrace)."""
+    server = traced_server(flags, trace) if trace else Server(*flags)
     try:
         out: dict = {"completed_by": {}, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": [], "stage": {}}
+        out["trace"], out["stall_s"], out["quiet"], out["browser_lag"] = trace, stall_s, [], []
         out["cross_talk_examples"], out["error_examples"], out["stalls"] = [], [], []
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -131,6 +244,7 @@ async def run(sessions: int, turns: int, timeout_s: float, flags: list[str], sta
                 task.cancel()
                 out["errors"] += 1
             wall = time.monotonic() - start
+            cpu = {"server_cpu_s": cpu_seconds([server.proc.pid]), "browser_cpu_s": cpu_seconds(chromium_pids())}
             await browser.close()
         ftl = sorted(out.pop("ftl"))
         return {
@@ -148,10 +262,135 @@ async def run(sessions: int, turns: int, timeout_s: float, flags: list[str], sta
             "server_rss_before_mib": rss_before,
             "server_rss_after_mib": rss_mib(server.proc.pid),
             "examples": out["cross_talk_examples"][:3] + out["error_examples"][:3],
-            "stall_examples": out["stalls"][:3],
+            "stall_examples": [{k: v for k, v in s.items() if k != "record"} for s in out["stalls"][:3]],
+            "stall_list": out["stalls"],
+            "browser_js_lag_max_s": max((x for x in out["browser_lag"] if x is not None), default=None),
+            **cpu,
+            "longest_quiet_s": round(max((q for q, _ in out["quiet"]), default=0.0), 1),
+            "longest_wait_s": round(max((w for _, w in out["quiet"]), default=0.0), 1),
+            "waits_over_60s": sum(1 for _, w in out["quiet"] if w > 60),  # what the CI test's old timeout called stalls
         }
     finally:
         server.stop()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (/proc/PID/stat, clock ticks)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return round(total / os.sysconf("SC_CLK_TCK"), 1)
+
+
+def chromium_pids() -> list[int]:
+    """This bench's chromium processes (descendants of this process)."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parents[pid], names[pid] = int(tail.split()[1]), head.split("(", 1)[1]
+    mine = {os.getpid()}
+    for _ in range(6):  # bench -> playwright driver -> chromium -> zygote -> renderer
+        mine |= {pid for pid, parent in parents.items() if parent in mine}
+    return [pid for pid in mine if "chrom" in names.get(pid, "")]
+
+
+def traced_server(flags: list[str], trace: Path) -> Server:
+    """`streamlit run` with bench/stalltrace/sitecustomize.py loaded and writing to `trace`."""
+    path = os.pathsep.join(p for p in (str(REPO / "bench" / "stalltrace"), os.environ.get("PYTHONPATH")) if p)
+    return Server(*flags, env={"EDGECHAT_TRACE": str(trace), "PYTHONPATH": path})
+
+
+BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"  # ends with the bench
+
+
+def burners(n: int) -> list[subprocess.Popen]:
+    """CPU-burning processes beside the room, as on a loaded CI box."""
+    return [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(n)]
+
+
+def stress(args: argparse.Namespace, flags: list[str]) -> dict:
+    """`--repeat N` rooms in a row (a fresh server each), with `--burners K` beside each; with
+    `--lock PATH` each room (burners included) holds that lock, so other benchmarks on a shared box
+    run between rooms, never during one."""
+    trace_dir = Path(args.trace) if args.trace else None
+    if trace_dir:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i in range(args.repeat):
+        trace = trace_dir / f"run{i:03d}.jsonl" if trace_dir else None
+        with exclusive(args.lock):
+            load = os.getloadavg()[0]
+            burning = burners(args.burners)
+            try:
+                result = asyncio.run(run(args.sessions, args.turns, args.timeout, flags, args.stall, trace))
+            finally:
+                for proc in burning:
+                    proc.kill()
+                    proc.wait()
+        runs.append(result)
+        keys = ("completed_turns", "errors", "stalls", "wall_s", "longest_quiet_s", "longest_wait_s", "waits_over_60s")
+        brief = {k: result[k] for k in (*keys, "server_cpu_s", "browser_cpu_s", "browser_js_lag_max_s")}
+        if trace:
+            brief["server"] = server_summary(trace)
+        records = [s.get("record") for s in result["stall_list"]]
+        print(
+            json.dumps({"run": i, **brief, "load1_before": load, "stall_records": records}), file=sys.stderr, flush=True
+        )
+    return {
+        "repeat": args.repeat,
+        "burners": args.burners,
+        "sessions": args.sessions,
+        "turns_per_session": args.turns,
+        "runs_with_stalls": sum(1 for r in runs if r["stalls"]),
+        "stalls": sum(r["stalls"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "cross_talk": sum(r["cross_talk"] for r in runs),
+        "completed_turns": sum(r["completed_turns"] for r in runs),
+        "expected_turns": sum(r["expected_turns"] for r in runs),
+        "stall_examples": [s for r in runs for s in r["stall_list"]][:10],
+        "load_average": os.getloadavg(),
+    }
+
+
+def server_summary(trace: Path) -> dict:
+    """From the heartbeat lines of a trace: how late the event loop ran, the most messages waiting
+    for one page, and the share of wall time spent in gen-2 garbage collection."""
+    beats = [json.loads(line) for line in trace.read_text().splitlines() if '"loop_lag"' in line]
+    if len(beats) < 2:
+        return {}
+    lags = sorted(b["lag"] for b in beats)
+    wall = beats[-1]["t"] - beats[0]["t"]
+    return {
+        "loop_lag_p99_s": lags[int(0.99 * (len(lags) - 1))],
+        "loop_lag_max_s": lags[-1],
+        "unsent_max": max((q[0] for b in beats for q in b["queues"].values()), default=0),
+        "gc2_share": round((beats[-1]["gc2_s"] - beats[0]["gc2_s"]) / wall, 3),
+        "gc2_count": beats[-1]["gc2_n"] - beats[0]["gc2_n"],
+        "cpu_share": round((beats[-1]["cpu_s"] - beats[0]["cpu_s"]) / wall, 3),
+    }
+
+
+@contextlib.contextmanager
+def exclusive(path: str | None) -> Iterator[None]:
+    """Hold `flock PATH` (as `flock /work/bench.lock CMD` does) for the duration, if a path is given."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main() -> None:
@@ -162,9 +401,18 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--stall", type=float, default=90.0, help="a page without progress this long is reloaded once")
+    parser.add_argument("--repeat", type=int, default=1, help="stress: this many rooms in a row, a fresh server each")
+    parser.add_argument("--burners", type=int, default=0, help="stress: CPU-burning processes beside the rooms")
+    parser.add_argument("--trace", help="stress: a folder for the server's run trace and one JSON file per stall")
+    parser.add_argument("--lock", help="stress: hold this flock file during each room (e.g. /work/bench.lock)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID`: servers and burners are stopped
     flags = ["--temperature", "0", "--max-new-tokens", str(args.max_new_tokens), "--max-sessions", str(args.sessions)]
+    if args.repeat > 1 or args.burners or args.trace or args.lock:
+        print(json.dumps(stress(args, flags), indent=2, ensure_ascii=False))
+        return
     result = asyncio.run(run(args.sessions, args.turns, args.timeout, flags, args.stall))
+    result.pop("stall_list")
     result["targets_met"] = {
         "all_turns": result["completed_turns"] == result["expected_turns"],
         "no_errors": result["errors"] == 0,
