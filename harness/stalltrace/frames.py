@@ -105,7 +105,7 @@ def session_ids(frames: list[dict[str, Any]]) -> list[str]:
 
 
 def server_trace(path: Path, sessions: list[str]) -> list[dict[str, Any]]:
-    """The server's trace lines for these sessions (bench/stalltrace/sitecustomize.py)."""
+    """The server's trace lines for these sessions (harness/stalltrace/sitecustomize.py)."""
     if not path.exists():
         return []
     rows = []
