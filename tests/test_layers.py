@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "edgechat.access": 1,
     "edgechat.store_db": 1,
     "edgechat.templates": 3,
-    "edgechat.store": 2,
+    "edgechat.store": 3,
     "edgechat.export": 2,
     "edgechat.config": 2,
     "edgechat.metrics": 1,
