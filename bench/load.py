@@ -4,154 +4,123 @@ Each person is a separate chromium context (its own Streamlit session) typing qu
 its own name; afterwards every page must show exactly its own questions, in order (cross-talk
 check, on the user messages only: the model may echo a question). Prints one JSON object: completed
 turns, errors, cross-talk, stalls, first-token latency p50/p95 and aggregate tok/s as the pages show
-them, and the server's RSS before and after.
+them, the server's RSS before and after, and the CPU time the server and the browsers used.
 
-A stall is a page that shows no progress for `--stall` seconds (seen about once in ten CI-sized runs
-on a loaded 2-core box: a blank first page, or a question with no answer). It is reported with what
-the page showed and the browser's log, then the person reloads once and starts over, as people do;
-a second stall is an error. The target is no stalls; the CI test tolerates one and prints it.
+A stall is a page whose main area did not change for `--stall` seconds while its person waited; a
+slow answer that still streams is not one (`longest_wait_s` reports how long the slowest wait took:
+the CI test's old per-wait timeout called every wait over 60 s a stall). A stall is reported with
+what the page showed and the browser's log, then the person reloads once and starts over, as people
+do; a second stall is an error.
+
+Stress mode (issue 13): `--repeat N --burners K --lock /work/bench.lock --trace DIR` runs N rooms in a
+row, each with K CPU-burning processes beside it and holding the lock; `--trace` makes the server
+log its script runs (harness/stalltrace/sitecustomize.py) and writes each stall to DIR as one JSON
+file: the page's decoded websocket frames, what its JavaScript handled, a DOM snapshot, whether it
+caught up by itself, and the server's trace for that session. One line per room goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import json
-import re
-import statistics
+import os
+import signal
+import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from playwright.async_api import TimeoutError as PlaywrightTimeout  # noqa: E402
-from playwright.async_api import async_playwright  # noqa: E402
 
-from harness.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from harness.memory import rss_mib  # noqa: E402
-from harness.servers import Server  # noqa: E402
+from harness.load import run  # noqa: E402
 
-QUESTIONS = [
-    "What is 2+2?",
-    "What color is the sky on a clear day?",
-    "What is the opposite of hot?",
-    "How many legs does a dog have?",
-    "What is 3+3?",
-]
-STATS = re.compile(r"first token ([\d.]+) s · ([\d.]+) tok/s · (\d+) tokens")
+BURN = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    pass\n"  # ends with the bench
 
 
-async def conversation(page, name: str, turns: int, stall_ms: int, out: dict) -> list[str]:  # noqa: ANN001
-    """One person's turns in one Streamlit session; returns the questions asked."""
-    asked: list[str] = []
-    out["completed_by"][name] = 0
-    box = page.get_by_test_id("stChatInputTextArea")
-    for turn in range(turns):
-        question = f"[{name}] {QUESTIONS[turn % len(QUESTIONS)]}"
-        out["stage"][name] = f"turn {turn + 1}: waiting for the input"
-        await box.wait_for(timeout=stall_ms)
-        await page.wait_for_function(
-            "() => !document.querySelector('[data-testid=stChatInputTextArea]').disabled", timeout=stall_ms
-        )
-        await box.fill(question)
-        await box.press("Enter")
-        asked.append(question)
-        out["stage"][name] = f"turn {turn + 1}: waiting for the answer"
-        done = page.get_by_test_id("stChatMessage").filter(has_text="tok/s").nth(turn)
-        await done.wait_for(timeout=stall_ms)
-        match = STATS.search(await done.inner_text())
-        if match:
-            out["ftl"].append(float(match.group(1)))
-            out["tokens"] += int(match.group(3))
-        out["completed_by"][name] += 1
-    out["stage"][name] = "done"
-    return asked
+def burners(n: int) -> list[subprocess.Popen]:
+    """CPU-burning processes beside the room, as on a loaded CI box."""
+    return [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(n)]
 
 
-async def person(browser, url: str, name: str, turns: int, stall_s: float, out: dict) -> None:  # noqa: ANN001
-    """A person chats; a page stuck for `stall_s` is reported with what it showed, then reloaded
-    once (a new session, the conversation starts over), as someone in the room would."""
-    context = await browser.new_context(viewport={"width": 1000, "height": 800})
-    page = await context.new_page()
-    log: list[str] = []
-    t0 = time.monotonic()
-
-    def note(what: str) -> None:
-        log.append(f"{time.monotonic() - t0:.1f}s {what}")
-
-    page.on("console", lambda m: note(f"console {m.type}: {m.text[:200]}"))
-    page.on("pageerror", lambda e: note(f"pageerror: {e}"))
-    page.on("websocket", lambda ws: (note("websocket open"), ws.on("close", lambda _: note("websocket closed"))))
-    try:
-        for attempt in (1, 2):
-            await page.goto(url)
+def stress(args: argparse.Namespace, flags: list[str]) -> dict:
+    """`--repeat N` rooms in a row (a fresh server each), with `--burners K` beside each; with
+    `--lock PATH` each room (burners included) holds that lock, so other benchmarks on a shared box
+    run between rooms, never during one."""
+    trace_dir = Path(args.trace) if args.trace else None
+    if trace_dir:
+        trace_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i in range(args.repeat):
+        trace = trace_dir / f"run{i:03d}.jsonl" if trace_dir else None
+        with exclusive(args.lock):
+            load = os.getloadavg()[0]
+            burning = burners(args.burners)
             try:
-                asked = await conversation(page, name, turns, int(stall_s * 1000), out)
-                break
-            except PlaywrightTimeout:
-                shown = (await page.locator("body").inner_text())[-300:]
-                stall = {"person": name, "stage": out["stage"][name], "page_text": shown, "browser_log": log[-20:]}
-                out["stalls"].append(stall)
-                if attempt == 2:
-                    raise
-        users = page.get_by_test_id("stChatMessage").filter(has=page.get_by_test_id("stChatMessageAvatarUser"))
-        shown_questions = [t.strip() for t in await users.get_by_test_id("stChatMessageContent").all_inner_texts()]
-        if shown_questions != asked:
-            out["cross_talk"] += 1
-            out["cross_talk_examples"].append({"person": name, "expected": asked, "shown": shown_questions[:10]})
-    except Exception as err:  # noqa: BLE001 — a load run counts failures, it does not stop at one
-        out["errors"] += 1
-        out["error_examples"].append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    finally:
-        await context.close()
+                result = asyncio.run(run(args.sessions, args.turns, args.timeout, flags, args.stall, trace))
+            finally:
+                for proc in burning:
+                    proc.kill()
+                    proc.wait()
+        runs.append(result)
+        keys = ("completed_turns", "errors", "stalls", "wall_s", "longest_quiet_s", "longest_wait_s", "waits_over_60s")
+        brief = {k: result[k] for k in (*keys, "server_cpu_s", "browser_cpu_s", "browser_js_lag_max_s")}
+        if trace:
+            brief["server"] = server_summary(trace)
+        records = [s.get("record") for s in result["stall_list"]]
+        print(
+            json.dumps({"run": i, **brief, "load1_before": load, "stall_records": records}), file=sys.stderr, flush=True
+        )
+    return {
+        "repeat": args.repeat,
+        "burners": args.burners,
+        "sessions": args.sessions,
+        "turns_per_session": args.turns,
+        "runs_with_stalls": sum(1 for r in runs if r["stalls"]),
+        "stalls": sum(r["stalls"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "cross_talk": sum(r["cross_talk"] for r in runs),
+        "completed_turns": sum(r["completed_turns"] for r in runs),
+        "expected_turns": sum(r["expected_turns"] for r in runs),
+        "stall_examples": [s for r in runs for s in r["stall_list"]][:10],
+        "load_average": os.getloadavg(),
+    }
 
 
-async def run(sessions: int, turns: int, timeout_s: float, flags: list[str], stall_s: float = 90.0) -> dict:
-    server = Server(*flags)
-    try:
-        out: dict = {"completed_by": {}, "errors": 0, "cross_talk": 0, "tokens": 0, "ftl": [], "stage": {}}
-        out["cross_talk_examples"], out["error_examples"], out["stalls"] = [], [], []
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            warmup = await browser.new_page()  # the first visit loads the model; measure after it
-            await warmup.goto(server.url)
-            await warmup.get_by_test_id("stChatInputTextArea").wait_for(timeout=int(timeout_s * 1000))
-            await warmup.close()
-            rss_before = rss_mib(server.proc.pid)
-            start = time.monotonic()
-            tasks = [
-                asyncio.create_task(person(browser, server.url, f"p{i}", turns, stall_s, out)) for i in range(sessions)
-            ]
-            _, late = await asyncio.wait(tasks, timeout=timeout_s)
-            if late:  # a person still waiting when the run's time is up: say where
-                out["error_examples"].append(f"timed out after {timeout_s:.0f} s; stages: {out['stage']}")
-            for task in late:
-                task.cancel()
-                out["errors"] += 1
-            wall = time.monotonic() - start
-            await browser.close()
-        ftl = sorted(out.pop("ftl"))
-        return {
-            "sessions": sessions,
-            "turns_per_session": turns,
-            "completed_turns": sum(out["completed_by"].values()),
-            "expected_turns": sessions * turns,
-            "errors": out["errors"],
-            "cross_talk": out["cross_talk"],
-            "stalls": len(out["stalls"]),
-            "ftl_p50_s": statistics.median(ftl) if ftl else None,
-            "ftl_p95_s": ftl[min(len(ftl) - 1, round(0.95 * (len(ftl) - 1)))] if ftl else None,
-            "aggregate_tps": out["tokens"] / wall,
-            "wall_s": wall,
-            "server_rss_before_mib": rss_before,
-            "server_rss_after_mib": rss_mib(server.proc.pid),
-            "examples": out["cross_talk_examples"][:3] + out["error_examples"][:3],
-            "stall_examples": out["stalls"][:3],
-        }
-    finally:
-        server.stop()
+def server_summary(trace: Path) -> dict:
+    """From the heartbeat lines of a trace: how late the event loop ran, the most messages waiting
+    for one page, and the share of wall time spent in gen-2 garbage collection."""
+    beats = [json.loads(line) for line in trace.read_text().splitlines() if '"loop_lag"' in line]
+    if len(beats) < 2:
+        return {}
+    lags = sorted(b["lag"] for b in beats)
+    wall = beats[-1]["t"] - beats[0]["t"]
+    return {
+        "loop_lag_p99_s": lags[int(0.99 * (len(lags) - 1))],
+        "loop_lag_max_s": lags[-1],
+        "unsent_max": max((q[0] for b in beats for q in b["queues"].values()), default=0),
+        "gc2_share": round((beats[-1]["gc2_s"] - beats[0]["gc2_s"]) / wall, 3),
+        "gc2_count": beats[-1]["gc2_n"] - beats[0]["gc2_n"],
+        "cpu_share": round((beats[-1]["cpu_s"] - beats[0]["cpu_s"]) / wall, 3),
+    }
+
+
+@contextlib.contextmanager
+def exclusive(path: str | None) -> Iterator[None]:
+    """Hold `flock PATH` (as `flock /work/bench.lock CMD` does) for the duration, if a path is given."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main() -> None:
@@ -162,9 +131,18 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="bound on the whole run, seconds")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--stall", type=float, default=90.0, help="a page without progress this long is reloaded once")
+    parser.add_argument("--repeat", type=int, default=1, help="stress: this many rooms in a row, a fresh server each")
+    parser.add_argument("--burners", type=int, default=0, help="stress: CPU-burning processes beside the rooms")
+    parser.add_argument("--trace", help="stress: a folder for the server's run trace and one JSON file per stall")
+    parser.add_argument("--lock", help="stress: hold this flock file during each room (e.g. /work/bench.lock)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID`: servers and burners are stopped
     flags = ["--temperature", "0", "--max-new-tokens", str(args.max_new_tokens), "--max-sessions", str(args.sessions)]
+    if args.repeat > 1 or args.burners or args.trace or args.lock:
+        print(json.dumps(stress(args, flags), indent=2, ensure_ascii=False))
+        return
     result = asyncio.run(run(args.sessions, args.turns, args.timeout, flags, args.stall))
+    result.pop("stall_list")
     result["targets_met"] = {
         "all_turns": result["completed_turns"] == result["expected_turns"],
         "no_errors": result["errors"] == 0,

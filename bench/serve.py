@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object (the only output mode)")
     parser.add_argument("--tokens", type=int, default=128, help="answer length per session")
     args = parser.parse_args()
-    settings = parse_settings(["--max-sessions", "8", "--context-length", "2048"], env={})
+    settings = parse_settings(["--max-running", "8", "--context-length", "2048"], env={})
     threads = os.cpu_count() or 1
     rss_before = rss_mib()
     rt = load_runtime(settings)

@@ -73,7 +73,7 @@ class LocalBackend:
         self.info = info
         self.name = str(info.get("backend", "local"))
         self.max_len = scheduler.engine.max_len
-        self.max_prompt_len = self.max_len
+        self.max_prompt_len = scheduler.engine.max_prompt_len
 
     def prompt_size(self, messages: Sequence[Message], continue_last: bool = False) -> int:
         return len(self.chat.render(messages, continue_last=continue_last))

@@ -71,6 +71,11 @@ def _positive_size(text: str) -> str:
     return text
 
 
+def _host_cache_size(text: str) -> str:
+    parse_host_cache(text)
+    return text
+
+
 def _normalize_base_url(url: str) -> str:
     """http(s)://host[:port][/path]; a bare host:port gets /v1, where vLLM, llama.cpp and Ollama serve."""
     parts = urlsplit(url.strip())
@@ -103,10 +108,13 @@ class Settings:
                                  minimum=64)  # fmt: skip
     threads: int | None = option(None, "llama.cpp CPU threads", "model", minimum=1, shown_default="all cores")
     # ---- serving many people ----
-    max_sessions: int = option(8, "conversations holding their own KV cache at once", "serving", minimum=1)
+    max_sessions: int = option(
+        8, "no longer used (llama.cpp caches sessions in --kv-budget and --host-cache, the TPU holds "
+        "--max-running slots); accepted so existing command lines still start", "serving", minimum=1,
+    )  # fmt: skip
     max_running: int | None = option(
-        None, "answers generating at once; more wait in a FIFO queue; on the TPU each is a KV slot", "serving",
-        minimum=1, shown_default="= --max-sessions (TPU: 2)",
+        None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot); more wait in a FIFO "
+        "queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
     )  # fmt: skip
     max_prompt_share: float = option(
         0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",
@@ -114,8 +122,18 @@ class Settings:
     )  # fmt: skip
     max_queue: int = option(32, "waiting requests; beyond it: 'busy, try again in a moment'", "serving", minimum=0)
     kv_budget: str | None = option(
-        None, "KV cache kept, in tokens (`4096`) or MiB (`256MiB`); idle sessions are evicted LRU beyond it",
-        "serving", check=_positive_size, shown_default="all sessions × context",
+        None, "KV cache, in tokens (`4096`) or MiB (`256MiB`), split among --max-running answers: full contexts "
+        "when it holds enough, else shorter ones; idle sessions beyond it are parked in --host-cache",
+        "serving", check=_positive_size, shown_default="--max-running full contexts, at most a quarter of free RAM",
+    )  # fmt: skip
+    host_cache: str | None = option(
+        None, "host RAM for parked sessions' KV caches, in MiB (`2048`, `2048MiB`) or GiB (`2GiB`); `0` = no "
+        "parking (an idle session that loses its KV re-prefills)", "serving", check=_host_cache_size,
+        shown_default="a quarter of available RAM, at most 8 GiB",
+    )  # fmt: skip
+    session_ttl: float = option(
+        3600.0, "seconds an idle session's KV cache is kept (in KV or parked) after its last answer", "serving",
+        above=0,
     )  # fmt: skip
     request_timeout: float | None = option(
         300.0, "seconds after which an answer is stopped, so nobody holds a sequence forever", "serving", above=0
@@ -237,6 +255,15 @@ def parse_kv_budget(value: str, bytes_per_token: int) -> int:
     number, unit = int(match.group(1)), (match.group(2) or "").lower()
     scale = {"": 0, "mib": 1 << 20, "mb": 1 << 20, "gib": 1 << 30, "gb": 1 << 30}[unit]
     return number if not scale else number * scale // max(1, bytes_per_token)
+
+
+def parse_host_cache(value: str) -> int:
+    """`--host-cache` in bytes: a plain number is MiB, or `NMiB` / `NGiB`."""
+    match = re.fullmatch(r"\s*(\d+)\s*(MiB|GiB|MB|GB)?\s*", value, flags=re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"--host-cache {value!r}: give mebibytes (2048 or 2048MiB) or gibibytes (2GiB)")
+    unit = (match.group(2) or "mib").lower()
+    return int(match.group(1)) << (30 if unit in ("gib", "gb") else 20)
 
 
 # ---- the parser, derived from the fields ----

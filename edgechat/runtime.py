@@ -15,12 +15,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgechat.backend import Backend, LocalBackend
-from edgechat.config import Settings, default_model_path, options, parse_kv_budget
+from edgechat.config import Settings, default_model_path, options, parse_host_cache, parse_kv_budget
 from edgechat.errors import ConfigError
+from edgechat.kvcache import MIB, meminfo_bytes
 from edgechat.scheduler import Scheduler
 from edgechat.templates import ChatTokenizer
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RUNNING = 16  # llama.cpp: answers generating at once unless --max-running says
+KV_RAM_SHARE = 0.25  # the default --kv-budget takes at most this share of the RAM available at start
 
 
 @dataclass
@@ -91,32 +95,47 @@ def load_runtime(settings: Settings) -> Runtime:
     raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
 
 
-def _scheduler(engine: Any, settings: Settings) -> Scheduler:
+def _scheduler(engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None) -> Scheduler:
     return Scheduler(
         engine,
-        max_running=settings.max_running,
+        max_running=max_running,
         max_queue=settings.max_queue,
-        kv_budget_tokens=_kv_budget_tokens(engine, settings),
+        kv_budget_tokens=kv_budget,
         request_timeout_s=settings.request_timeout,
+        host_cache_bytes=None if settings.host_cache is None else parse_host_cache(settings.host_cache),
+        session_ttl_s=settings.session_ttl,
     )
 
 
-def _kv_budget_tokens(engine: Any, settings: Settings) -> int | None:
+def _kv_budget_tokens(settings: Settings, bytes_per_token: int, context: int, running: int) -> int:
+    """--kv-budget in tokens; by default `running` full contexts, at most a quarter of the RAM
+    available now (but always one context)."""
     if settings.kv_budget is None:
-        return None
-    tokens = parse_kv_budget(settings.kv_budget, engine.kv_bytes_per_token)
-    if tokens < engine.max_len:
+        available = meminfo_bytes("MemAvailable")
+        tokens = running * context
+        if available is not None:
+            tokens = min(tokens, max(context, int(available * KV_RAM_SHARE) // max(1, bytes_per_token)))
+        return tokens
+    tokens = parse_kv_budget(settings.kv_budget, bytes_per_token)
+    if tokens < context:
         raise ConfigError(
             f"--kv-budget {settings.kv_budget} holds {tokens} tokens, less than one session's context of "
-            f"{engine.max_len}; raise it or lower --context-length"
+            f"{context}; raise it or lower --context-length"
         )
     return tokens
 
 
-def _local(handle: Any, engine: Any, chat: ChatTokenizer, settings: Settings) -> Runtime:
+def _local(
+    handle: Any,
+    engine: Any,
+    chat: ChatTokenizer,
+    settings: Settings,
+    max_running: int | None = None,
+    kv_budget: int | None = None,
+) -> Runtime:
     info = {**engine.describe(), "template": chat.template.name}
     try:
-        scheduler = _scheduler(engine, settings)
+        scheduler = _scheduler(engine, settings, max_running, kv_budget)
     except ConfigError:
         engine.close()
         raise
@@ -129,14 +148,30 @@ def _load_llamacpp(settings: Settings) -> Runtime:
     from edgechat.tokenizers.gguf import GgufTokenizer
 
     path = settings.model or default_model_path()
+    running = settings.max_running or DEFAULT_MAX_RUNNING
     engine = LlamaCppEngine(
         path,
         context_length=settings.context_length,
-        max_sequences=settings.max_sessions,
+        max_sequences=running,
         threads=settings.threads,
+        kv_budget_tokens=lambda bytes_per_token, context: _kv_budget_tokens(
+            settings, bytes_per_token, context, running
+        ),
     )
+    kv_mib = engine.kv_budget_tokens * engine.kv_bytes_per_token / MIB
+    log.info(
+        "KV cache: %d sequences of %d tokens (%.0f MiB); %d answers at once",
+        engine.max_sequences, engine.max_len, kv_mib, running,
+    )  # fmt: skip
+    if engine.max_len < min(settings.context_length, engine.trained_context):
+        log.warning(
+            "--kv-budget over --max-running %d answers leaves each %d tokens of context (--context-length %d): "
+            "raise --kv-budget or lower --max-running for longer chats", running, engine.max_len,
+            settings.context_length,
+        )  # fmt: skip
     tokenizer = GgufTokenizer(engine.model)
-    return _local(None, engine, ChatTokenizer(tokenizer, template_for_gguf(engine.metadata, tokenizer)), settings)
+    chat = ChatTokenizer(tokenizer, template_for_gguf(engine.metadata, tokenizer))
+    return _local(None, engine, chat, settings, max_running=running)
 
 
 def _load_sail(settings: Settings) -> Runtime:
@@ -149,9 +184,7 @@ def _load_sail(settings: Settings) -> Runtime:
     handle, engine, tokenizer = load_sail(
         settings.bmodel, settings.token, settings.dev_ids, slots, settings.max_prompt_share
     )
-    runtime = _local(handle, engine, ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer)), settings)
-    runtime.backend.max_prompt_len = engine.max_prompt_len  # the sample's answer room (--max-prompt-share)
-    return runtime
+    return _local(handle, engine, ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer)), settings)
 
 
 def _load_remote(settings: Settings) -> Runtime:

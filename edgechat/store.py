@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgechat.export import from_json
 from edgechat.owner import Owner
 from edgechat.store_db import Database, Migration, open_database
 from edgechat.store_db import StoreUnavailable as StoreUnavailable  # re-exported: the page catches it
@@ -301,8 +302,10 @@ class Store:
             self._append(conn, owner, chat_id, messages)
 
     def import_json(self, owner: Owner, text: str) -> str:
-        """A new chat from an edgechat JSON export (`export.to_json`); ValueError says what is wrong."""
-        settings, messages = _parse_export(text)
+        """A new chat from an edgechat JSON export (read by `export.from_json`, the one parser of
+        that format); ValueError says what is wrong, and nothing is half-imported."""
+        messages, meta = from_json(text, max_bytes=IMPORT_MAX, max_messages=IMPORT_MESSAGES_MAX, max_chars=CONTENT_MAX)
+        settings = {"system": meta["system"], "sampling": meta["sampling"]}
         with self._tx() as conn:
             chat_id = self._create(conn, owner, settings, "")
             self._append(conn, owner, chat_id, messages)
@@ -370,24 +373,6 @@ def clean_title(text: str) -> str:
             out.append(ch)
     line = " ".join("".join(out).split())
     return line if len(line) <= TITLE_MAX else line[: TITLE_MAX - 1].rstrip() + "…"
-
-
-def _parse_export(text: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Settings and messages from `export.to_json`'s document (messages are checked on append)."""
-    if not isinstance(text, str) or len(text) > IMPORT_MAX:
-        raise ValueError(f"an export must be JSON text of at most {IMPORT_MAX} characters")
-    try:
-        doc = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"not JSON: {str(exc)[:120]}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
-        raise ValueError("not an edgechat export: no list of messages")
-    system, sampling, messages = doc.get("system"), doc.get("sampling") or {}, doc["messages"]
-    if system is not None and not isinstance(system, str) or not isinstance(sampling, dict):
-        raise ValueError("not an edgechat export: system must be text, sampling an object")
-    if len(messages) > IMPORT_MESSAGES_MAX:
-        raise ValueError(f"an export may hold at most {IMPORT_MESSAGES_MAX} messages")
-    return {"system": system, "sampling": sampling}, messages
 
 
 def _check_message(m: object) -> None:

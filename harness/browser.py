@@ -15,3 +15,18 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+LAPTOP_VIEWPORT = {"width": 1100, "height": 800}
+_people = iter(range(1, 1 << 16))
+
+
+def person_options(n: int | None = None) -> dict:
+    """Options for `browser.new_context(**person_options())`: one person in the room, on a laptop of their
+    own. Every browser here runs on 127.0.0.1, so each gets its own client address through
+    X-Forwarded-For, which a Server started by harness trusts from 127.0.0.1 (--trusted-proxy):
+    per-address limits then see a room, not one machine."""
+    n = next(_people) if n is None else n
+    return {
+        "viewport": LAPTOP_VIEWPORT,
+        "extra_http_headers": {"X-Forwarded-For": f"10.77.{n // 250}.{n % 250 + 1}"},
+    }

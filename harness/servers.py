@@ -44,7 +44,10 @@ class Server:
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--", *flags,
         ]  # fmt: skip
-        child_env = {**_environ(), "EDGECHAT_DATA_DIR": str(self.data_dir), **(env or {})}
+        # Browsers of tests and benches all connect from 127.0.0.1: harness.browser.person() gives
+        # each its own address in X-Forwarded-For, trusted from there (as from a reverse proxy).
+        base = {"EDGECHAT_DATA_DIR": str(self.data_dir), "EDGECHAT_TRUSTED_PROXY": "127.0.0.1"}
+        child_env = {**_environ(), **base, **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=child_env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and self.proc.poll() is None:

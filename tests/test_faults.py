@@ -14,7 +14,7 @@ from edgechat.engines.llamacpp import LlamaCppEngine
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
 from edgechat.scheduler import Scheduler
-from edgechat.types import Failed, Message, Token
+from edgechat.types import Failed, Message, SamplingParams, Token
 from tests.conftest import GREEDY
 
 NO_STOP: frozenset[int] = frozenset()
@@ -22,21 +22,24 @@ LONG = replace(GREEDY, max_new_tokens=24)
 
 
 class FaultInjectingEngine(LlamaCppEngine):
-    """The real llama.cpp engine, made to raise inside decode once a chosen sequence has produced
+    """The real llama.cpp engine, made to raise inside a step once a chosen sequence has decoded
     `fail_after` tokens (fault injection, not a stand-in: every other call is the real engine)."""
 
     fail_seq: int | None = None
     fail_after = 5
 
-    def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
-        for seq, _ in batch:
-            if seq == self.fail_seq and self.cached_tokens(seq) >= self._prompt_len + self.fail_after:
-                raise RuntimeError("injected device fault")
-        return super().decode(batch)
+    def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
+        self._decoded = {**getattr(self, "_decoded", {}), seq: 0}
+        return super().start(seq, sampling, keep)
 
-    def prefill(self, seq: int, tokens: Sequence[int]) -> int:
-        self._prompt_len = self.cached_tokens(seq) + len(tokens)
-        return super().prefill(seq, tokens)
+    def step(self, feeds: Sequence[tuple[int, Sequence[int], bool]]) -> list[int | None]:
+        for seq, fed, _ in feeds:
+            if seq == self.fail_seq and len(fed) == 1 and self._decoded[seq] >= self.fail_after:
+                raise RuntimeError("injected device fault")
+        out = super().step(feeds)
+        for seq, fed, _ in feeds:
+            self._decoded[seq] += len(fed) == 1
+        return out
 
 
 @pytest.fixture
@@ -88,10 +91,10 @@ def test_engine_error_in_one_request_spares_the_others(runtime: Runtime, faulty)
 def test_dead_scheduler_is_reported_and_a_new_runtime_serves(runtime: Runtime, faulty) -> None:  # noqa: ANN001
     sched, _ = faulty
 
-    def broken_schedule():  # noqa: ANN202
+    def broken_schedule(*_: object):  # noqa: ANN202
         raise RuntimeError("scheduler bug")
 
-    sched._schedule = broken_schedule  # type: ignore[method-assign]
+    sched._policy.decide = broken_schedule  # type: ignore[method-assign]
     tokens, errors = collect(sched.submit(prompt(runtime, "Hi"), LONG, NO_STOP))
     assert tokens == [] and "scheduler bug" in errors[0]
     assert sched.stats()["alive"] is False

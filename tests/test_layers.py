@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "edgechat.access": 1,
     "edgechat.store_db": 1,
     "edgechat.templates": 3,
-    "edgechat.store": 2,
+    "edgechat.store": 3,
     "edgechat.export": 2,
     "edgechat.config": 2,
     "edgechat.metrics": 1,
@@ -33,6 +33,9 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
     "edgechat.engines.sail": 3,
     "edgechat.engines.remote": 3,
+    "edgechat.kvcache": 1,
+    "edgechat.sequences": 2,
+    "edgechat.policy": 3,
     "edgechat.scheduler": 4,
     "edgechat.backend": 5,
     "edgechat.client": 6,

@@ -61,6 +61,7 @@ HARDENED = {
     "client.toolbarMode": "viewer",
     "client.showErrorDetails": "none",
     "client.showErrorLinks": False,
+    "runner.postScriptGC": False,  # no full-process GC after every run: it starved the server (issue 13)
 }
 
 

@@ -1,22 +1,26 @@
-"""One engine, many threads: batching, equality with solo runs, cancellation, KV reuse, queue."""
+"""The scheduler on real llama.cpp: batched answers equal solo ones, cancel and closed streams free
+or keep the cache as they should, a session's next turn reuses its cache, a parked and restored
+cache answers exactly as if it had stayed, a restore llama.cpp rejects falls back to re-prefill,
+the queue cap. Policy details are tested on the FakeEngine in test_scheduler_policy.py."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
+from edgechat.engines.llamacpp import LlamaCppEngine
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
-from edgechat.scheduler import Scheduler
-from edgechat.types import FinishReason, Message, Queued, Tick, Token, TokenEvent
+from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.types import Finished, FinishReason, Message, Queued, Tick, Token, TokenEvent
 from tests.conftest import GREEDY
 
 QUESTIONS = ["What is 2+2?", "What color is the sky on a clear day?", "Name a fruit that is yellow."]
+WAIT_S = 60.0  # the longest any wait below may take
 
 
 def prompt(runtime: Runtime, question: str, history: list[Message] | None = None) -> list[int]:
@@ -24,15 +28,24 @@ def prompt(runtime: Runtime, question: str, history: list[Message] | None = None
 
 
 def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], session: str | None = None) -> list[int]:
-    return [e.id for e in scheduler.submit(ids, GREEDY, stop, session=session) if isinstance(e, Token)]
+    return tokens(scheduler.submit(ids, GREEDY, stop, session=session))
 
 
-def news(handle) -> Iterator[TokenEvent]:  # noqa: ANN001
-    """A handle's events without the idle ticks."""
-    return (e for e in handle if not isinstance(e, Tick))
+def tokens(handle: RequestHandle) -> list[int]:
+    return [e.id for e in news(handle) if isinstance(e, Token)]
 
 
-def wait_for(predicate, timeout: float = 5.0) -> bool:  # noqa: ANN001
+def news(handle: RequestHandle) -> Iterator[TokenEvent]:
+    """A handle's events without the idle ticks, for at most WAIT_S."""
+    end = time.monotonic() + WAIT_S
+    for event in handle:
+        if time.monotonic() > end:
+            raise AssertionError("no end of the request in time")
+        if not isinstance(event, Tick):
+            yield event
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
@@ -52,7 +65,7 @@ def test_concurrent_requests_equal_solo_runs(runtime: Runtime) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(WAIT_S)
     assert [results[i] for i in range(3)] == solo
     texts = [runtime.tokenizer.decode(s) for s in solo]
     assert "4" in texts[0] and "blue" in texts[1].lower()
@@ -68,21 +81,24 @@ def test_cancel_frees_the_sequence_within_a_step(runtime: Runtime) -> None:
     assert isinstance(next(events), Token)
     assert sched.stats()["sequences_in_use"] == before + 1
     handle.cancel()
-    assert wait_for(lambda: sched.stats()["sequences_in_use"] == before)
-    assert handle.stats.finish_reason is FinishReason.CANCELLED and handle.stats.completion_tokens < 400
+    assert [e for e in events if isinstance(e, Finished)] == [Finished(FinishReason.CANCELLED)]
+    assert sched.stats()["sequences_in_use"] == before  # counted before the Finished was sent
+    assert handle.stats.completion_tokens < 400
 
 
-def test_closing_the_stream_cancels(runtime: Runtime) -> None:
+def test_closing_the_stream_stops_the_answer_and_keeps_its_cache(runtime: Runtime) -> None:
     from baichuan2 import Baichuan2
 
     client = Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=replace(GREEDY, max_new_tokens=400))
+    cached = runtime.backend.stats()["sessions_cached"]
     stream = client.chat_stream("Tell me a very long story.", [])
     next(stream)
     stream.close()  # the browser tab went away / Stop
     stats = runtime.backend.stats()  # chat_stream's close waits for the request to end
     assert stats["running"] == 0 and stats["prefilling"] == 0
+    assert stats["sessions_cached"] == cached + 1  # kept for a Continue
     assert client.last_stats.finish_reason is FinishReason.CANCELLED and client.last_stats.completion_tokens < 400
-    client.engine.forget_session(client.session)  # its cache was kept for a Continue; this test is done with it
+    client.engine.forget_session(client.session)
 
 
 def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runtime) -> None:
@@ -92,17 +108,73 @@ def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runti
     history = [Message(role="user", content="What is 2+2?"), Message(role="assistant", content=chat.decode(answer))]
     second = prompt(runtime, "And 3+3?", history)
     handle = sched.submit(second, GREEDY, stop, session="reuse-test")
-    reused_tokens = [e.id for e in handle if isinstance(e, Token)]
+    reused_tokens = tokens(handle)
     assert handle.stats.reused_tokens >= len(first)
     fresh = run(sched, second, stop)  # no session: full prefill
     assert reused_tokens == fresh
     sched.forget_session("reuse-test")  # New chat: the next request starts from scratch
     handle = sched.submit(second, GREEDY, stop, session="reuse-test")
-    assert [e.id for e in handle if isinstance(e, Token)] == fresh and handle.stats.reused_tokens == 0
+    assert tokens(handle) == fresh and handle.stats.reused_tokens == 0
 
 
-def test_queue_cap_refuses_with_a_clear_message(runtime: Runtime) -> None:
-    small = _SmallScheduler(runtime)
+def second_turn(runtime: Runtime, sched: Scheduler, session: str, between: Callable[[], None]) -> tuple[list[int], int]:
+    """Session's first turn, `between()`, then its second turn: (answer tokens, reused tokens)."""
+    stop = runtime.tokenizer.stop_ids
+    first = prompt(runtime, "Name three colors of the rainbow.")
+    answer = run(sched, first, stop, session=session)
+    history = [
+        Message(role="user", content="Name three colors of the rainbow."),
+        Message(role="assistant", content=runtime.tokenizer.decode(answer)),
+    ]
+    between()
+    handle = sched.submit(prompt(runtime, "And two more?", history), GREEDY, stop, session=session)
+    return tokens(handle), handle.stats.reused_tokens
+
+
+def test_parked_and_restored_cache_answers_as_if_it_had_stayed(runtime: Runtime, make_engine) -> None:  # noqa: ANN001
+    stop = runtime.tokenizer.stop_ids
+    stayed = Scheduler(make_engine(max_sequences=2))
+    parked = Scheduler(make_engine(max_sequences=1))  # a second session takes the one sequence
+    try:
+        kept, kept_reuse = second_turn(runtime, stayed, "a", lambda: run(stayed, prompt(runtime, "Hi"), stop, "b"))
+        assert stayed.stats()["turns_reused"] == 1 and stayed.stats()["parks"] == 0
+        restored, restored_reuse = second_turn(
+            runtime, parked, "a", lambda: run(parked, prompt(runtime, "Hi"), stop, "b")
+        )
+        stats = parked.stats()
+        assert stats["parks"] == 2 and stats["turns_restored"] == 1 and stats["restore_failures"] == 0
+        assert restored == kept and restored_reuse == kept_reuse > 0
+    finally:
+        stayed.close()
+        parked.close()
+
+
+class RejectedRestoreEngine(LlamaCppEngine):
+    """The real engine whose parked caches come back truncated: llama.cpp must refuse them
+    (fault injection; every other call is the real engine)."""
+
+    def save(self, seq: int) -> bytearray:
+        data = super().save(seq)
+        return data[: len(data) // 2]
+
+
+def test_a_restore_llama_cpp_rejects_falls_back_to_reprefill(runtime: Runtime, make_engine) -> None:  # noqa: ANN001
+    stop = runtime.tokenizer.stop_ids
+    stayed = Scheduler(make_engine(max_sequences=2))
+    broken = Scheduler(make_engine(RejectedRestoreEngine, max_sequences=1))
+    try:
+        kept, _ = second_turn(runtime, stayed, "a", lambda: run(stayed, prompt(runtime, "Hi"), stop, "b"))
+        again, reused = second_turn(runtime, broken, "a", lambda: run(broken, prompt(runtime, "Hi"), stop, "b"))
+        stats = broken.stats()
+        assert again == kept and reused == 0
+        assert stats["restore_failures"] == 1 and stats["turns_reprefilled"] == 1 and stats["errors"] == 0
+    finally:
+        stayed.close()
+        broken.close()
+
+
+def test_queue_cap_refuses_with_a_clear_message(runtime: Runtime, make_engine) -> None:  # noqa: ANN001
+    small = Scheduler(make_engine(max_sequences=1), max_running=1, max_queue=1)
     try:
         stop = runtime.tokenizer.stop_ids
         long = replace(GREEDY, max_new_tokens=200)
@@ -119,19 +191,3 @@ def test_queue_cap_refuses_with_a_clear_message(runtime: Runtime) -> None:
         second.cancel()
     finally:
         small.close()
-
-
-class _SmallScheduler(Scheduler):
-    """A scheduler with room for one running request and one waiting one, over its own engine."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        from edgechat.engines.llamacpp import LlamaCppEngine
-
-        self._own = LlamaCppEngine(
-            Path(runtime.backend.scheduler.engine.model_path), context_length=512, max_sequences=1
-        )
-        super().__init__(self._own, max_running=1, max_queue=1)
-
-    def close(self) -> None:
-        super().close()
-        self._own.close()

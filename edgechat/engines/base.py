@@ -1,8 +1,18 @@
 """The token-level engine contract: what the scheduler thread may ask of a backend.
 
 Only the scheduler's worker thread calls these methods, so engines need no locks. A sequence is a
-slot with its own KV cache; the scheduler opens it, starts a request on it, feeds prompt chunks,
-decodes one token per step for a batch of sequences, and releases it.
+slot with its own KV cache; the scheduler opens it, starts a request on it, feeds it tokens
+(prompt chunks, then one token per step), and releases it.
+
+Two capability flags say what an engine can do beyond that minimum, so the scheduler never has to
+guess from the engine's type:
+
+- `batch_prefill`: `step(feeds)` takes prompt chunks of several sequences and the running
+  sequences' next tokens in ONE call (llama.cpp's batch). Without it the scheduler calls `decode`
+  for the running sequences and `prefill` for one prompt at a time (the TPU's static graphs).
+- `prefix_cache`: a sequence's cache outlives its request, so a session's next request can keep
+  the common prefix (`start(keep>0)`), and the cache can be copied to host RAM and back
+  (`save`/`restore`). Without it every request prefills its whole prompt and nothing is parked.
 """
 
 from __future__ import annotations
@@ -12,14 +22,21 @@ from typing import Any, Protocol
 
 from edgechat.types import SamplingParams
 
+# (sequence, tokens to append to its cache, whether to sample the token that follows them)
+Feed = tuple[int, Sequence[int], bool]
+
 
 class Engine(Protocol):
     name: str  # backend name shown to users: "llamacpp", "sail"
     model_path: str
     max_len: int  # tokens one sequence can hold (prompt + answer)
+    max_prompt_len: int  # most prompt tokens it takes (a TPU bmodel keeps answer room: --max-prompt-share)
     max_sequences: int  # sequences that can hold a KV cache at once
     max_batch: int  # sequences decoded together in one step (1 on the TPU)
-    prefill_chunk: int | None  # most prompt tokens per prefill call; None = whole prompt at once
+    prefill_chunk: int | None  # prompt tokens per step (all prefills together); None = whole prompts
+    batch_prefill: bool  # see the module docstring
+    prefix_cache: bool  # see the module docstring
+    kv_bytes_per_token: int  # host RAM a parked token takes (estimates before `save`)
 
     def open_sequence(self) -> int:
         """Claim a free sequence slot; raises RuntimeError when none is free."""
@@ -37,6 +54,21 @@ class Engine(Protocol):
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
         """One step for several sequences: feed each its last token, return each next token."""
+        ...
+
+    def step(self, feeds: Sequence[Feed]) -> list[int | None]:
+        """(batch_prefill engines) Append every feed's tokens in one forward pass; return, per
+        feed, the sampled next token, or None where the feed did not ask for one. On failure no
+        sequence keeps any of this step's tokens."""
+        ...
+
+    def save(self, seq: int) -> bytearray:
+        """(prefix_cache engines) A copy of the sequence's cache, for `restore`."""
+        ...
+
+    def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
+        """(prefix_cache engines) Load a `save`d cache of `tokens` tokens into an open, empty
+        sequence; False (and the sequence left empty) when the engine rejects it."""
         ...
 
     def cached_tokens(self, seq: int) -> int:

@@ -1,26 +1,46 @@
 """GGUF on CPU/ARM through llama-cpp-python's low-level API: one context, many sequences.
 
 The high-level `Llama` class holds one sequence per context, so the context is built directly
-with `n_seq_max` = sessions and each chat request runs on its own sequence id with its own KV
-cache. Every step fills ONE `llama_batch` with a token per running sequence (or a prompt chunk)
-and calls `llama_decode` once. Sampling is llama.cpp's own sampler chain, one chain per sequence.
+with `n_seq_max` sequences, each with its own KV buffer (`kv_layout` splits the KV budget). Every
+step fills ONE `llama_batch` with the running sequences' next tokens and the prompt chunks of
+newcomers and calls `llama_decode` once. A greedy sequence's next token is the argmax of its
+logits row (numpy, no sampler call); other sequences use llama.cpp's sampler chain, one per
+sequence. A sequence's cache is copied to host RAM and back with
+`llama_state_seq_get_data_ext` / `llama_state_seq_set_data_ext`, as llama-server's prompt cache does.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import llama_cpp as lc
+# ggml's CPU threads meet at OpenMP barriers many times per token; by default a waiting thread
+# spins. On an edge box the page, Streamlit and browsers share the cores, and a spinning thread
+# whose partner was descheduled burns its time slice: measured here with other work on the 2
+# cores, 16 sequences decoded 46-70 tok/s spinning against 136-140 with passive waiting (and
+# ~10 % less when the box was otherwise idle). libgomp reads this when llama_cpp loads its
+# libraries, so it must be set before the import; an operator's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from edgechat.errors import ConfigError
-from edgechat.types import SamplingParams
+import llama_cpp as lc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from edgechat.errors import ConfigError  # noqa: E402
+from edgechat.types import SamplingParams  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
+MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
+UBATCH = 63  # rows per llama.cpp micro-batch: below the 64 where flash attention switches kernel
+STATE_FLAGS = 0  # llama_state_seq_*_ext flags: the whole sequence, copied to host memory
+PENALTY_LAST_N = 64
+Feed = tuple[int, Sequence[int], bool]  # edgechat.engines.base.Feed (engines import no sibling)
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -58,10 +78,20 @@ def check_gguf(path: Path) -> None:
         raise ConfigError(f"{path} is not a GGUF file — pass --model PATH to a .gguf model (or --bmodel for a TPU)")
 
 
+def kv_layout(budget_tokens: int, context_length: int, max_running: int) -> tuple[int, int]:
+    """(sequences, tokens each) for a KV budget: full contexts when the budget holds at least
+    `max_running` of them (any beyond keep idle sessions without parking), else `max_running`
+    shorter ones, so that every answer generating at once has its own buffer."""
+    sequences = min(MAX_SEQUENCES, max(max_running, budget_tokens // max(1, context_length)))
+    return sequences, min(context_length, budget_tokens // sequences)
+
+
 class LlamaCppEngine:
     """The Engine contract (edgechat.engines.base) over one llama.cpp context."""
 
     name = "llamacpp"
+    batch_prefill = True
+    prefix_cache = True
 
     def __init__(
         self,
@@ -71,7 +101,11 @@ class LlamaCppEngine:
         max_sequences: int = 8,
         threads: int | None = None,
         prefill_chunk: int = 256,
+        kv_budget_tokens: int | Callable[[int, int], int] | None = None,
     ) -> None:
+        """`kv_budget_tokens` (or a function of the KV bytes per token and the context length,
+        for a budget in MiB or a default) is split by `kv_layout` into sequences; without it every
+        sequence holds `context_length`."""
         check_gguf(model_path)
         _init_backend()
         self.model_path = str(model_path)
@@ -90,22 +124,36 @@ class LlamaCppEngine:
             2 * 2 * lc.llama_model_n_layer(self.model) * lc.llama_model_n_head_kv(self.model) * head_dim
         )
         trained = lc.llama_model_n_ctx_train(self.model)
-        self.max_len = min(context_length, trained) if trained > 0 else context_length
+        self.trained_context = trained if trained > 0 else context_length
+        context = min(context_length, self.trained_context)
+        try:
+            budget = (
+                kv_budget_tokens(self.kv_bytes_per_token, context) if callable(kv_budget_tokens) else kv_budget_tokens
+            )
+        except ConfigError:
+            lc.llama_model_free(self.model)
+            raise
+        if budget is not None:
+            max_sequences, context = kv_layout(budget, context, max_sequences)
         self.max_sequences = max_sequences
         self.max_batch = max_sequences
         self.prefill_chunk = prefill_chunk
         self.threads = threads or os.cpu_count() or 1
 
         cparams = lc.llama_context_default_params()
-        cparams.n_ctx = self.max_len * max_sequences
+        cparams.n_ctx = context * max_sequences
         cparams.n_seq_max = max_sequences
-        cparams.n_batch = max(prefill_chunk, max_sequences) + max_sequences
-        cparams.n_ubatch = cparams.n_batch
+        cparams.n_batch = prefill_chunk + max_sequences
+        # Micro-batches under 64 rows keep llama.cpp on one flash-attention kernel for every row
+        # (the tiled one it takes from 64 rows on rounds differently), so a prompt's cache is the
+        # same bits however it was chunked or batched: re-prefilled == reused == restored.
+        cparams.n_ubatch = UBATCH
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
-        # A KV buffer per sequence: a sequence's greedy answer is then the same batched or alone
-        # (a unified buffer batched somewhat faster here but changed answers on near-ties).
+        # A KV buffer per sequence: attention reads only the sequence's own cells, so its answer
+        # is the same batched or alone, and decoding 16 sequences of 700 tokens ran 167 tok/s
+        # here against 122 with one unified buffer (README, "How the KV cache is kept").
         cparams.kv_unified = False
         # Flash attention on (not "auto"): measured here 91 → 108 → 98 tok/s at 1/4/8 sequences
         # against 84 → 100 → 92 with auto.
@@ -114,15 +162,26 @@ class LlamaCppEngine:
         if not self.ctx:
             lc.llama_model_free(self.model)
             raise ConfigError(
-                f"llama.cpp could not create a context of {cparams.n_ctx} tokens; "
-                "lower --context-length or --max-sessions"
+                f"llama.cpp could not create a KV cache of {cparams.n_ctx} tokens; "
+                "lower --kv-budget or --context-length"
             )
+        self.max_len = min(context, lc.llama_n_ctx_seq(self.ctx))
+        self.max_prompt_len = self.max_len  # any answer room is the client's history budget
+        self.kv_budget_tokens = self.max_len * max_sequences
         self.memory = lc.llama_get_memory(self.ctx)
         self._batch_capacity = cparams.n_batch
         self._batch = lc.llama_batch_init(self._batch_capacity, 0, 1)
+        cap = self._batch_capacity
+        self._tok = np.ctypeslib.as_array(self._batch.token, shape=(cap,))
+        self._posv = np.ctypeslib.as_array(self._batch.pos, shape=(cap,))
+        self._want = np.ctypeslib.as_array(self._batch.logits, shape=(cap,))
+        np.ctypeslib.as_array(self._batch.n_seq_id, shape=(cap,))[:] = 1
+        self._seq_rows = [self._batch.seq_id[i] for i in range(cap)]
         self._free = list(range(max_sequences - 1, -1, -1))
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
-        self._samplers: dict[int, Any] = {}
+        self._samplers: dict[int, Any] = {}  # seq -> llama.cpp chain; absent = plain greedy (argmax)
+        self._penalized: set[int] = set()  # sequences whose chain must see every token
+        self._last: dict[int, int] = {}  # seq -> the token its chain sampled last
 
     # ---- Engine contract ----
 
@@ -137,23 +196,91 @@ class LlamaCppEngine:
         keep = max(0, min(keep, self._pos[seq]))
         lc.llama_memory_seq_rm(self.memory, seq, keep, -1)
         self._pos[seq] = keep
-        self._set_sampler(seq, _sampler_chain(sampling, self.n_vocab))
+        plain = sampling.greedy and not _penalties(sampling)
+        self._set_sampler(seq, None if plain else _sampler_chain(sampling))
+        if _penalties(sampling):
+            self._penalized.add(seq)
         return keep
+
+    def step(self, feeds: Sequence[Feed]) -> list[int | None]:
+        rows: list[int] = []  # batch index of each feed's last token, or -1
+        tokens: list[int] = []
+        positions: list[int] = []
+        for seq, fed, sample in feeds:
+            pos = self._pos[seq]
+            if pos + len(fed) > self.max_len:
+                raise RuntimeError(f"sequence {seq} is full ({self.max_len} tokens)")
+            tokens.extend(fed)
+            positions.extend(range(pos, pos + len(fed)))
+            rows.append(len(tokens) - 1 if sample else -1)
+        n = len(tokens)
+        if n > self._batch_capacity:
+            raise ValueError(f"batch of {n} tokens exceeds {self._batch_capacity}")
+        self._tok[:n] = tokens
+        self._posv[:n] = positions
+        self._want[:n] = 0
+        i = 0
+        for seq, fed, _ in feeds:
+            for _ in fed:
+                self._seq_rows[i][0] = seq
+                i += 1
+        wanted = [r for r in rows if r >= 0]
+        self._want[wanted] = 1
+        self._batch.n_tokens = n
+        before = {seq: self._pos[seq] for seq, _, _ in feeds}
+        for seq, fed, _ in feeds:
+            self._pos[seq] += len(fed)
+        try:
+            status = lc.llama_decode(self.ctx, self._batch)
+            if status != 0:
+                raise RuntimeError(f"llama_decode failed with status {status}")
+        except Exception:
+            for seq, pos in before.items():  # no sequence keeps a token of a failed step
+                lc.llama_memory_seq_rm(self.memory, seq, pos, -1)
+                self._pos[seq] = pos
+            raise
+        return self._sample(feeds, rows, len(wanted))
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:
         if not tokens:
             raise ValueError("prefill needs at least one token")
-        sampler = self._samplers[seq]
+        out: int | None = None
         for start in range(0, len(tokens), self.prefill_chunk):
             chunk = tokens[start : start + self.prefill_chunk]
-            self._forward([(seq, t, i == len(chunk) - 1) for i, t in enumerate(chunk)])
-            for t in chunk:
-                lc.llama_sampler_accept(sampler, t)
-        return int(lc.llama_sampler_sample(sampler, self.ctx, len(chunk) - 1))
+            out = self.step([(seq, chunk, start + len(chunk) == len(tokens))])[0]
+        return out  # type: ignore[return-value]
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
-        self._forward([(seq, token, True) for seq, token in batch])
-        return [int(lc.llama_sampler_sample(self._samplers[seq], self.ctx, i)) for i, (seq, _) in enumerate(batch)]
+        return self.step([(seq, [token], True) for seq, token in batch])  # type: ignore[return-value]
+
+    def save(self, seq: int) -> bytearray:
+        size = lc.llama_state_seq_get_size_ext(self.ctx, seq, STATE_FLAGS)
+        data = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        written = lc.llama_state_seq_get_data_ext(self.ctx, view, size, seq, STATE_FLAGS)
+        del view
+        if written != size:
+            raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of sequence {seq}")
+        return data
+
+    def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
+        lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        self._pos[seq] = 0
+        if not data:
+            return False
+        view = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        read = lc.llama_state_seq_set_data_ext(self.ctx, view, len(data), seq, STATE_FLAGS)
+        del view
+        held = lc.llama_memory_seq_pos_max(self.memory, seq) + 1
+        if read != len(data) or held != tokens:
+            log.warning(
+                "llama.cpp rejected a parked cache: took %d of %d bytes, holds %d of %d tokens",
+                read, len(data), held, tokens,
+            )  # fmt: skip
+            lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+            return False
+        self._pos[seq] = tokens
+        return True
 
     def cached_tokens(self, seq: int) -> int:
         return self._pos.get(seq, 0)
@@ -174,6 +301,8 @@ class LlamaCppEngine:
             "device": f"CPU, {self.threads} threads (llama.cpp {lc.__version__})",
             "context_length": self.max_len,
             "max_sessions": self.max_sequences,
+            "kv_sequences": self.max_sequences,
+            "kv_budget_tokens": self.kv_budget_tokens,
             "kv_bytes_per_token": self.kv_bytes_per_token,
         }
 
@@ -188,54 +317,54 @@ class LlamaCppEngine:
 
     # ---- internals ----
 
+    def _sample(self, feeds: Sequence[Feed], rows: list[int], n_out: int) -> list[int | None]:
+        """Greedy sequences take the argmax of their logits row (no sampler call per token);
+        the others run their llama.cpp chain on the row."""
+        logits = np.ctypeslib.as_array(lc.llama_get_logits(self.ctx), shape=(n_out, self.n_vocab)) if n_out else None
+        out: list[int | None] = []
+        j = 0
+        for (seq, fed, _), row in zip(feeds, rows, strict=True):
+            chain = self._samplers.get(seq)
+            if chain is not None and seq in self._penalized:
+                skip = 1 if len(fed) == 1 and self._last.get(seq) == fed[0] else 0  # a decode: seen
+                for token in fed[skip:]:
+                    lc.llama_sampler_accept(chain, token)
+            if row < 0:
+                out.append(None)
+                continue
+            if chain is None:
+                token = int(logits[j].argmax())  # type: ignore[index]
+            else:
+                token = int(lc.llama_sampler_sample(chain, self.ctx, row))
+                self._last[seq] = token
+            j += 1
+            out.append(token)
+        return out
+
     def _set_sampler(self, seq: int, sampler: Any) -> None:
         old = self._samplers.pop(seq, None)
         if old is not None:
             lc.llama_sampler_free(old)
+        self._penalized.discard(seq)
+        self._last.pop(seq, None)
         if sampler is not None:
             self._samplers[seq] = sampler
 
-    def _forward(self, items: Sequence[tuple[int, int, bool]]) -> None:
-        """One llama_decode; on failure every sequence is rolled back to where it was, so the
-        scheduler can retry the survivors of a failed batch one by one."""
-        before = {seq: self._pos[seq] for seq, _, _ in items}
-        try:
-            self._fill(items)
-            self._run()
-        except Exception:
-            for seq, pos in before.items():
-                lc.llama_memory_seq_rm(self.memory, seq, pos, -1)
-                self._pos[seq] = pos
-            raise
 
-    def _fill(self, items: Sequence[tuple[int, int, bool]]) -> None:
-        """Load (seq, token, want_logits) rows into the batch at each sequence's next position."""
-        if len(items) > self._batch_capacity:
-            raise ValueError(f"batch of {len(items)} exceeds {self._batch_capacity}")
-        b = self._batch
-        for i, (seq, token, logits) in enumerate(items):
-            pos = self._pos[seq]
-            if pos >= self.max_len:
-                raise RuntimeError(f"sequence {seq} is full ({self.max_len} tokens)")
-            b.token[i] = token
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = logits
-            self._pos[seq] = pos + 1
-        b.n_tokens = len(items)
-
-    def _run(self) -> None:
-        status = lc.llama_decode(self.ctx, self._batch)
-        if status != 0:
-            raise RuntimeError(f"llama_decode failed with status {status}")
+def _penalties(s: SamplingParams) -> bool:
+    return s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
 
 
-def _sampler_chain(s: SamplingParams, n_vocab: int) -> Any:
+def _sampler_chain(s: SamplingParams) -> Any:
     """llama.cpp's own chain: penalties, then greedy, or top-k → top-p → temperature → seeded dist."""
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    if s.repetition_penalty != 1.0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(n_vocab, 64, s.repetition_penalty, 0.0, 0.0))
+    if _penalties(s):
+        # llama.h takes (last_n, repeat, freq, present); llama-cpp-python 0.3.36 still declares a
+        # leading n_vocab int, so last_n goes first and the stale int slot is passed 0 (ignored).
+        penalties = lc.llama_sampler_init_penalties(
+            PENALTY_LAST_N, 0, s.repetition_penalty, s.frequency_penalty, s.presence_penalty
+        )
+        lc.llama_sampler_chain_add(chain, penalties)
     if s.greedy:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         return chain

@@ -137,6 +137,8 @@ class SailEngine:
     name = "sail"
     max_batch = 1
     prefill_chunk = None  # block_i takes the whole prompt in one call
+    batch_prefill = False  # prompts go through prefill() one at a time, decodes through decode()
+    prefix_cache = False  # block_i re-prefills whole prompts: no prefix to keep, nothing to park
 
     def __init__(
         self,

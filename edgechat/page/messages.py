@@ -20,8 +20,7 @@ from edgechat.ui_text import stats_line, t
 
 STOPPED_MARK = " ⏹"
 CURSOR = " ▌"
-FRAME_S = 0.05  # the streaming answer is redrawn at most ~20 times a second ...
-KEEPALIVE_S = 0.25  # ... and at least this often: the points where Stop or a closed tab can act
+FRAME_S = 0.1  # the streaming answer is redrawn at most ~10 times a second, only when it changed
 GONE_CHECK_S = 0.2  # after a run is stopped, when to ask Streamlit whether the page is still there
 
 
@@ -79,19 +78,21 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
         status, body = st.empty(), st.empty()
         st.button(t(lang, "stop"), key="stop", on_click=on_stop, help=t(lang, "stop_help"),
                   icon=":material/stop_circle:")  # fmt: skip
-        shown, drawn = None, 0.0
+        shown = None
         try:
             while answer.running:
                 answer.touch()
                 answer.wait(len(shown or ""), FRAME_S)
+                st.session_state.get("conversation")  # sends nothing; where Stop or a closed tab ends this run
                 text = answer.record["content"]
-                if text != shown or time.monotonic() - drawn >= KEEPALIVE_S:
-                    if answer.queued is not None and not text:
-                        status.caption(t(lang, "queued", position=answer.queued.position, eta=answer.queued.eta_s))
-                    elif shown is None or text != shown:
+                if answer.queued is not None and not text:
+                    status.caption(t(lang, "queued", position=answer.queued.position, eta=answer.queued.eta_s))
+                elif text != shown:
+                    if shown is None or not shown:
                         status.empty()
                     body.markdown(safe_markdown(text) + CURSOR)
-                    shown, drawn = text, time.monotonic()
+                    shown = text
+                    time.sleep(FRAME_S)  # at most ~10 redraws a second: each is a message and a render
         except StopException:
             interrupt_if_gone(conv)
             raise

@@ -19,7 +19,10 @@ from edgechat.safe_markdown import display_url, plain_text
 from edgechat.store import UNDO_S, StoreUnavailable
 from edgechat.ui_text import stats_line, t
 
-SERVER_PANEL_REFRESH_S = 0.5  # the room sees load move; a tiny fragment run, never the chat
+# The room sees load move. Each tick is a script run of its own for every open page, so not faster:
+# at 0.5 s, idle pages' runs (and the full garbage collection Streamlit ran after each, now off in
+# .streamlit/config.toml) starved the server on a loaded 2-core box (the stall of issue 13).
+SERVER_PANEL_REFRESH_S = 1.0
 CHATS_SHOWN = 30
 IMPORT_MAX_CHARS = 900_000  # a pasted export travels in one websocket frame, capped at 1 MB (config.toml)
 
@@ -40,7 +43,7 @@ def lan_url() -> str | None:
 
 @st.fragment(run_every=SERVER_PANEL_REFRESH_S)
 def server_panel(runtime: Runtime, lang: str) -> None:
-    """Refreshed twice a second on its own, without touching the chat. Strings from a model
+    """Refreshed once a second on its own, without touching the chat. Strings from a model
     server (its model id, its health line) are shown as plain text."""
     info = runtime.info
     st.caption(f"**{plain_text(info.get('model_name', '?'))}** · {plain_text(info.get('backend', '?'))}")

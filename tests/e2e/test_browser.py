@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.browser import person_options
 from harness.servers import Server
 from tests.e2e.conftest import save_screenshot
 
@@ -14,7 +15,7 @@ ANSWER_TIMEOUT_MS = 120_000
 
 
 def open_chat(browser, server: Server):  # noqa: ANN001, ANN201
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    context = browser.new_context(**person_options())
     page = context.new_page()
     page.goto(server.url)
     page.get_by_test_id("stChatInputTextArea").wait_for(timeout=60_000)

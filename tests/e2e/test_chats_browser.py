@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from edgechat.ui_text import t
+from harness.browser import person_options
 from harness.servers import Server
 from tests.e2e.test_browser import ANSWER_TIMEOUT_MS, ask, messages, wait_answered
 
@@ -27,7 +28,7 @@ def server() -> Iterator[Server]:
 
 
 def open_chat(browser, url: str):  # noqa: ANN001, ANN201
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    context = browser.new_context(**person_options())
     page = context.new_page()
     page.goto(url)
     page.get_by_test_id("stChatInputTextArea").wait_for(timeout=60_000)
@@ -98,7 +99,7 @@ def test_a_network_drop_keeps_the_chat(browser, server: Server) -> None:  # noqa
 
 def test_a_server_killed_mid_answer_keeps_the_chat_after_a_restart(browser) -> None:  # noqa: ANN001
     first = Server(*FLAGS)
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    context = browser.new_context(**person_options())
     try:
         page = context.new_page()
         page.goto(first.url)

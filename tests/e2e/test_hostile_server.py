@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.browser import person_options
 from harness.servers import Server
 from tests.e2e.test_browser import ask
 from tests.e2e.test_markdown_render import SAFE_HREF, Sink
@@ -35,7 +36,7 @@ def hostile() -> Iterator[tuple[Sink, HostileServer, Server]]:
 
 def test_hostile_answers_model_id_and_errors_render_inert(browser, hostile) -> None:  # noqa: ANN001
     sink, model, server = hostile
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    context = browser.new_context(**person_options())
     page = context.new_page()
     outside: list[str] = []
     page.on("request", lambda r: None if r.url.startswith(server.url) else outside.append(r.url))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.browser import person_options
 from harness.servers import Server
 from tests.e2e.conftest import save_screenshot
 from tests.e2e.test_browser import ANSWER_TIMEOUT_MS, ask, messages, wait_answered
@@ -31,7 +32,7 @@ def gated() -> Iterator[Server]:
 
 def enter(browser, server: Server, password: str = PASSWORD):  # noqa: ANN001, ANN201
     """A new person (browser context) opens the page and gives the password."""
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    context = browser.new_context(**person_options())
     page = context.new_page()
     page.goto(server.url)
     box = page.locator("input[type=password]")

@@ -1,0 +1,276 @@
+"""A room bigger than the engine (issue 11): `python3 bench/room.py --json`.
+
+U people x T turns x N-token answers (default 16 x 5 x 96), greedy, system prompt "You are a
+helpful assistant.", questions varied per person; each person is a thread with its own
+`Baichuan2(handle, engine, tokenizer)` client on one runtime, as the page does (harness/room.py).
+Configurations, one run, one process, in this order:
+
+  a  everything fits: KV for all U full contexts          --kv-budget U*ctx --max-running U
+  b  default flags
+  c  tight: KV for 8 full contexts, U people             --kv-budget 8*ctx
+  d  2U people on the tight KV                            --kv-budget 8*ctx
+  c8 (shown, no target) the tight KV as 8 full contexts  --kv-budget 8*ctx --max-running 8
+
+Then a parked chat restored vs re-prefilled (issue 11 item 2), and the scheduler's overhead
+(item 5): U sequences decoding N tokens through client + scheduler against a raw loop of llama.cpp
+batched decode + argmax over the same prompts, on an identical context. Targets are ratios within
+this run: b and c aggregate >= 0.95 x a; c's turn-5 first-token p50 <= 1.5 x a's; d without
+errors and with >= 0.8 of later turns' prompt reused; overhead <= 5 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from edgechat.engines.llamacpp import UBATCH  # noqa: E402, I001 — first: it sets OMP_WAIT_POLICY before llama_cpp loads
+
+import llama_cpp as lc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from baichuan2 import Baichuan2  # noqa: E402
+from edgechat.config import parse_settings  # noqa: E402
+from edgechat.runtime import Runtime, load_runtime  # noqa: E402
+from edgechat.types import Message, SamplingParams  # noqa: E402
+from harness.memory import rss_mib  # noqa: E402
+from harness.room import SYSTEM, question, room_backend, run_room  # noqa: E402
+
+CONTEXT = 2048
+TARGETS = {"b_vs_a": 0.95, "c_vs_a": 0.95, "c_turn_last_ftl_vs_a": 1.5, "d_reused_share": 0.8, "overhead": 0.05}
+
+
+def configurations(people: int) -> dict[str, tuple[int, list[str]]]:
+    full, tight = str(people * CONTEXT), str(8 * CONTEXT)
+    ctx = ["--context-length", str(CONTEXT)]
+    return {
+        "a": (people, [*ctx, "--kv-budget", full, "--max-running", str(people)]),
+        "b": (people, []),
+        "c": (people, [*ctx, "--kv-budget", tight]),
+        "d": (2 * people, [*ctx, "--kv-budget", tight]),
+        "c8": (people, [*ctx, "--kv-budget", tight, "--max-running", "8"]),
+    }
+
+
+def one_configuration(flags: list[str], people: int, turns: int, tokens: int) -> dict:
+    runtime = load_runtime(parse_settings(flags, env={}))
+    try:
+        result = run_room(runtime, people, turns, tokens)
+    finally:
+        runtime.close()
+    result["flags"] = " ".join(flags) or "(defaults)"
+    return result
+
+
+# ---- issue 11 item 5: what client + scheduler cost per token at U sequences ----
+
+
+def client_decode_rate(runtime: Runtime, people: int, tokens: int) -> float:
+    """Tokens/s of `people` answers decoding together through Baichuan2 clients: each person's
+    tokens after the first over the time from its first to its last text piece, summed."""
+    backend = room_backend(runtime)
+    rates = [0.0] * people
+    start = threading.Barrier(people)
+
+    def person(i: int) -> None:
+        sampling = SamplingParams(temperature=0, max_new_tokens=tokens)
+        client = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        start.wait(60)
+        first = last = 0.0
+        for _ in client.chat_stream(question(i, 0), []):
+            last = time.perf_counter()
+            first = first or last
+        rates[i] = (client.last_stats.completion_tokens - 1) / (last - first)
+        backend.forget_session(client.session)
+
+    threads = [threading.Thread(target=person, args=(i,)) for i in range(people)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    return sum(rates)
+
+
+def raw_decode_rate(runtime: Runtime, people: int, tokens: int) -> float:
+    """The same prompts on a context built like the engine's, driven by the fewest Python lines:
+    one llama_batch of all prompts, then `tokens` steps of one batched llama_decode + numpy argmax."""
+    engine = runtime.backend.scheduler.engine  # type: ignore[attr-defined]
+    chat = runtime.tokenizer
+    prompts = [
+        chat.render([Message(role="system", content=SYSTEM), Message(role="user", content=question(i, 0))])  # type: ignore[union-attr]
+        for i in range(people)
+    ]
+    params = lc.llama_context_default_params()
+    params.n_ctx, params.n_seq_max = engine.max_len * people, people
+    params.n_batch = max(sum(map(len, prompts)), people)
+    params.n_ubatch = UBATCH
+    params.n_threads = params.n_threads_batch = engine.threads
+    params.kv_unified, params.no_perf = False, True
+    params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    ctx = lc.llama_init_from_model(engine.model, params)
+    batch = lc.llama_batch_init(params.n_batch, 0, 1)
+    try:
+        n = 0
+        for seq, ids in enumerate(prompts):
+            for pos, token in enumerate(ids):
+                batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+                batch.seq_id[n][0], batch.logits[n] = seq, pos == len(ids) - 1
+                n += 1
+        batch.n_tokens = n
+        assert lc.llama_decode(ctx, batch) == 0
+        logits = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(people, engine.n_vocab))
+        last = logits.argmax(axis=1)
+        positions = [len(ids) for ids in prompts]
+        began = time.perf_counter()
+        for _ in range(tokens - 1):
+            for seq in range(people):
+                batch.token[seq], batch.pos[seq], batch.n_seq_id[seq] = int(last[seq]), positions[seq], 1
+                batch.seq_id[seq][0], batch.logits[seq] = seq, True
+                positions[seq] += 1
+            batch.n_tokens = people
+            assert lc.llama_decode(ctx, batch) == 0
+            logits = np.ctypeslib.as_array(lc.llama_get_logits(ctx), shape=(people, engine.n_vocab))
+            last = logits.argmax(axis=1)
+        return people * (tokens - 1) / (time.perf_counter() - began)
+    finally:
+        lc.llama_batch_free(batch)
+        lc.llama_free(ctx)
+
+
+def overhead(people: int, tokens: int, rounds: int) -> dict:
+    runtime = load_runtime(parse_settings(["--context-length", "1024", "--max-running", str(people)], env={}))
+    try:
+        raw, served = [], []
+        for _ in range(rounds):  # interleaved, best of each: the box is shared
+            raw.append(raw_decode_rate(runtime, people, tokens))
+            served.append(client_decode_rate(runtime, people, tokens))
+    finally:
+        runtime.close()
+    return {
+        "sequences": people,
+        "tokens": tokens,
+        "raw_loop_tps": round(max(raw), 1),
+        "client_scheduler_tps": round(max(served), 1),
+        "overhead": round(1 - max(served) / max(raw), 4),
+        "all_raw_tps": [round(x, 1) for x in raw],
+        "all_client_scheduler_tps": [round(x, 1) for x in served],
+    }
+
+
+def parking(turns: int, tokens: int) -> dict:
+    """Restore vs re-prefill on one sequence: a person's chat after `turns` turns is parked (another
+    session takes the sequence) and restored for the next question, against the same prompt
+    prefilled from scratch; then the engine's own save / restore / prefill of that cache."""
+    runtime = load_runtime(parse_settings(["--context-length", str(CONTEXT), "--max-running", "1"], env={}))
+    backend = room_backend(runtime)
+    sampling = SamplingParams(temperature=0, max_new_tokens=tokens)
+    try:
+        person = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        other = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        history: list[Message] = []
+        for turn in range(turns - 1):
+            reply = "".join(person.chat_stream(question(0, turn), history))
+            history += [Message(role="user", content=question(0, turn)), Message(role="assistant", content=reply)]
+        "".join(other.chat_stream(question(1, 0), []))  # parks the person's cache
+        "".join(person.chat_stream(question(0, turns - 1), history))
+        restored = person.last_stats
+        fresh = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        "".join(fresh.chat_stream(question(0, turns - 1), history))
+        stats = runtime.backend.stats()
+        runtime.backend.scheduler.close()  # from here this thread owns the engine  # type: ignore[attr-defined]
+        engine = runtime.backend.scheduler.engine  # type: ignore[attr-defined]
+        ids = runtime.tokenizer.render(  # type: ignore[union-attr]
+            [Message(role="system", content=SYSTEM), *history, Message(role="user", content=question(0, turns - 1))]
+        )
+        seq = engine.open_sequence()
+        engine.start(seq, sampling, 0)
+        began = time.perf_counter()
+        engine.prefill(seq, ids)
+        prefill_s = time.perf_counter() - began
+        began = time.perf_counter()
+        data = engine.save(seq)
+        save_s = time.perf_counter() - began
+        engine.release(seq)
+        seq = engine.open_sequence()
+        began = time.perf_counter()
+        assert engine.restore(seq, data, len(ids))
+        restore_s = time.perf_counter() - began
+        engine.release(seq)
+    finally:
+        runtime.close()
+    return {
+        "prompt_tokens": restored.prompt_tokens,
+        "reused_tokens": restored.reused_tokens,
+        "ftl_restored_s": round(restored.first_token_s or 0, 3),
+        "ftl_reprefilled_s": round(fresh.last_stats.first_token_s or 0, 3),
+        "turns_restored": stats["turns_restored"],
+        "cache_tokens": len(ids),
+        "state_mib": round(len(data) / 2**20, 2),
+        "save_ms": round(save_s * 1000, 2),
+        "restore_ms": round(restore_s * 1000, 2),
+        "prefill_s": round(prefill_s, 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (the only output mode)")
+    parser.add_argument("--people", type=int, default=16, help="U: people in configurations a-c (d has 2U)")
+    parser.add_argument("--turns", type=int, default=5, help="T: questions per person")
+    parser.add_argument("--tokens", type=int, default=96, help="N: tokens per answer")
+    parser.add_argument("--configs", default="a,b,c,d,c8", help="which configurations to run, in order")
+    parser.add_argument("--overhead-rounds", type=int, default=3, help="raw vs served measurements (0 = skip)")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    result: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "room": f"{args.people} people x {args.turns} turns x {args.tokens} tokens, greedy",
+        "load_average_start": [round(x, 2) for x in load],
+        "rss_start_mib": round(rss_mib(), 1),
+    }
+    configs = configurations(args.people)
+    for name in args.configs.split(","):
+        people, flags = configs[name]
+        result[name] = one_configuration(flags, people, args.turns, args.tokens)
+        print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)  # a long run's progress
+    if args.overhead_rounds:
+        result["overhead"] = overhead(args.people, args.tokens, args.overhead_rounds)
+    result["parking"] = parking(args.turns, args.tokens)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["ratios"], result["targets_met"] = judge(result)
+    print(json.dumps(result, indent=2))
+
+
+def judge(result: dict) -> tuple[dict, dict]:
+    ratios: dict[str, float] = {}
+    a = result.get("a")
+    if a:
+        for name in ("b", "c"):
+            if name in result:
+                ratios[f"{name}_vs_a"] = round(result[name]["aggregate_tps"] / a["aggregate_tps"], 3)
+        if "c" in result:
+            a_ftl, c_ftl = a["per_turn"][-1]["ftl_p50_s"], result["c"]["per_turn"][-1]["ftl_p50_s"]
+            ratios["c_turn_last_ftl_vs_a"] = round(c_ftl / a_ftl, 3)
+    if "d" in result:
+        ratios["d_reused_share"] = result["d"]["reused_share"]
+    if "overhead" in result:
+        ratios["overhead"] = result["overhead"]["overhead"]
+    met = {}
+    for key, value in ratios.items():
+        at_least = key in ("b_vs_a", "c_vs_a", "d_reused_share")
+        met[key] = value >= TARGETS[key] if at_least else value <= TARGETS[key]
+    if "d" in result:
+        met["d_no_errors"] = result["d"]["errors"] == 0
+    return ratios, met
+
+
+if __name__ == "__main__":
+    main()

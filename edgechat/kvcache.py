@@ -1,0 +1,158 @@
+"""Parked sessions: idle KV caches copied to host RAM, so a person's next turn restores instead of
+re-prefilling the whole chat.
+
+The scheduler parks a session when its sequence is needed by someone else (llama-server's
+`prompt_save` does the same when a slot changes hands) and restores it, keeping the longest
+common prefix, when the session asks again. The store is least-recently-used within
+`capacity_bytes`, forgets a session after `ttl_s` without use, and stops taking new states while
+the machine's available RAM is below a floor (then a session is dropped and simply re-prefills
+later: nobody's answer fails for it). Only the scheduler's worker thread touches a HostCache.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+DEFAULT_SHARE = 0.25  # --host-cache default: this share of available RAM at start ...
+DEFAULT_CAP = 8192 * MIB  # ... at most llama-server's --cache-ram default
+RAM_FLOOR_SHARE = 0.05  # parking stops while available RAM is below this share of the total ...
+RAM_FLOOR_MIN = 256 * MIB  # ... or below this, whichever is larger
+
+
+@dataclass(eq=False)
+class ParkedState:
+    """One session's KV cache in host RAM: the tokens it holds and the engine's opaque bytes."""
+
+    session: str
+    tokens: list[int]
+    data: bytearray
+    last_used: float
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+def meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo line (MemAvailable, MemTotal) in bytes; None where there is no /proc."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def default_host_cache_bytes() -> int:
+    """A quarter of the RAM available now, at most 8 GiB; 1 GiB where it cannot be read."""
+    available = meminfo_bytes("MemAvailable")
+    if available is None:
+        return 1024 * MIB
+    return min(DEFAULT_CAP, int(available * DEFAULT_SHARE))
+
+
+def ram_floor_bytes() -> int:
+    total = meminfo_bytes("MemTotal") or 0
+    return max(RAM_FLOOR_MIN, int(total * RAM_FLOOR_SHARE))
+
+
+class HostCache:
+    """LRU of parked sessions, bounded in bytes and by a time-to-live."""
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        ttl_s: float,
+        *,
+        available_ram: Callable[[], int | None] = lambda: meminfo_bytes("MemAvailable"),
+        ram_floor: int | None = None,
+    ) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.ttl_s = ttl_s
+        self._available_ram = available_ram
+        self._ram_floor = ram_floor_bytes() if ram_floor is None else ram_floor
+        self._entries: OrderedDict[str, ParkedState] = OrderedDict()
+        self._bytes = 0
+        self.ram_short = False  # parking refused for RAM: logged once per episode
+        self.dropped = 0  # sessions forgotten for room, age or RAM (they re-prefill)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, session: object) -> bool:
+        return session in self._entries
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def can_take(self, nbytes: int) -> bool:
+        """Whether a state of about `nbytes` would be kept: it fits the capacity and the machine
+        has RAM to spare. False means the scheduler drops the session instead of parking it."""
+        if nbytes > self.capacity_bytes:
+            return False
+        available = self._available_ram()
+        short = available is not None and available - nbytes < self._ram_floor
+        if short and not self.ram_short:
+            log.warning(
+                "host RAM is short (%d MiB available): idle sessions are dropped instead of parked; "
+                "their next turn re-prefills",
+                (available or 0) // MIB,
+            )
+        elif not short and self.ram_short:
+            log.warning("host RAM recovered: parking idle sessions again")
+        self.ram_short = short
+        return not short
+
+    def put(self, state: ParkedState) -> bool:
+        """Keep `state`, evicting the least recently used beyond the capacity; False if it could
+        not be kept (then nothing was stored)."""
+        self.drop(state.session)
+        if not self.can_take(state.nbytes):
+            self.dropped += 1
+            return False
+        while self._entries and self._bytes + state.nbytes > self.capacity_bytes:
+            self._remove(next(iter(self._entries)))
+            self.dropped += 1
+        self._entries[state.session] = state
+        self._bytes += state.nbytes
+        return True
+
+    def take(self, session: str) -> ParkedState | None:
+        """Remove and return a session's parked state (it goes back into a sequence)."""
+        return self._remove(session)
+
+    def drop(self, session: str) -> bool:
+        return self._remove(session) is not None
+
+    def expire(self, now: float) -> list[str]:
+        """Forget sessions unused for longer than the time-to-live; their names."""
+        old = [s for s, state in self._entries.items() if now - state.last_used > self.ttl_s]
+        for session in old:
+            self._remove(session)
+        self.dropped += len(old)
+        return old
+
+    def next_expiry(self) -> float | None:
+        """When the oldest entry expires (entries are in last-use order)."""
+        if not self._entries:
+            return None
+        return next(iter(self._entries.values())).last_used + self.ttl_s
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def _remove(self, session: str) -> ParkedState | None:
+        state = self._entries.pop(session, None)
+        if state is not None:
+            self._bytes -= state.nbytes
+        return state

@@ -1,0 +1,150 @@
+"""The scheduler's records: requests, the engine sequences they run on, and one step's plan.
+
+Plain data owned by the scheduler's worker thread (edgechat.scheduler); nothing here calls the
+engine. A request's KV target is `prompt + generated`: while its sequence holds less than all but
+the last of those tokens it is PREFILL (prompt chunks, or a recompute after preemption); once the
+sequence holds everything but the last generated token it is RUNNING and each step feeds that
+token.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from edgechat.kvcache import ParkedState
+from edgechat.types import FinishReason, RequestStats, SamplingParams, TokenEvent
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the policy may know of the engine: sizes and capability flags (edgechat.engines.base),
+    never the engine itself, so deciding cannot call into it."""
+
+    max_sequences: int
+    max_len: int
+    max_batch: int
+    prefill_chunk: int | None
+    batch_prefill: bool
+    prefix_cache: bool
+    kv_bytes_per_token: int
+
+    @classmethod
+    def of(cls, engine: Any) -> EngineFacts:
+        return cls(**{f.name: getattr(engine, f.name) for f in fields(cls)})
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    PREFILL = "prefill"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Slot:
+    """One engine sequence and what its KV cache holds, as the scheduler knows it."""
+
+    tokens: list[int] = field(default_factory=list)
+    session: str | None = None
+    request: Request | None = None  # None while the slot idles with a session's cache
+    last_used: float = 0.0
+    seq: int = -1  # the engine's id; -1 until the execute step opens the sequence
+
+
+@dataclass(eq=False)
+class Request:
+    id: int
+    prompt: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int
+    stop_ids: frozenset[int]
+    session: str | None
+    deadline: float | None
+    events: queue.Queue[TokenEvent] = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: FinishReason = FinishReason.CANCELLED
+    stats: RequestStats = field(default_factory=RequestStats)
+    status: Status = Status.WAITING
+    slot: Slot | None = None
+    generated: list[int] = field(default_factory=list)
+    last_position: int = -1  # last queue position reported
+    resume: ParkedState | None = None  # preempted: its own cache, parked in host RAM
+
+    def target_len(self) -> int:
+        return len(self.prompt) + len(self.generated)
+
+    def target(self) -> list[int]:
+        return self.prompt + self.generated
+
+    def settle(self) -> None:
+        """PREFILL or RUNNING, from what its sequence holds."""
+        held = len(self.slot.tokens) if self.slot is not None else 0
+        running = bool(self.generated) and held == self.target_len() - 1
+        self.status = Status.RUNNING if running else Status.PREFILL
+
+
+@dataclass(eq=False)
+class Park:
+    """Copy a sequence's cache to host RAM, then free it: for the session's next turn (`session`)
+    or for a preempted request to resume from (`request`)."""
+
+    slot: Slot
+    tokens: list[int]
+    session: str | None = None
+    request: Request | None = None
+
+
+@dataclass(eq=False)
+class Admit:
+    """Give a waiting request a sequence: a new one (opened in execute), or its session's idle one;
+    keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM."""
+
+    request: Request
+    slot: Slot
+    keep: int
+    restore: ParkedState | None = None
+
+
+@dataclass(eq=False)
+class Feed:
+    """Tokens for one request's sequence this step; `sample`: return the token after them."""
+
+    request: Request
+    tokens: list[int]
+    sample: bool
+
+
+@dataclass
+class Plan:
+    """One step, decided before any engine call: the execute step runs it in this order."""
+
+    parks: list[Park] = field(default_factory=list)
+    releases: list[Slot] = field(default_factory=list)  # evictions, finished and dropped caches
+    admits: list[Admit] = field(default_factory=list)
+    feeds: list[Feed] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return not (self.parks or self.releases or self.admits or self.feeds)
+
+
+@dataclass
+class Outputs:
+    """What the engine did with a plan."""
+
+    saved: dict[Park, bytearray] = field(default_factory=dict)
+    kept: dict[Request, int] = field(default_factory=dict)  # per admit: tokens the engine kept
+    restore_failed: set[Request] = field(default_factory=set)
+    tokens: dict[Request, int | None] = field(default_factory=dict)  # per feed that ran
+    failed: dict[Request, str] = field(default_factory=dict)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
