@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "edgechat.export": 2,
     "edgechat.config": 2,
     "edgechat.metrics": 1,
+    "edgechat.openai_schema": 3,
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
