@@ -51,7 +51,7 @@ STATS_GAUGES: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
     ("parked_cache_bytes", ("parked_mib",), MIB, "Host RAM holding parked KV caches."),
     ("host_cache_capacity_bytes", ("host_cache_mib",), MIB, "Host RAM parked KV caches may take (--host-cache)."),
     ("sequences_in_use", ("sequences_in_use",), 1, "Engine sequences held by running or cached conversations."),
-    ("max_sequences", ("max_sequences",), 1, "Engine sequences (--max-sessions)."),
+    ("max_sequences", ("max_sequences",), 1, "Answers generating at once (--max-running)."),
     ("generation_tokens_per_second", ("aggregate_tps",), 1, "Tokens generated per second over the last 5 s."),
     ("max_running", ("max_running",), 1, "Most requests generating at once (--max-running)."),
     ("max_queue", ("max_queue",), 1, "Most requests waiting (--max-queue)."),

@@ -194,7 +194,7 @@ def test_a_body_over_the_cap_is_413(api: Api) -> None:
 
 @pytest.fixture
 def one_slot() -> Iterator[Runtime]:
-    rt = load_runtime(parse_settings(["--context-length", "512", "--max-sessions", "1", "--max-queue", "0"], env={}))
+    rt = load_runtime(parse_settings(["--context-length", "512", "--max-running", "1", "--max-queue", "0"], env={}))
     yield rt
     rt.close()
 
@@ -221,10 +221,10 @@ def test_a_dead_engine_is_503_on_every_route(one_slot: Runtime) -> None:
     api = Api(one_slot)
     scheduler = one_slot.backend.scheduler  # type: ignore[attr-defined]
 
-    def broken_schedule() -> None:
+    def broken_decide(*_: object) -> None:
         raise RuntimeError("scheduler bug")
 
-    scheduler._schedule = broken_schedule  # the worker dies on its next step, as in test_faults
+    scheduler._policy.decide = broken_decide  # the worker dies on its next step, as in test_faults
     list(one_slot.backend.generate(ChatRequest([Message(role="user", content="hi")], SamplingParams())))
     try:
         assert not one_slot.alive
