@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
+    "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
     "edgechat.engines.sail": 3,

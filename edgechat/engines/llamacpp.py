@@ -30,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp as lc  # noqa: E402
 import numpy as np  # noqa: E402
 
+from edgechat.engines.streams import StreamMap  # noqa: E402
 from edgechat.errors import ConfigError  # noqa: E402
 from edgechat.types import SamplingParams  # noqa: E402
 
@@ -177,7 +178,8 @@ class LlamaCppEngine:
         self._want = np.ctypeslib.as_array(self._batch.logits, shape=(cap,))
         np.ctypeslib.as_array(self._batch.n_seq_id, shape=(cap,))[:] = 1
         self._seq_rows = [self._batch.seq_id[i] for i in range(cap)]
-        self._free = list(range(max_sequences - 1, -1, -1))
+        self._streams = StreamMap(max_sequences)  # sequence handle -> llama.cpp sequence id
+        self._free = set(range(max_sequences))
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
         self._samplers: dict[int, Any] = {}  # seq -> llama.cpp chain; absent = plain greedy (argmax)
         self._penalized: set[int] = set()  # sequences whose chain must see every token
@@ -188,13 +190,14 @@ class LlamaCppEngine:
     def open_sequence(self) -> int:
         if not self._free:
             raise RuntimeError("no free sequence slot")
-        seq = self._free.pop()
+        seq = self._streams.lowest(self._free)
+        self._free.remove(seq)
         self._pos[seq] = 0
         return seq
 
     def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
         keep = max(0, min(keep, self._pos[seq]))
-        lc.llama_memory_seq_rm(self.memory, seq, keep, -1)
+        lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), keep, -1)
         self._pos[seq] = keep
         plain = sampling.greedy and not _penalties(sampling)
         self._set_sampler(seq, None if plain else _sampler_chain(sampling))
@@ -203,10 +206,17 @@ class LlamaCppEngine:
         return keep
 
     def step(self, feeds: Sequence[Feed]) -> list[int | None]:
+        """One llama_decode over `feeds`, their sequences first packed onto consecutive streams
+        and the batch ordered by stream (see streams.py: otherwise llama.cpp runs a forward pass
+        per sequence). Tokens come back in the order of `feeds`."""
+        for handle, other in self._streams.moves_to_pack([seq for seq, _, _ in feeds]):
+            self._swap_caches(handle, other)
+        order = sorted(range(len(feeds)), key=lambda i: self._streams.stream(feeds[i][0]))
+        ordered = [feeds[i] for i in order]
         rows: list[int] = []  # batch index of each feed's last token, or -1
         tokens: list[int] = []
         positions: list[int] = []
-        for seq, fed, sample in feeds:
+        for seq, fed, sample in ordered:
             pos = self._pos[seq]
             if pos + len(fed) > self.max_len:
                 raise RuntimeError(f"sequence {seq} is full ({self.max_len} tokens)")
@@ -220,9 +230,10 @@ class LlamaCppEngine:
         self._posv[:n] = positions
         self._want[:n] = 0
         i = 0
-        for seq, fed, _ in feeds:
+        for seq, fed, _ in ordered:
+            stream = self._streams.stream(seq)
             for _ in fed:
-                self._seq_rows[i][0] = seq
+                self._seq_rows[i][0] = stream
                 i += 1
         wanted = [r for r in rows if r >= 0]
         self._want[wanted] = 1
@@ -236,10 +247,14 @@ class LlamaCppEngine:
                 raise RuntimeError(f"llama_decode failed with status {status}")
         except Exception:
             for seq, pos in before.items():  # no sequence keeps a token of a failed step
-                lc.llama_memory_seq_rm(self.memory, seq, pos, -1)
+                lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), pos, -1)
                 self._pos[seq] = pos
             raise
-        return self._sample(feeds, rows, len(wanted))
+        sampled = self._sample(ordered, rows, len(wanted))
+        out: list[int | None] = [None] * len(feeds)
+        for i, token in zip(order, sampled, strict=True):
+            out[i] = token
+        return out
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:
         if not tokens:
@@ -254,30 +269,11 @@ class LlamaCppEngine:
         return self.step([(seq, [token], True) for seq, token in batch])  # type: ignore[return-value]
 
     def save(self, seq: int) -> bytearray:
-        size = lc.llama_state_seq_get_size_ext(self.ctx, seq, STATE_FLAGS)
-        data = bytearray(size)
-        view = (ctypes.c_uint8 * size).from_buffer(data)
-        written = lc.llama_state_seq_get_data_ext(self.ctx, view, size, seq, STATE_FLAGS)
-        del view
-        if written != size:
-            raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of sequence {seq}")
-        return data
+        return self._save_stream(self._streams.stream(seq))
 
     def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
-        lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
         self._pos[seq] = 0
-        if not data:
-            return False
-        view = (ctypes.c_uint8 * len(data)).from_buffer(data)
-        read = lc.llama_state_seq_set_data_ext(self.ctx, view, len(data), seq, STATE_FLAGS)
-        del view
-        held = lc.llama_memory_seq_pos_max(self.memory, seq) + 1
-        if read != len(data) or held != tokens:
-            log.warning(
-                "llama.cpp rejected a parked cache: took %d of %d bytes, holds %d of %d tokens",
-                read, len(data), held, tokens,
-            )  # fmt: skip
-            lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        if not self._restore_stream(self._streams.stream(seq), data, tokens):
             return False
         self._pos[seq] = tokens
         return True
@@ -288,10 +284,10 @@ class LlamaCppEngine:
     def release(self, seq: int) -> None:
         if seq not in self._pos:
             return
-        lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
+        lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), -1, -1)
         del self._pos[seq]
         self._set_sampler(seq, None)
-        self._free.append(seq)
+        self._free.add(seq)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -316,6 +312,47 @@ class LlamaCppEngine:
             self.ctx = self.model = None
 
     # ---- internals ----
+
+    def _save_stream(self, stream: int) -> bytearray:
+        size = lc.llama_state_seq_get_size_ext(self.ctx, stream, STATE_FLAGS)
+        data = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(data)
+        written = lc.llama_state_seq_get_data_ext(self.ctx, view, size, stream, STATE_FLAGS)
+        del view
+        if written != size:
+            raise RuntimeError(f"llama.cpp saved {written} of {size} bytes of sequence {stream}")
+        return data
+
+    def _restore_stream(self, stream: int, data: bytearray, tokens: int) -> bool:
+        """`data` (a saved cache of `tokens` tokens) into the emptied `stream`; False, and the
+        stream empty, when llama.cpp does not take it whole."""
+        lc.llama_memory_seq_rm(self.memory, stream, -1, -1)
+        if not data:
+            return False
+        view = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        read = lc.llama_state_seq_set_data_ext(self.ctx, view, len(data), stream, STATE_FLAGS)
+        del view
+        held = lc.llama_memory_seq_pos_max(self.memory, stream) + 1
+        if read != len(data) or held != tokens:
+            log.warning(
+                "llama.cpp rejected a cache: took %d of %d bytes, holds %d of %d tokens",
+                read, len(data), held, tokens,
+            )  # fmt: skip
+            lc.llama_memory_seq_rm(self.memory, stream, -1, -1)
+            return False
+        return True
+
+    def _swap_caches(self, a: int, b: int) -> None:
+        """Handles `a` and `b` trade KV streams, caches and all (either may be empty or free)."""
+        sa, sb = self._streams.stream(a), self._streams.stream(b)
+        data_a = self._save_stream(sa) if self._pos.get(a) else None
+        data_b = self._save_stream(sb) if self._pos.get(b) else None
+        lc.llama_memory_seq_rm(self.memory, sa, -1, -1)
+        lc.llama_memory_seq_rm(self.memory, sb, -1, -1)
+        self._streams.swap(a, b)
+        for handle, stream, data in ((a, sb, data_a), (b, sa, data_b)):
+            if data is not None and not self._restore_stream(stream, data, self._pos[handle]):
+                raise RuntimeError(f"could not move the cache of sequence {handle} to KV stream {stream}")
 
     def _sample(self, feeds: Sequence[Feed], rows: list[int], n_out: int) -> list[int | None]:
         """Greedy sequences take the argmax of their logits row (no sampler call per token);
