@@ -3,7 +3,7 @@
     GET  /v1/models              the one model this box serves
     POST /v1/chat/completions    OpenAI's chat completions, streamed (SSE) or whole
     GET  /metrics                Prometheus text format (edgechat.metrics)
-    GET  /healthz                200 + {alive, backend, model}, 503 when the engine died
+    GET  /healthz                200 + {alive, backend, model, loaded_at}, 503 when the engine died
 
 Every answer goes through a ChatClient over the shared runtime's backend, exactly as a page
 session's does: same queue, same history fitting, same figures. A request's life: auth, body
@@ -127,7 +127,7 @@ class OpenAIApi:
         rt = self.current()
         if rt is None:
             return JSONResponse({"alive": False, "backend": None, "model": None, "status": "loading"}, 503)
-        body = {"alive": rt.alive, "backend": rt.info.get("backend"), "model": model_id(rt)}
+        body = {"alive": rt.alive, "backend": rt.info.get("backend"), "model": model_id(rt), "loaded_at": rt.loaded_at}
         return JSONResponse(body, status_code=200 if rt.alive else 503)
 
     async def prometheus(self, request: Request) -> Response:

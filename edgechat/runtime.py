@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,6 +35,7 @@ class Runtime:
     tokenizer: ChatTokenizer | None  # None for a remote server: it renders and tokenizes
     settings: Settings
     info: dict[str, Any] = field(default_factory=dict)  # backend, model, device, context length
+    loaded_at: float = field(default_factory=time.time)  # /healthz shows it: a reload is visible
 
     @property
     def alive(self) -> bool:
