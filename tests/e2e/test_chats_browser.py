@@ -13,6 +13,7 @@ import pytest
 from edgechat.ui_text import t
 from harness.browser import person_options
 from harness.servers import Server
+from tests.e2e.conftest import save_screenshot
 from tests.e2e.test_browser import ANSWER_TIMEOUT_MS, ask, messages, wait_answered
 
 LONG = "Write a long story about a dragon and a knight."
@@ -77,6 +78,12 @@ def test_another_browser_cannot_see_a_chat_even_with_its_address(browser, server
     stranger_ctx, stranger = open_chat(browser, owner.url)
     stranger.get_by_text(t("en", "chat_not_found")).wait_for(timeout=30_000)
     assert messages(stranger) == [] and "What is 2+2?" not in stranger.locator("body").inner_text()
+    if os.environ.get("EDGECHAT_SCREENSHOTS"):  # README's picture of the chat list: a second chat
+        owner.get_by_role("button", name=t("en", "new_chat")).click()
+        ask(owner, "Name three colors of the rainbow.")
+        wait_answered(owner, 1)
+        owner.get_by_text("What is 2+2?").first.wait_for(timeout=30_000)  # listed in the sidebar
+        save_screenshot(owner, "chats.png")
     owner_ctx.close()
     stranger_ctx.close()
 
