@@ -159,7 +159,12 @@ def test_answers_are_counted_in_metrics_as_api(api: Api) -> None:
 def test_healthz_names_backend_and_model(api: Api, runtime: Runtime) -> None:
     r = api.http.get("/healthz")
     assert r.status_code == 200
-    expected = {"alive": True, "backend": "llamacpp", "model": runtime.info["model_name"], "loaded_at": runtime.loaded_at}
+    expected = {
+        "alive": True,
+        "backend": "llamacpp",
+        "model": runtime.info["model_name"],
+        "loaded_at": runtime.loaded_at,
+    }
     assert r.json() == expected
 
 

@@ -80,6 +80,7 @@ def test_another_browser_cannot_see_a_chat_even_with_its_address(browser, server
     assert messages(stranger) == [] and "What is 2+2?" not in stranger.locator("body").inner_text()
     if os.environ.get("EDGECHAT_SCREENSHOTS"):  # README's picture of the chat list: a second chat
         owner.get_by_role("button", name=t("en", "new_chat")).click()
+        owner.wait_for_function("() => !document.querySelector('[data-testid=stChatMessage]')", timeout=30_000)
         ask(owner, "Name three colors of the rainbow.")
         wait_answered(owner, 1)
         owner.get_by_text("What is 2+2?").first.wait_for(timeout=30_000)  # listed in the sidebar
