@@ -199,7 +199,9 @@ def test_auth_and_error_statuses_on_the_real_server(box: Server, model: str) -> 
     auth = {"Authorization": f"Bearer {KEY}"}
     with httpx2.Client(base_url=box.url, timeout=30) as http:
         assert http.get("/v1/models").status_code == 401
-        assert http.get("/healthz").json() == {"alive": True, "backend": "llamacpp", "model": model}
+        health = http.get("/healthz").json()  # open to all, without the key; loaded_at is a time
+        assert health == {"alive": True, "backend": "llamacpp", "model": model, "loaded_at": health["loaded_at"]}
+        assert isinstance(health["loaded_at"], float)
         post = "/v1/chat/completions"
         cases = [
             (http.post(post, content=b"{", headers=auth), 400),
