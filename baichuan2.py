@@ -113,10 +113,11 @@ def follow(conversation: Conversation) -> bool:
         except KeyboardInterrupt:
             conversation.stop()
             answer.join(30)
+        ended = not answer.running  # asked before reading: the last text is in by the time it ends
         text = answer.record["content"]
         print(text[shown:], end="", flush=True)
         shown = len(text)
-        if not answer.running:
+        if ended:
             break
     if answer.record.get("stopped"):
         print(" [stopped]", end="")
