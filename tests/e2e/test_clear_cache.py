@@ -6,7 +6,6 @@ the server's memory stays where it was; a reload per message would add a whole m
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 
 from harness.memory import rss_mib
 from harness.servers import Server
+from tests.e2e.streamlit_socket import browser_cookies, connect, rerun_message, until_run_ends
 
 CLEARS = 20
 RSS_SLACK_MIB = 60  # one more loaded runtime (model + KV) is several hundred MiB
@@ -35,40 +35,21 @@ def healthz(server: Server) -> dict:
 def clear_cache_and_rerun(server: Server, times: int) -> int:
     """Open one websocket session, run the page, then `times` x (clear_cache, rerun); the number of
     script runs that finished."""
-    import websockets
     from streamlit.proto.BackMsg_pb2 import BackMsg
-    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    opener.open(server.url + "/", timeout=10).read()  # the owner cookie, as a browser gets it
-    opener.open(server.url + "/_stcore/health", timeout=10).read()  # and the XSRF cookie
-    cookies = "; ".join(f"{c.name}={c.value}" for c in jar)
-    xsrf = next(c.value for c in jar if c.name == "_streamlit_xsrf")
-
-    async def run_ends(ws) -> None:  # noqa: ANN001
-        while True:
-            msg = ForwardMsg()
-            msg.ParseFromString(await asyncio.wait_for(ws.recv(), 60))
-            if msg.HasField("script_finished"):
-                return
+    cookies, xsrf = browser_cookies(server.url)
+    clear = BackMsg()
+    clear.clear_cache = True
 
     async def session() -> int:
-        url = server.url.replace("http://", "ws://") + "/_stcore/stream"
-        async with websockets.connect(
-            url, subprotocols=["streamlit", xsrf], additional_headers={"Cookie": cookies}
-        ) as ws:
-            rerun = BackMsg()
-            rerun.rerun_script.query_string = ""
-            clear = BackMsg()
-            clear.clear_cache = True
-            await ws.send(rerun.SerializeToString())
-            await run_ends(ws)
+        async with connect(server.url, cookies, xsrf) as ws:
+            await ws.send(rerun_message())
+            await until_run_ends(ws)
             finished = 1
             for _ in range(times):
                 await ws.send(clear.SerializeToString())
-                await ws.send(rerun.SerializeToString())
-                await run_ends(ws)
+                await ws.send(rerun_message())
+                await until_run_ends(ws)
                 finished += 1
             return finished
 

@@ -6,7 +6,6 @@ the connection instead of becoming widget state. With Streamlit's defaults both 
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import urllib.request
 
 from harness.servers import free_port
 from tests.conftest import REPO
+from tests.e2e.streamlit_socket import browser_cookies, connect, rerun_message, until_run_ends
 
 PAGE = "tests/e2e/markdown_page.py"
 DEFAULTS = ["--server.maxUploadSize", "200", "--server.maxWidgetStateSize", "25", "--server.maxMessageSize", "200"]
@@ -24,8 +24,6 @@ DEFAULTS = ["--server.maxUploadSize", "200", "--server.maxWidgetStateSize", "25"
 def probe(*flags: str) -> tuple[int, int | None]:
     """(HTTP status of a 10-byte upload, websocket close code after a 2 MB frame; None: accepted)."""
     import websockets
-    from streamlit.proto.BackMsg_pb2 import BackMsg
-    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -33,42 +31,23 @@ def probe(*flags: str) -> tuple[int, int | None]:
     env = {**os.environ, "EDGECHAT_TEST_SINK": "127.0.0.1:9"}
     proc = subprocess.Popen([*cmd, *flags], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         deadline = time.monotonic() + 60
-        while True:  # the health route also sets the XSRF cookie a real browser gets
+        while True:
             try:
-                opener.open(url + "/_stcore/health", timeout=1).read()
+                urllib.request.urlopen(url + "/_stcore/health", timeout=1).read()
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("streamlit did not start") from None
                 time.sleep(0.3)
-        xsrf = next(c.value for c in jar if c.name == "_streamlit_xsrf")
-
-        async def until_run_ends(ws) -> str:  # noqa: ANN001
-            """Read one script run's messages; the session id if the run announced one."""
-            session_id = ""
-            while True:
-                msg = ForwardMsg()
-                msg.ParseFromString(await asyncio.wait_for(ws.recv(), 60))
-                if msg.HasField("new_session"):
-                    session_id = msg.new_session.initialize.session_id
-                if msg.HasField("script_finished"):
-                    return session_id
+        cookies, xsrf = browser_cookies(url)
 
         async def session() -> tuple[int, int | None]:
-            ws_url = f"ws://127.0.0.1:{port}/_stcore/stream"
-            cookie = {"Cookie": f"_streamlit_xsrf={xsrf}"}
-            async with websockets.connect(ws_url, subprotocols=["streamlit", xsrf], additional_headers=cookie) as ws:
-                hello = BackMsg()
-                hello.rerun_script.query_string = ""
-                await ws.send(hello.SerializeToString())
+            async with connect(url, cookies, xsrf) as ws:
+                await ws.send(rerun_message())
                 session_id = await until_run_ends(ws)
                 status = await asyncio.to_thread(upload, url, session_id, xsrf)
-                big = BackMsg()
-                big.rerun_script.query_string = "x" * 2_000_000
-                await ws.send(big.SerializeToString())
+                await ws.send(rerun_message("x" * 2_000_000))
                 try:
                     await until_run_ends(ws)  # the 2 MB frame was taken as a rerun request
                     return status, None
