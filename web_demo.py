@@ -132,7 +132,7 @@ def main() -> None:
     st.title(plain_text(runtime.info.get("model_name", "edgechat")))
     st.caption(t(lang, "tagline", backend=runtime.info.get("backend", "?")))
     sidebar(runtime, conv, settings, lang, busy)
-    answer_place = show_history(conv, runtime, lang, busy, last_turn_actions)
+    show_history(conv, runtime, lang, last_turn_actions)
     ss.flash += [("warning", plain_text(message, max_chars=1000)) for message in conv.refusals]
     conv.refusals.clear()
     if conv.dropped:
@@ -144,8 +144,8 @@ def main() -> None:
     st.chat_input(t(lang, "ask"), key="prompt", disabled=busy, max_chars=settings.max_input_chars,
                   on_submit=lambda: act("ask", st.session_state.prompt))  # fmt: skip
     context_meter(conv, lang)
-    if answer_place is not None:
-        follow_answer(conv, lang, answer_place, stop)
+    if busy:
+        follow_answer(conv, lang, stop)
 
 
 if __name__ == "__main__":  # a script run of the page

@@ -58,44 +58,6 @@ def test_three_people_chat_at_once_and_see_only_their_own_history(browser, serve
         context.close()
 
 
-COUNT_MOST_MESSAGES = """() => {
-  window.mostMessages = 0;
-  new MutationObserver(() => {
-    const shown = document.querySelectorAll('[data-testid=stChatMessage]').length;
-    window.mostMessages = Math.max(window.mostMessages, shown);
-  }).observe(document.body, {childList: true, subtree: true});
-}"""
-
-
-METER_BELOW_LAST_MESSAGE = """() => {
-  const last = [...document.querySelectorAll('[data-testid=stChatMessage]')].pop();
-  const meter = [...document.querySelectorAll('[data-testid=stCaptionContainer]')]
-    .find((caption) => caption.innerText.includes('of the context before your next question'));
-  return Boolean(last && meter && last.compareDocumentPosition(meter) & Node.DOCUMENT_POSITION_FOLLOWING);
-}"""
-
-
-def test_the_answer_being_written_is_drawn_where_it_stays(browser, server: Server) -> None:  # noqa: ANN001
-    """An answer being written sits under its question, above the context meter, where the finished
-    answer is drawn. It used to be drawn below the meter, so the meter jumped when the answer ended,
-    and until that redraw finished the answer was on the page twice (and a test counting messages
-    saw three)."""
-    context, page = open_chat(browser, server)
-    page.evaluate(COUNT_MOST_MESSAGES)
-    ask(page, "Write a long story about a dragon and a knight.")
-    page.get_by_role("button", name="Stop generating").wait_for(timeout=60_000)
-    assert page.evaluate(METER_BELOW_LAST_MESSAGE), "the meter is above the answer being written"
-    page.get_by_role("button", name="Stop generating").click()
-    page.get_by_text("⏹").wait_for(timeout=30_000)
-    ask(page, "What is 2+2?")
-    page.get_by_test_id("stChatMessage").nth(3).get_by_text("tok/s").wait_for(timeout=ANSWER_TIMEOUT_MS)
-    page.get_by_test_id("stChatInputTextArea").and_(page.locator(":enabled")).wait_for(timeout=60_000)
-    assert page.evaluate(METER_BELOW_LAST_MESSAGE)
-    assert page.evaluate("window.mostMessages") == 4  # never an answer twice
-    assert len(messages(page)) == 4
-    context.close()
-
-
 def test_stop_keeps_the_partial_answer(browser, server: Server) -> None:  # noqa: ANN001
     context, page = open_chat(browser, server)
     ask(page, "Write a long story about a dragon and a knight.")
