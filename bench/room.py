@@ -4,7 +4,7 @@ U people x T turns x N-token answers (default 16 x 5 x 96), greedy, system promp
 helpful assistant.", questions varied per person; each person is a thread with its own
 `Baichuan2(handle, engine, tokenizer)` client on one runtime, as the page does (harness/room.py).
 Configurations, one run, one process, in this order, twice (`--passes`; each keeps its best pass:
-two 50-second runs of the same flags differ by up to 10 % on a shared 2-core box):
+two 50-second runs of the same flags differed by 8–16 % on this shared 2-core box):
 
   a  everything fits: KV for all U full contexts          --kv-budget U*ctx --max-running U
   b  default flags
@@ -246,7 +246,7 @@ def main() -> None:
     }
     configs = configurations(args.people)
     runs: dict[str, list[dict]] = {}
-    for _ in range(args.passes):  # interleaved passes, best of each: a shared box drifts by ~10 %
+    for _ in range(args.passes):  # interleaved passes, best of each: the box drifts between runs
         for name in args.configs.split(","):
             people, flags = configs[name]
             runs.setdefault(name, []).append(one_configuration(flags, people, args.turns, args.tokens))
