@@ -39,6 +39,7 @@ import openai  # noqa: E402
 
 from edgechat.client import ChatClient  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
+from edgechat.engines.remote import openai_client  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Done, Message, SamplingParams, Text  # noqa: E402
 from harness.servers import Server  # noqa: E402
@@ -125,8 +126,8 @@ def in_process(rt: Runtime, sampling: SamplingParams, fresh_sessions: bool) -> C
 
 def over_http(url: str, model: str, max_tokens: int) -> Callable[[int], Turn]:
     def turn_for(i: int) -> Turn:
-        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600,
-                               default_headers={"X-Forwarded-For": f"10.9.0.{i + 1}"})  # fmt: skip
+        person = {"X-Forwarded-For": f"10.9.0.{i + 1}"}
+        client = openai_client(url + "/v1", None, timeout=600).with_options(default_headers=person)
 
         def ask(history: list[Message]) -> tuple[str, int, int, int, float | None]:
             start, first, text, usage = time.perf_counter(), None, [], None

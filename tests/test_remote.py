@@ -5,6 +5,7 @@ stopped here. No part of the OpenAI API is mocked."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -16,8 +17,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import openai
 import pytest
 
 from baichuan2 import Baichuan2
@@ -304,3 +307,69 @@ def test_the_page_answers_through_the_server_and_shows_its_health(
     captions = [c.value for c in at.sidebar.caption]
     assert any(c.startswith("server up") for c in captions), captions
     assert any(server.url in c for c in captions)
+
+
+class KeepAliveEdge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that closes an idle connection the way uvicorn and llama.cpp's
+    server do after 5 s, at the worst moment every time: a request that arrives on a connection
+    idle for 4.9 s or more is read and the connection closed without an answer."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive
+    idle_since: float | None = None
+
+    def handle_one_request(self) -> None:
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline:
+            self.close_connection = True
+            return
+        if self.idle_since is not None and time.monotonic() - self.idle_since >= 4.9:
+            self.close_connection = True  # the keep-alive timer fired as the request came in
+            return
+        if self.parse_request():
+            getattr(self, "do_" + self.command)()
+            self.wfile.flush()
+            self.idle_since = time.monotonic()
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._send("application/json", json.dumps({"object": "list", "data": [{"id": "edge", "object": "model"}]}))
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        chunk = {"id": "1", "object": "chat.completion.chunk", "created": 0, "model": "edge",
+                 "choices": [{"index": 0, "delta": {"content": "four"}, "finish_reason": "stop"}]}  # fmt: skip
+        self._send("text/event-stream", f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n")
+
+    def _send(self, content_type: str, body: str) -> None:
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_turn_after_five_idle_seconds_is_not_lost_to_the_servers_keep_alive_close() -> None:
+    """A person's next turn often comes ~5 s after the last request; the server may close that idle
+    connection just as the turn is sent on it. edgechat drops idle connections first, so the turn
+    goes on a new one; a client that keeps them 5 s (the openai default) loses it, which this
+    test also checks so that it can fail."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveEdge)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        runtime = remote(url)  # asks /v1/models for the model's name: one pooled connection
+        assert runtime.info["model_name"] == "edge"
+        keeps_five = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
+        keeps_five.models.list()
+        time.sleep(4.95)
+        assert "".join(session(runtime).chat_stream("What is 2+2?")) == "four"
+        with pytest.raises(openai.APIConnectionError):
+            keeps_five.models.list()
+        keeps_five.close()
+        runtime.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

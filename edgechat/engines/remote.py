@@ -46,6 +46,24 @@ HEALTH_TTL_S = 5.0
 CHARS_PER_TOKEN = 2
 TOKENS_PER_MESSAGE = 4  # the turn markers a chat template wraps around each message
 NO_KEY = "none"  # the openai client insists on a key; servers without auth ignore it
+# uvicorn (vLLM, Streamlit, edgechat's own API) and llama.cpp's server close a keep-alive
+# connection after 5 s idle, and httpx keeps one 5 s too: a request sent on it just as the server
+# closes it fails with "Connection error" and is not retried (see max_retries below), so the
+# person's turn is lost. Idle connections are dropped well before any of those servers would; a
+# new connection on a LAN costs about a millisecond.
+IDLE_CONNECTION_S = 2.0
+
+
+def openai_client(base_url: str, api_key: str | None, timeout: float | httpx2.Timeout) -> openai.OpenAI:
+    """The official client, with no retries and idle connections dropped before the server drops them."""
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=IDLE_CONNECTION_S)
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key or NO_KEY,
+        max_retries=0,  # a retry would double a request the person is waiting on; they can resend
+        timeout=timeout,
+        http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout),
+    )
 
 
 class RemoteEngine:
@@ -67,12 +85,7 @@ class RemoteEngine:
         self.max_prompt_len = context_length
         self.request_timeout = request_timeout
         read_timeout = request_timeout or DEFAULT_READ_TIMEOUT_S
-        self._client = openai.OpenAI(
-            base_url=base_url,
-            api_key=api_key or NO_KEY,
-            max_retries=0,  # a retry would double a request the person is waiting on; they can resend
-            timeout=httpx2.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S),
-        )
+        self._client = openai_client(base_url, api_key, httpx2.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S))
         self._lock = threading.Lock()
         self._running = 0
         self._rate = TokenRate()  # streamed chunks, for aggregate tok/s

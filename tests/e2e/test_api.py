@@ -23,6 +23,7 @@ from starlette.testclient import TestClient
 from edgechat.api import api_routes
 from edgechat.client import ChatClient
 from edgechat.config import parse_settings
+from edgechat.engines.remote import openai_client
 from edgechat.metrics import ServingMetrics
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import Message, SamplingParams, Text
@@ -53,7 +54,7 @@ def box() -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def client(box: Server) -> Iterator[openai.OpenAI]:
-    c = openai.OpenAI(base_url=box.url + "/v1", api_key=KEY, max_retries=0, timeout=300)
+    c = openai_client(box.url + "/v1", KEY, timeout=300)  # drops idle connections before the server does
     yield c
     c.close()
 
@@ -251,7 +252,7 @@ def test_eight_api_streams_and_two_browser_sessions_at_once(
         box_input.press("Enter")
     for t in threads:
         t.join(300)
-    assert not errors, errors
+    assert not errors, [(err, err.__cause__) for err in errors]  # the cause says which connection failed how
     # greedy: each stream says what its question gets alone, whatever ran beside it
     assert [together.get(i) for i in range(len(asked))] == [alone[q] for q in asked]
     assert len(set(alone.values())) == len(QUESTIONS)  # four different answers: a mix-up would show
