@@ -56,13 +56,18 @@ IDLE_CONNECTION_S = 2.0
 
 def openai_client(base_url: str, api_key: str | None, timeout: float | httpx2.Timeout) -> openai.OpenAI:
     """The official client, with no retries and idle connections dropped before the server drops them."""
-    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=IDLE_CONNECTION_S)
+    pool = openai.DEFAULT_CONNECTION_LIMITS
+    limits = httpx2.Limits(
+        max_connections=pool.max_connections,
+        max_keepalive_connections=pool.max_keepalive_connections,
+        keepalive_expiry=IDLE_CONNECTION_S,
+    )
     return openai.OpenAI(
         base_url=base_url,
         api_key=api_key or NO_KEY,
         max_retries=0,  # a retry would double a request the person is waiting on; they can resend
-        timeout=timeout,
-        http_client=openai.DefaultHttpxClient(limits=limits, timeout=timeout),
+        timeout=timeout,  # sent with every request: the HTTP client's own default is never used
+        http_client=openai.DefaultHttpxClient(limits=limits),
     )
 
 
