@@ -24,6 +24,7 @@ from edgechat.types import ChatRequest, Message, SamplingParams, Text
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+JSON = {"Content-Type": "application/json"}
 
 
 class Api:
@@ -172,11 +173,22 @@ def test_healthz_names_backend_and_model(api: Api, runtime: Runtime) -> None:
 
 
 def test_bad_json_missing_messages_and_bad_parameters_are_400(api: Api) -> None:
-    error_of(api.http.post("/v1/chat/completions", content=b"{not json"), 400)
+    error_of(api.http.post("/v1/chat/completions", content=b"{not json", headers=JSON), 400)
     assert error_of(api.chat(model=None), 400)["param"] == "messages"
     assert error_of(api.chat(messages=QUESTION, top_p=7), 400)["param"] == "top_p"
     deep = b"[" * 100_000 + b"]" * 100_000  # under the cap, deeper than the parser goes
-    error_of(api.http.post("/v1/chat/completions", content=deep), 400)
+    error_of(api.http.post("/v1/chat/completions", content=deep, headers=JSON), 400)
+
+
+def test_a_body_not_declared_json_is_415_as_vllm_answers(api: Api) -> None:
+    """A cross-site page may POST text/plain or a form without a CORS preflight: never parsed."""
+    body = json.dumps({"messages": QUESTION})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": kind} if kind else {}
+        assert "application/json" in error_of(api.http.post("/v1/chat/completions", content=body, headers=headers),
+                                              415)["message"]  # fmt: skip
+    r = api.http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
 
 
 def test_a_prompt_longer_than_the_context_is_400(api: Api, runtime: Runtime) -> None:
@@ -194,7 +206,7 @@ def test_an_unknown_model_or_endpoint_is_404_and_a_wrong_method_405(api: Api) ->
 
 def test_a_body_over_the_cap_is_413(api: Api) -> None:
     body = json.dumps({"messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]})
-    error_of(api.http.post("/v1/chat/completions", content=body), 413)
+    error_of(api.http.post("/v1/chat/completions", content=body, headers=JSON), 413)
     assert api.sample("edgechat:api_errors_total", status="413") == 1
 
 

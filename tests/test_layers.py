@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "edgechat.config": 2,
     "edgechat.metrics": 1,
     "edgechat.openai_schema": 3,
+    "edgechat.structured": 2,  # response_format -> GBNF with llama-cpp-python's converter
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
@@ -45,6 +46,7 @@ LAYERS: dict[str, int] = {
     "edgechat.chats": 8,
     "edgechat.runtime": 8,
     "edgechat.api": 9,
+    "edgechat.api.answer": 9,  # one admitted chat completion (the package's routes admit it)
     "edgechat.server": 10,
     "baichuan2": 11,
     "edgechat.page": 12,

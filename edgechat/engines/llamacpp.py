@@ -5,8 +5,10 @@ with `n_seq_max` sequences, each with its own KV buffer (`kv_layout` splits the 
 step fills ONE `llama_batch` with the running sequences' next tokens and the prompt chunks of
 newcomers and calls `llama_decode` once. A greedy sequence's next token is the argmax of its
 logits row (numpy, no sampler call); other sequences use llama.cpp's sampler chain, one per
-sequence. A sequence's cache is copied to host RAM and back with
-`llama_state_seq_get_data_ext` / `llama_state_seq_set_data_ext`, as llama-server's prompt cache does.
+sequence, led by llama.cpp's grammar sampler when the request constrains its output (structured
+output, batched with everyone else). Log-probabilities are read off the same raw logits row.
+A sequence's cache is copied to host RAM and back with `llama_state_seq_get_data_ext` /
+`llama_state_seq_set_data_ext`, as llama-server's prompt cache does.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from edgechat.engines.streams import StreamMap  # noqa: E402
 from edgechat.errors import ConfigError  # noqa: E402
-from edgechat.types import SamplingParams  # noqa: E402
+from edgechat.types import SamplingParams, TokenLogprobs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,8 @@ class LlamaCppEngine:
     name = "llamacpp"
     batch_prefill = True
     prefix_cache = True
+    logprobs = True
+    grammar = True
 
     def __init__(
         self,
@@ -182,8 +186,10 @@ class LlamaCppEngine:
         self._free = set(range(max_sequences))
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
         self._samplers: dict[int, Any] = {}  # seq -> llama.cpp chain; absent = plain greedy (argmax)
-        self._penalized: set[int] = set()  # sequences whose chain must see every token
+        self._penalized: dict[int, Any] = {}  # seq -> its chain's penalties sampler, which sees every token
         self._last: dict[int, int] = {}  # seq -> the token its chain sampled last
+        self._want_logprobs: dict[int, int] = {}  # seq -> alternatives to report per token
+        self._logprobs: dict[int, TokenLogprobs] = {}  # seq -> its last sampled token's
 
     # ---- Engine contract ----
 
@@ -199,10 +205,13 @@ class LlamaCppEngine:
         keep = max(0, min(keep, self._pos[seq]))
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), keep, -1)
         self._pos[seq] = keep
-        plain = sampling.greedy and not _penalties(sampling)
-        self._set_sampler(seq, None if plain else _sampler_chain(sampling))
-        if _penalties(sampling):
-            self._penalized.add(seq)
+        plain = sampling.greedy and not _penalties(sampling) and sampling.grammar is None
+        chain, penalties = (None, None) if plain else _sampler_chain(sampling, self.vocab)
+        self._set_sampler(seq, chain)
+        if penalties is not None:
+            self._penalized[seq] = penalties
+        if sampling.logprobs is not None:
+            self._want_logprobs[seq] = sampling.logprobs
         return keep
 
     def step(self, feeds: Sequence[Feed]) -> list[int | None]:
@@ -268,6 +277,9 @@ class LlamaCppEngine:
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
         return self.step([(seq, [token], True) for seq, token in batch])  # type: ignore[return-value]
 
+    def token_logprobs(self, seq: int) -> TokenLogprobs | None:
+        return self._logprobs.pop(seq, None)
+
     def save(self, seq: int) -> bytearray:
         return self._save_stream(self._streams.stream(seq))
 
@@ -287,6 +299,8 @@ class LlamaCppEngine:
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), -1, -1)
         del self._pos[seq]
         self._set_sampler(seq, None)
+        self._want_logprobs.pop(seq, None)
+        self._logprobs.pop(seq, None)
         self._free.add(seq)
 
     def describe(self) -> dict[str, Any]:
@@ -362,10 +376,11 @@ class LlamaCppEngine:
         j = 0
         for (seq, fed, _), row in zip(feeds, rows, strict=True):
             chain = self._samplers.get(seq)
-            if chain is not None and seq in self._penalized:
+            penalties = self._penalized.get(seq)
+            if penalties is not None:  # the prompt too (not the grammar: it reads the answer only)
                 skip = 1 if len(fed) == 1 and self._last.get(seq) == fed[0] else 0  # a decode: seen
                 for token in fed[skip:]:
-                    lc.llama_sampler_accept(chain, token)
+                    lc.llama_sampler_accept(penalties, token)
             if row < 0:
                 out.append(None)
                 continue
@@ -374,6 +389,8 @@ class LlamaCppEngine:
             else:
                 token = int(lc.llama_sampler_sample(chain, self.ctx, row))
                 self._last[seq] = token
+            if seq in self._want_logprobs:
+                self._logprobs[seq] = _logprobs_of(logits[j], token, self._want_logprobs[seq])  # type: ignore[index]
             j += 1
             out.append(token)
         return out
@@ -382,7 +399,7 @@ class LlamaCppEngine:
         old = self._samplers.pop(seq, None)
         if old is not None:
             lc.llama_sampler_free(old)
-        self._penalized.discard(seq)
+        self._penalized.pop(seq, None)
         self._last.pop(seq, None)
         if sampler is not None:
             self._samplers[seq] = sampler
@@ -392,9 +409,30 @@ def _penalties(s: SamplingParams) -> bool:
     return s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
 
 
-def _sampler_chain(s: SamplingParams) -> Any:
-    """llama.cpp's own chain: penalties, then greedy, or top-k → top-p → temperature → seeded dist."""
+def _logprobs_of(row: np.ndarray, token: int, top: int) -> TokenLogprobs:
+    """log-softmax of the raw logits: the token's log-probability and the `top` most likely."""
+    row = row.astype(np.float64)
+    shifted = row - row.max()
+    logz = np.log(np.exp(shifted).sum())
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        ids = np.argpartition(-shifted, top - 1)[:top]
+        ids = ids[np.argsort(-shifted[ids], kind="stable")]
+        best = [(int(i), float(shifted[i] - logz)) for i in ids]
+    return TokenLogprobs(float(shifted[token] - logz), tuple(best))
+
+
+def _sampler_chain(s: SamplingParams, vocab: Any) -> tuple[Any, Any]:
+    """llama.cpp's own chain: the grammar (masks what it forbids), penalties, then greedy, or
+    top-k → top-p → temperature → seeded dist; and the chain's penalties sampler, if any."""
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    penalties = None
+    if s.grammar is not None:
+        grammar = lc.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root")
+        if not grammar:
+            lc.llama_sampler_free(chain)
+            raise ValueError("llama.cpp could not parse the output grammar")
+        lc.llama_sampler_chain_add(chain, grammar)
     if _penalties(s):
         # llama.h takes (last_n, repeat, freq, present); llama-cpp-python 0.3.36 still declares a
         # leading n_vocab int, so last_n goes first and the stale int slot is passed 0 (ignored).
@@ -404,14 +442,14 @@ def _sampler_chain(s: SamplingParams) -> Any:
         lc.llama_sampler_chain_add(chain, penalties)
     if s.greedy:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        return chain
+        return chain, penalties
     if s.top_k > 0:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(s.top_k))
     if s.top_p < 1.0:
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(s.temperature))
     lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
-    return chain
+    return chain, penalties
 
 
 def _read_metadata(model: Any) -> dict[str, str]:
