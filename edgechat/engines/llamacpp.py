@@ -5,8 +5,10 @@ with `n_seq_max` sequences, each with its own KV buffer (`kv_layout` splits the 
 step fills ONE `llama_batch` with the running sequences' next tokens and the prompt chunks of
 newcomers and calls `llama_decode` once. A greedy sequence's next token is the argmax of its
 logits row (numpy, no sampler call); other sequences use llama.cpp's sampler chain, one per
-sequence, led by llama.cpp's grammar sampler when the request constrains its output (structured
-output, batched with everyone else). Log-probabilities are read off the same raw logits row.
+sequence. A request that constrains its output (structured output, batched with everyone else)
+also gets llama.cpp's grammar sampler, used as llama.cpp's own common sampler does: the chain
+picks, the grammar checks that one token, and only when it rejects it is the grammar applied to
+the whole vocabulary and the chain run again. Log-probabilities come from the same raw logits.
 A sequence's cache is copied to host RAM and back with `llama_state_seq_get_data_ext` /
 `llama_state_seq_set_data_ext`, as llama-server's prompt cache does.
 """
@@ -43,6 +45,7 @@ MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
 UBATCH = 63  # rows per llama.cpp micro-batch: below the 64 where flash attention switches kernel
 STATE_FLAGS = 0  # llama_state_seq_*_ext flags: the whole sequence, copied to host memory
 PENALTY_LAST_N = 64
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
 Feed = tuple[int, Sequence[int], bool]  # edgechat.engines.base.Feed (engines import no sibling)
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
 _backend_lock = threading.Lock()
@@ -188,6 +191,8 @@ class LlamaCppEngine:
         self._samplers: dict[int, Any] = {}  # seq -> llama.cpp chain; absent = plain greedy (argmax)
         self._penalized: dict[int, Any] = {}  # seq -> its chain's penalties sampler, which sees every token
         self._last: dict[int, int] = {}  # seq -> the token its chain sampled last
+        self._grammars: dict[int, Any] = {}  # seq -> its grammar sampler (structured output)
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)  # candidate ids, for grammar sequences
         self._want_logprobs: dict[int, int] = {}  # seq -> alternatives to report per token
         self._logprobs: dict[int, TokenLogprobs] = {}  # seq -> its last sampled token's
 
@@ -206,8 +211,10 @@ class LlamaCppEngine:
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), keep, -1)
         self._pos[seq] = keep
         plain = sampling.greedy and not _penalties(sampling) and sampling.grammar is None
-        chain, penalties = (None, None) if plain else _sampler_chain(sampling, self.vocab)
+        chain, penalties = (None, None) if plain else _sampler_chain(sampling)
         self._set_sampler(seq, chain)
+        if sampling.grammar is not None:
+            self._grammars[seq] = _grammar_sampler(self.vocab, sampling.grammar)
         if penalties is not None:
             self._penalized[seq] = penalties
         if sampling.logprobs is not None:
@@ -386,6 +393,9 @@ class LlamaCppEngine:
                 continue
             if chain is None:
                 token = int(logits[j].argmax())  # type: ignore[index]
+            elif seq in self._grammars:
+                token = self._sample_constrained(chain, self._grammars[seq], logits[j])  # type: ignore[index]
+                self._last[seq] = token
             else:
                 token = int(lc.llama_sampler_sample(chain, self.ctx, row))
                 self._last[seq] = token
@@ -395,10 +405,41 @@ class LlamaCppEngine:
             out.append(token)
         return out
 
+    def _sample_constrained(self, chain: Any, grammar: Any, row: np.ndarray) -> int:
+        """llama.cpp's common sampler with a grammar: the chain picks from the raw logits; if the
+        grammar rejects that token, the grammar masks the whole vocabulary and the chain picks
+        again. Both then accept the token (the grammar advances, the penalties remember it)."""
+        token = self._apply(chain, None, row)
+        one = lc.llama_token_data(token, 1.0, 0.0)
+        single = lc.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
+        lc.llama_sampler_apply(grammar, ctypes.byref(single))
+        if not np.isfinite(one.logit):
+            token = self._apply(chain, grammar, row)
+        lc.llama_sampler_accept(grammar, token)
+        lc.llama_sampler_accept(chain, token)
+        return token
+
+    def _apply(self, chain: Any, grammar: Any, row: np.ndarray) -> int:
+        """The token `chain` selects over the whole vocabulary (masked by `grammar` first, if given)."""
+        cand = np.empty(self.n_vocab, dtype=TOKEN_DATA)
+        cand["id"], cand["logit"], cand["p"] = self._ids, row, 0.0
+        array = lc.llama_token_data_array(
+            cand.ctypes.data_as(ctypes.POINTER(lc.llama_token_data)), len(cand), -1, False
+        )
+        if grammar is not None:
+            lc.llama_sampler_apply(grammar, ctypes.byref(array))
+        lc.llama_sampler_apply(chain, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            raise RuntimeError("llama.cpp's sampler selected no token")
+        return int(array.data[array.selected].id)
+
     def _set_sampler(self, seq: int, sampler: Any) -> None:
         old = self._samplers.pop(seq, None)
         if old is not None:
             lc.llama_sampler_free(old)
+        grammar = self._grammars.pop(seq, None)
+        if grammar is not None:
+            lc.llama_sampler_free(grammar)
         self._penalized.pop(seq, None)
         self._last.pop(seq, None)
         if sampler is not None:
@@ -422,17 +463,19 @@ def _logprobs_of(row: np.ndarray, token: int, top: int) -> TokenLogprobs:
     return TokenLogprobs(float(shifted[token] - logz), tuple(best))
 
 
-def _sampler_chain(s: SamplingParams, vocab: Any) -> tuple[Any, Any]:
-    """llama.cpp's own chain: the grammar (masks what it forbids), penalties, then greedy, or
-    top-k → top-p → temperature → seeded dist; and the chain's penalties sampler, if any."""
+def _grammar_sampler(vocab: Any, grammar: str) -> Any:
+    """llama.cpp's grammar sampler for GBNF text (root rule `root`)."""
+    sampler = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    if not sampler:
+        raise ValueError("llama.cpp could not parse the output grammar")
+    return sampler
+
+
+def _sampler_chain(s: SamplingParams) -> tuple[Any, Any]:
+    """llama.cpp's own chain: penalties, then greedy, or top-k → top-p → temperature → seeded
+    dist; and the chain's penalties sampler, if any."""
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     penalties = None
-    if s.grammar is not None:
-        grammar = lc.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root")
-        if not grammar:
-            lc.llama_sampler_free(chain)
-            raise ValueError("llama.cpp could not parse the output grammar")
-        lc.llama_sampler_chain_add(chain, grammar)
     if _penalties(s):
         # llama.h takes (last_n, repeat, freq, present); llama-cpp-python 0.3.36 still declares a
         # leading n_vocab int, so last_n goes first and the stale int slot is passed 0 (ignored).
