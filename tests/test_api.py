@@ -337,5 +337,39 @@ def test_answers_in_flight_per_address_counting_the_page_too(runtime: Runtime) -
         api.close()
 
 
+def test_a_program_holding_the_server_key_is_not_limited_per_address(runtime: Runtime) -> None:
+    """Open WebUI or Dify send many people's requests from one address: the server key gives them
+    the box's capacity. The page password as a bearer is a person's: limited as the page is."""
+    for flags, keyed_status in ((("--server-api-key", "k"), 200), (("--password", "k"), 429)):
+        api = Api(runtime, "--max-in-flight", "1", "--rate-limit", "1", *flags)
+        held = api.limits.acquire("testclient")  # that address already has its one answer running
+        try:
+            r = api.chat(messages=QUESTION, max_tokens=1, headers={"Authorization": "Bearer k"})
+            assert r.status_code == keyed_status, (flags, r.text)
+            if keyed_status == 200:  # and again: no --rate-limit of 1 a minute either
+                assert (
+                    api.chat(messages=QUESTION, max_tokens=1, headers={"Authorization": "Bearer k"}).status_code == 200
+                )
+        finally:
+            held()
+            api.close()
+
+
+def test_logprobs_and_a_schema_under_penalties_in_process(api: Api) -> None:
+    """The penalties sampler sees the prompt, the grammar only the answer: both hold together."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    r = api.chat(messages=QUESTION, temperature=0.7, seed=3, frequency_penalty=0.5, repetition_penalty=1.1,
+                 response_format=fmt, logprobs=True, top_logprobs=2)  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    answer = json.loads(body["choices"][0]["message"]["content"])
+    assert list(answer) == ["city"] and isinstance(answer["city"], str)
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"] and all(len(t["top_logprobs"]) == 2 for t in content)
+    assert all(t["logprob"] <= 0 for t in content)
+
+
 def test_api_off_serves_no_routes() -> None:
     assert app_options(parse_settings(["--api", "off"], env={}))["routes"] == []
