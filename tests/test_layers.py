@@ -31,7 +31,8 @@ LAYERS: dict[str, int] = {
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
-    "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
+    "edgechat.engines.streams": 1,
+    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits  # which llama.cpp KV stream holds which sequence
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
     "edgechat.engines.sail": 3,

@@ -5,10 +5,7 @@ with `n_seq_max` sequences, each with its own KV buffer (`kv_layout` splits the 
 step fills ONE `llama_batch` with the running sequences' next tokens and the prompt chunks of
 newcomers and calls `llama_decode` once. A greedy sequence's next token is the argmax of its
 logits row (numpy, no sampler call); other sequences use llama.cpp's sampler chain, one per
-sequence. A request that constrains its output (structured output, batched with everyone else)
-also gets llama.cpp's grammar sampler, used as llama.cpp's own common sampler does: the chain
-picks, the grammar checks that one token, and only when it rejects it is the grammar applied to
-the whole vocabulary and the chain run again. Log-probabilities come from the same raw logits.
+sequence, with its grammar sampler for structured output (edgechat.engines.sampling).
 A sequence's cache is copied to host RAM and back with `llama_state_seq_get_data_ext` /
 `llama_state_seq_set_data_ext`, as llama-server's prompt cache does.
 """
@@ -34,6 +31,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp as lc  # noqa: E402
 import numpy as np  # noqa: E402
 
+from edgechat.engines.sampling import Samplers  # noqa: E402
 from edgechat.engines.streams import StreamMap  # noqa: E402
 from edgechat.errors import ConfigError  # noqa: E402
 from edgechat.types import SamplingParams, TokenLogprobs  # noqa: E402
@@ -44,8 +42,6 @@ GGUF_MAGIC = b"GGUF"
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
 UBATCH = 63  # rows per llama.cpp micro-batch: below the 64 where flash attention switches kernel
 STATE_FLAGS = 0  # llama_state_seq_*_ext flags: the whole sequence, copied to host memory
-PENALTY_LAST_N = 64
-TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
 Feed = tuple[int, Sequence[int], bool]  # edgechat.engines.base.Feed (engines import no sibling)
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
 _backend_lock = threading.Lock()
@@ -188,13 +184,7 @@ class LlamaCppEngine:
         self._streams = StreamMap(max_sequences)  # sequence handle -> llama.cpp sequence id
         self._free = set(range(max_sequences))
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
-        self._samplers: dict[int, Any] = {}  # seq -> llama.cpp chain; absent = plain greedy (argmax)
-        self._penalized: dict[int, Any] = {}  # seq -> its chain's penalties sampler, which sees every token
-        self._last: dict[int, int] = {}  # seq -> the token its chain sampled last
-        self._grammars: dict[int, Any] = {}  # seq -> its grammar sampler (structured output)
-        self._ids = np.arange(self.n_vocab, dtype=np.int32)  # candidate ids, for grammar sequences
-        self._want_logprobs: dict[int, int] = {}  # seq -> alternatives to report per token
-        self._logprobs: dict[int, TokenLogprobs] = {}  # seq -> its last sampled token's
+        self._sampling = Samplers(self.ctx, self.vocab, self.n_vocab)  # each sequence's sampler state
 
     # ---- Engine contract ----
 
@@ -210,15 +200,7 @@ class LlamaCppEngine:
         keep = max(0, min(keep, self._pos[seq]))
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), keep, -1)
         self._pos[seq] = keep
-        plain = sampling.greedy and not _penalties(sampling) and sampling.grammar is None
-        chain, penalties = (None, None) if plain else _sampler_chain(sampling)
-        self._set_sampler(seq, chain)
-        if sampling.grammar is not None:
-            self._grammars[seq] = _grammar_sampler(self.vocab, sampling.grammar)
-        if penalties is not None:
-            self._penalized[seq] = penalties
-        if sampling.logprobs is not None:
-            self._want_logprobs[seq] = sampling.logprobs
+        self._sampling.start(seq, sampling)
         return keep
 
     def step(self, feeds: Sequence[Feed]) -> list[int | None]:
@@ -266,7 +248,7 @@ class LlamaCppEngine:
                 lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), pos, -1)
                 self._pos[seq] = pos
             raise
-        sampled = self._sample(ordered, rows, len(wanted))
+        sampled = self._sampling.sample(ordered, rows, len(wanted))
         out: list[int | None] = [None] * len(feeds)
         for i, token in zip(order, sampled, strict=True):
             out[i] = token
@@ -285,7 +267,7 @@ class LlamaCppEngine:
         return self.step([(seq, [token], True) for seq, token in batch])  # type: ignore[return-value]
 
     def token_logprobs(self, seq: int) -> TokenLogprobs | None:
-        return self._logprobs.pop(seq, None)
+        return self._sampling.token_logprobs(seq)
 
     def save(self, seq: int) -> bytearray:
         return self._save_stream(self._streams.stream(seq))
@@ -305,9 +287,7 @@ class LlamaCppEngine:
             return
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), -1, -1)
         del self._pos[seq]
-        self._set_sampler(seq, None)
-        self._want_logprobs.pop(seq, None)
-        self._logprobs.pop(seq, None)
+        self._sampling.release(seq)
         self._free.add(seq)
 
     def describe(self) -> dict[str, Any]:
@@ -324,8 +304,7 @@ class LlamaCppEngine:
         }
 
     def close(self) -> None:
-        for seq in list(self._samplers):
-            self._set_sampler(seq, None)
+        self._sampling.close()
         if self.ctx:
             lc.llama_batch_free(self._batch)
             lc.llama_free(self.ctx)
@@ -374,125 +353,6 @@ class LlamaCppEngine:
         for handle, stream, data in ((a, sb, data_a), (b, sa, data_b)):
             if data is not None and not self._restore_stream(stream, data, self._pos[handle]):
                 raise RuntimeError(f"could not move the cache of sequence {handle} to KV stream {stream}")
-
-    def _sample(self, feeds: Sequence[Feed], rows: list[int], n_out: int) -> list[int | None]:
-        """Greedy sequences take the argmax of their logits row (no sampler call per token);
-        the others run their llama.cpp chain on the row."""
-        logits = np.ctypeslib.as_array(lc.llama_get_logits(self.ctx), shape=(n_out, self.n_vocab)) if n_out else None
-        out: list[int | None] = []
-        j = 0
-        for (seq, fed, _), row in zip(feeds, rows, strict=True):
-            chain = self._samplers.get(seq)
-            penalties = self._penalized.get(seq)
-            if penalties is not None:  # the prompt too (not the grammar: it reads the answer only)
-                skip = 1 if len(fed) == 1 and self._last.get(seq) == fed[0] else 0  # a decode: seen
-                for token in fed[skip:]:
-                    lc.llama_sampler_accept(penalties, token)
-            if row < 0:
-                out.append(None)
-                continue
-            if chain is None:
-                token = int(logits[j].argmax())  # type: ignore[index]
-            elif seq in self._grammars:
-                token = self._sample_constrained(chain, self._grammars[seq], logits[j])  # type: ignore[index]
-                self._last[seq] = token
-            else:
-                token = int(lc.llama_sampler_sample(chain, self.ctx, row))
-                self._last[seq] = token
-            if seq in self._want_logprobs:
-                self._logprobs[seq] = _logprobs_of(logits[j], token, self._want_logprobs[seq])  # type: ignore[index]
-            j += 1
-            out.append(token)
-        return out
-
-    def _sample_constrained(self, chain: Any, grammar: Any, row: np.ndarray) -> int:
-        """llama.cpp's common sampler with a grammar: the chain picks from the raw logits; if the
-        grammar rejects that token, the grammar masks the whole vocabulary and the chain picks
-        again. Both then accept the token (the grammar advances, the penalties remember it)."""
-        token = self._apply(chain, None, row)
-        one = lc.llama_token_data(token, 1.0, 0.0)
-        single = lc.llama_token_data_array(ctypes.pointer(one), 1, -1, False)
-        lc.llama_sampler_apply(grammar, ctypes.byref(single))
-        if not np.isfinite(one.logit):
-            token = self._apply(chain, grammar, row)
-        lc.llama_sampler_accept(grammar, token)
-        lc.llama_sampler_accept(chain, token)
-        return token
-
-    def _apply(self, chain: Any, grammar: Any, row: np.ndarray) -> int:
-        """The token `chain` selects over the whole vocabulary (masked by `grammar` first, if given)."""
-        cand = np.empty(self.n_vocab, dtype=TOKEN_DATA)
-        cand["id"], cand["logit"], cand["p"] = self._ids, row, 0.0
-        array = lc.llama_token_data_array(
-            cand.ctypes.data_as(ctypes.POINTER(lc.llama_token_data)), len(cand), -1, False
-        )
-        if grammar is not None:
-            lc.llama_sampler_apply(grammar, ctypes.byref(array))
-        lc.llama_sampler_apply(chain, ctypes.byref(array))
-        if not 0 <= array.selected < array.size:
-            raise RuntimeError("llama.cpp's sampler selected no token")
-        return int(array.data[array.selected].id)
-
-    def _set_sampler(self, seq: int, sampler: Any) -> None:
-        old = self._samplers.pop(seq, None)
-        if old is not None:
-            lc.llama_sampler_free(old)
-        grammar = self._grammars.pop(seq, None)
-        if grammar is not None:
-            lc.llama_sampler_free(grammar)
-        self._penalized.pop(seq, None)
-        self._last.pop(seq, None)
-        if sampler is not None:
-            self._samplers[seq] = sampler
-
-
-def _penalties(s: SamplingParams) -> bool:
-    return s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
-
-
-def _logprobs_of(row: np.ndarray, token: int, top: int) -> TokenLogprobs:
-    """log-softmax of the raw logits: the token's log-probability and the `top` most likely."""
-    row = row.astype(np.float64)
-    shifted = row - row.max()
-    logz = np.log(np.exp(shifted).sum())
-    best: list[tuple[int, float]] = []
-    if top > 0:
-        ids = np.argpartition(-shifted, top - 1)[:top]
-        ids = ids[np.argsort(-shifted[ids], kind="stable")]
-        best = [(int(i), float(shifted[i] - logz)) for i in ids]
-    return TokenLogprobs(float(shifted[token] - logz), tuple(best))
-
-
-def _grammar_sampler(vocab: Any, grammar: str) -> Any:
-    """llama.cpp's grammar sampler for GBNF text (root rule `root`)."""
-    sampler = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-    if not sampler:
-        raise ValueError("llama.cpp could not parse the output grammar")
-    return sampler
-
-
-def _sampler_chain(s: SamplingParams) -> tuple[Any, Any]:
-    """llama.cpp's own chain: penalties, then greedy, or top-k → top-p → temperature → seeded
-    dist; and the chain's penalties sampler, if any."""
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    penalties = None
-    if _penalties(s):
-        # llama.h takes (last_n, repeat, freq, present); llama-cpp-python 0.3.36 still declares a
-        # leading n_vocab int, so last_n goes first and the stale int slot is passed 0 (ignored).
-        penalties = lc.llama_sampler_init_penalties(
-            PENALTY_LAST_N, 0, s.repetition_penalty, s.frequency_penalty, s.presence_penalty
-        )
-        lc.llama_sampler_chain_add(chain, penalties)
-    if s.greedy:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        return chain, penalties
-    if s.top_k > 0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(s.top_k))
-    if s.top_p < 1.0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
-    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(s.temperature))
-    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
-    return chain, penalties
 
 
 def _read_metadata(model: Any) -> dict[str, str]:
