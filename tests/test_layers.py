@@ -31,8 +31,8 @@ LAYERS: dict[str, int] = {
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
-    "edgechat.engines.streams": 1,
-    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits  # which llama.cpp KV stream holds which sequence
+    "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
+    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
     "edgechat.engines.sail": 3,
@@ -50,9 +50,13 @@ LAYERS: dict[str, int] = {
     "edgechat.api.answer": 9,  # one admitted chat completion (the package's routes admit it)
     "edgechat.server": 10,
     "baichuan2": 11,
+    "edgechat.tls": 11,  # --tls: the certificate Streamlit serves (uses server.box_names)
     "edgechat.page": 12,
     "edgechat.page.session": 12,
+    "edgechat.page.copy_button": 11,  # one click copies an answer's Markdown, on plain HTTP too
+    "edgechat.page.tab_title": 11,  # the tab title says queued / answering / answered
     "edgechat.page.messages": 12,
+    "edgechat.page.join_qr": 12,  # the page's address as text and QR code, the HTTPS fingerprint
     "edgechat.page.sidebar": 13,
     "web_demo": 14,
 }

@@ -14,6 +14,7 @@ from edgechat.chats import SavedChat
 from edgechat.config import Settings, options
 from edgechat.conversation import Conversation
 from edgechat.page import session
+from edgechat.page.join_qr import join_panel
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import display_url, plain_text
 from edgechat.store import UNDO_S, StoreUnavailable
@@ -25,20 +26,6 @@ from edgechat.ui_text import stats_line, t
 SERVER_PANEL_REFRESH_S = 1.0
 CHATS_SHOWN = 30
 IMPORT_MAX_CHARS = 900_000  # a pasted export travels in one websocket frame, capped at 1 MB (config.toml)
-
-
-def lan_url() -> str | None:
-    """The address people in the room type (Streamlit's "Network URL"); None when bound to loopback."""
-    address = st.get_option("server.address") or ""
-    port = st.get_option("server.port")
-    if address in ("127.0.0.1", "localhost", "::1"):
-        return None
-    if address not in ("", "0.0.0.0", "::"):
-        return f"http://{address}:{port}"
-    from streamlit import net_util
-
-    ip = net_util.get_internal_ip()
-    return f"http://{ip}:{port}" if ip else None
 
 
 @st.fragment(run_every=SERVER_PANEL_REFRESH_S)
@@ -57,9 +44,6 @@ def server_panel(runtime: Runtime, lang: str) -> None:
     stats = runtime.backend.stats()
     running = stats["running"] + stats["prefilling"]
     st.caption(t(lang, "server_load", running=running, waiting=stats["waiting"], tps=stats["aggregate_tps"]))
-    url = lan_url()
-    if url:
-        st.caption(t(lang, "server_lan", url=url))
 
 
 def chat_list(runtime: Runtime, lang: str, busy: bool) -> None:
@@ -176,6 +160,7 @@ def sidebar(runtime: Runtime, conv: Conversation, settings: Settings, lang: str,
         answer_settings(settings, lang, busy)
         st.subheader(t(lang, "server"))
         server_panel(runtime, lang)
+        join_panel(lang)  # the address, its QR code and the HTTPS fingerprint: they do not change each second
         st.subheader(t(lang, "export"))
         export_buttons(runtime, conv, lang)
 
