@@ -25,6 +25,7 @@ CSS = """
 .status { font-size: 0.8rem; margin-left: 0.6rem; opacity: 0.8; }
 .manual { display: block; width: 100%; box-sizing: border-box; min-height: 6rem; margin-top: 0.4rem;
           font: 0.8rem monospace; }
+.manual[hidden] { display: none; }
 """
 JS = """
 const ICON = '<svg width="16" height="16" viewBox="0 0 24 24" aria-hidden="true"><path fill="currentColor" '

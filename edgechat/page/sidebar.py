@@ -63,7 +63,7 @@ def chat_list(runtime: Runtime, lang: str, busy: bool) -> None:
         return
     for chat in chats:
         current = chat.id == saved.chat_id
-        row = st.container(horizontal=True, vertical_alignment="center")
+        row = st.container(horizontal=True, wrap=False, vertical_alignment="center")  # ⋮ stays beside a long title
         row.button(plain_text(chat.title or t(lang, "untitled"), max_chars=40), key=f"open_{chat.id}",
                    type="primary" if current else "tertiary", disabled=busy or current,
                    on_click=_open, args=(chat.id,), width="stretch")  # fmt: skip

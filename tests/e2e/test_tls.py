@@ -79,7 +79,9 @@ def test_page_over_https_secure_cookie_and_copy_to_clipboard(browser, box: Serve
     ask(page, "Write a haiku about the sea, then a Python line that prints it.")
     wait_answered(page, 1)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=box.url)
-    page.get_by_test_id("stChatMessage").nth(1).get_by_role("button", name="Copy").click()
+    answer = page.get_by_test_id("stChatMessage").nth(1)
+    assert answer.locator("textarea").count() == 1 and not answer.locator("textarea").is_visible()  # no fallback
+    answer.get_by_role("button", name="Copy").click()
     page.get_by_text("Copied", exact=True).wait_for(timeout=10_000)
     assert page.evaluate("navigator.clipboard.readText()") == last_answer_markdown(page)
     context.close()
