@@ -149,7 +149,7 @@ def main() -> None:
     context_meter(conv, lang)
     if busy:
         follow_answer(conv, lang, stop)
-    tab_title(st.sidebar, "idle", lang)  # an answer that ended while the tab was hidden: "✓ answered"
+    tab_title(st.sidebar, "idle", lang, id(conv.answer))  # one that ended in a hidden tab: "✓ answered"
 
 
 if __name__ == "__main__":  # a script run of the page

@@ -82,7 +82,7 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
                 st.session_state.get("conversation")  # sends nothing; where Stop or a closed tab ends this run
                 text = answer.record["content"]
                 if state != (now := "queued" if answer.queued is not None and not text else "answering"):
-                    tab_title(title, now, lang)  # the tab says it, for someone who switched tabs
+                    tab_title(title, now, lang, id(answer))  # the tab says it, for someone in another tab
                     state = now
                 if answer.queued is not None and not text:
                     status.caption(t(lang, "queued", position=answer.queued.position, eta=answer.queued.eta_s))
