@@ -22,6 +22,7 @@ from edgechat.ui_text import t
 
 SIDEBAR_SCALE = 4  # pixels per module: a ~150 px code in the sidebar
 PRESENTER_SCALE = 16  # large enough to scan from the back of a room off a projector
+PRESENTER_WIDTH = 480  # pixels on the page
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -77,6 +78,7 @@ def presenter_qr(settings: Settings, lang: str) -> None:
     if not ss.qr_large or not url:
         return
     with st.container(border=True, key="presenter_qr", horizontal_alignment="center"):
-        st.image(qr_png(url, PRESENTER_SCALE), caption=t(lang, "qr_caption", url=url), width=480)
+        with st.container(width=PRESENTER_WIDTH):  # at most this wide, narrower on a phone: never cut
+            st.image(qr_png(url, PRESENTER_SCALE), caption=t(lang, "qr_caption", url=url), width="stretch")
         st.button(t(lang, "qr_close"), key="qr_close", icon=":material/close:",
                   on_click=lambda: ss.update(qr_large=False))  # fmt: skip

@@ -157,3 +157,16 @@ def test_tab_title_says_queued_answering_and_answered(lan_browser, lan: Server) 
     waiter.wait_for_function("document.title === 'edgechat'", timeout=10_000)  # back: the mark goes
     writer_ctx.close()
     waiter_ctx.close()
+
+
+def test_presenter_qr_fits_a_phone_and_still_decodes(lan_browser, lan: Server) -> None:  # noqa: ANN001
+    from tests.e2e.test_phone import NO_SIDEWAYS_SCROLL, PHONE, on_screen
+
+    context = lan_browser.new_context(**{**person_options(), **PHONE})
+    page = context.new_page()
+    page.goto(lan_url(lan))
+    image = page.locator(".st-key-presenter_qr").get_by_test_id("stImage").locator("img")
+    image.wait_for(timeout=60_000)
+    assert on_screen(image.bounding_box()) and page.evaluate(NO_SIDEWAYS_SCROLL, "html, body, [data-testid=stMain]")
+    assert decoded(image) == [lan_url(lan)]
+    context.close()
