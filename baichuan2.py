@@ -49,6 +49,7 @@ def client_for(runtime: Runtime, settings: Settings, session: str | None = None,
         system=settings.system,
         session=session,
         source=source,
+        handout=runtime.handout,
     )
 
 

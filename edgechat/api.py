@@ -291,7 +291,10 @@ class _Answer:
         self.release = release
         self.session = session
         self.model = model_id(rt)
-        self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api")
+        handout = rt.handout if rt.settings.handout_api else None  # the room's handout, if the operator shares it
+        self.client = ChatClient(
+            rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api", handout=handout
+        )
         self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
 

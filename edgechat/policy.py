@@ -17,7 +17,9 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from edgechat.kvcache import MIB, HostCache, ParkedState
+from edgechat.prefixes import MIN_SHARED_TOKENS, is_pin
 from edgechat.sequences import Admit, EngineFacts, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
+from edgechat.sharing import Sharing
 from edgechat.types import Failed, Finished, FinishReason, Queued, Token, TokenEvent
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ class Policy:
         kv_budget_tokens: int,
         host: HostCache | None,
         session_ttl_s: float,
+        share_prefixes: bool = True,
     ) -> None:
         self.engine = engine
         self.max_running = max_running
@@ -44,6 +47,9 @@ class Policy:
         self.pool_limited = kv_budget_tokens < engine.max_sequences * engine.max_len
         self.session_ttl_s = session_ttl_s
         self.host = host
+        self.sharing = Sharing(enabled=share_prefixes and engine.prefix_cache)
+        if host is not None:
+            host.listener = self._record_changed
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []  # PREFILL or RUNNING, in admission order (last = youngest)
         self.resident: list[Slot] = []  # every slot holding (or about to hold) an engine sequence
@@ -90,12 +96,18 @@ class Policy:
                 self._finish(request, request.cancel_reason, now, plan)
             elif request.deadline is not None and now > request.deadline:
                 self._finish(request, FinishReason.TIMEOUT, now, plan)
+        self._placed: set[Slot] = set()  # sequences that get their cache this step: no source yet
+        waiting_for_prefix: list[Request] = []  # stay in line while someone prefills their prefix
         while self.waiting and len(self.active) < self.max_running:
+            if self._waits_for_prefix(self.waiting[0]):
+                waiting_for_prefix.append(self.waiting.popleft())
+                continue
             admit = self._place(self.waiting[0], now, plan)
             if admit is None:
                 break  # FIFO: nobody overtakes the head of the queue
             self.waiting.popleft()
             plan.admits.append(admit)
+        self.waiting.extendleft(reversed(waiting_for_prefix))
         self._report_queue()
         self._plan_feeds(plan)
         if self.pool_limited:
@@ -111,6 +123,9 @@ class Policy:
         parked = request.resume
         if idle is None and parked is None and session is not None and self.host is not None:
             parked = self.host.take(session)
+        # Before any eviction: the least recently used cache may be the best source (then its
+        # parked copy is the source: the scheduler saves it before this admit runs).
+        source = self.sharing.find(target, self._placed) if idle is None and request.resume is None else None
         if idle is None and not self._free_sequence(plan):
             if parked is not None and parked is not request.resume:
                 self.host.put(parked)  # type: ignore[union-attr] — not this step: back it goes
@@ -126,6 +141,13 @@ class Policy:
                 slot, restore = Slot(), None
         else:
             slot, restore, keep, kind = Slot(), None, 0, "fresh"
+        if source is not None and keep < MIN_SHARED_TOKENS and source.tokens > keep:
+            if parked is not None:
+                self.host.put(parked)  # type: ignore[union-attr] — its own record had less to give
+                parked = None
+            slot, restore, keep, kind = Slot(tokens=list(source.held)), source.record, source.tokens, "shared"
+        else:
+            source = None
         claim = len(target) + min(ANSWER_ROOM, request.max_new_tokens)
         if not self._pool_room(claim, plan, exclude=idle):
             if idle is not None:
@@ -134,20 +156,50 @@ class Policy:
             elif parked is not None and parked is not request.resume:
                 self.host.put(parked)  # type: ignore[union-attr]
             return None
-        if request.resume is None and session is not None:
+        if source is not None and source.slot is not None and source.slot not in self.resident:
+            if not any(park.slot is source.slot for park in plan.parks):  # evicted and dropped
+                slot, keep, kind, source = Slot(), 0, "fresh", None
+        if request.resume is None and session is not None and kind != "shared":
             self._count_turn(kind if keep else "fresh", session)
         request.resume = None
         slot.session, slot.request, slot.last_used = session, request, now
         if slot not in self.resident:
             self.resident.append(slot)
         del slot.tokens[keep:]
+        self.sharing.cut(slot)
+        self._placed.add(slot)
         request.slot = slot
-        request.stats.reused_tokens = keep if request.stats.started_at is None else request.stats.reused_tokens
         if request.stats.started_at is None:
             request.stats.started_at = now
+            request.stats.reused_tokens = 0 if source else keep
+            request.stats.shared_tokens = keep if source else 0
         self.active.append(request)
         request.settle()
-        return Admit(request, slot, keep, restore)
+        self.sharing.promise(request)
+        return Admit(request, slot, keep, restore, share=source.slot if source else None)
+
+    def _waits_for_prefix(self, request: Request) -> bool:
+        """A newcomer whose prompt starts with what another request is prefilling now waits for it
+        (a few steps) and then copies it, rather than prefilling the same tokens alongside."""
+        if request.resume is not None or not self.sharing.enabled:
+            return False
+        if request.session is not None and (request.session in self.idle or request.session in (self.host or ())):
+            return False
+        source = self.sharing.find(request.target(), self._placed)
+        return self.sharing.in_flight(request.target(), source.tokens if source else 0)
+
+    def _unresident(self, slot: Slot) -> None:
+        self.resident.remove(slot)
+        self.sharing.untrack(slot)
+
+    def _record_changed(self, record: ParkedState, added: bool) -> None:
+        (self.sharing.record_added if added else self.sharing.record_removed)(record)
+
+    def _count_prompt(self, request: Request) -> None:
+        if not request.generated:  # a preempted request coming back was counted once
+            self.sharing.tokens["reused"] += request.stats.reused_tokens
+            self.sharing.tokens["shared"] += request.stats.shared_tokens
+            self.sharing.turns_shared += request.stats.shared_tokens > 0
 
     def _count_turn(self, kind: str, session: str) -> None:
         if kind != "fresh":
@@ -167,9 +219,9 @@ class Policy:
     def _evict(self, session: str, plan: Plan) -> None:
         """Free an idle slot: park its cache in host RAM when it will be kept, else drop it."""
         slot = self.idle.pop(session)
-        self.resident.remove(slot)
+        self._unresident(slot)
         est = len(slot.tokens) * self.engine.kv_bytes_per_token
-        if self.host is not None and slot.tokens and self.host.can_take(est):
+        if is_pin(session) or (self.host is not None and slot.tokens and self.host.can_take(est)):
             plan.parks.append(Park(slot, list(slot.tokens), session=session))
         else:
             plan.releases.append(slot)
@@ -177,7 +229,7 @@ class Policy:
     def _drop_session(self, session: str, plan: Plan, forgotten: bool = False) -> None:
         slot = self.idle.pop(session, None)
         if slot is not None:
-            self.resident.remove(slot)
+            self._unresident(slot)
             plan.releases.append(slot)
         if self.host is not None:
             self.host.drop(session)
@@ -186,7 +238,7 @@ class Policy:
 
     def _expire(self, now: float, plan: Plan) -> None:
         """Idle and parked caches unused for longer than the session TTL are dropped."""
-        old = [s for s, slot in self.idle.items() if now - slot.last_used > self.session_ttl_s]
+        old = [s for s, slot in self.idle.items() if now - slot.last_used > self.session_ttl_s and not is_pin(s)]
         for session in old:
             self._drop_session(session, plan)
         if self.host is not None:
@@ -257,7 +309,8 @@ class Policy:
         slot = request.slot
         assert slot is not None
         self.active.remove(request)
-        self.resident.remove(slot)
+        self._unresident(slot)
+        self.sharing.settled(request)
         est = len(slot.tokens) * self.engine.kv_bytes_per_token
         if self.host is not None and slot.tokens and self.host.can_take(est) and slot.seq >= 0:
             plan.parks.append(Park(slot, list(slot.tokens), request=request))
@@ -277,6 +330,9 @@ class Policy:
             if park.request is not None:
                 if data is not None:
                     park.request.resume = ParkedState(park.request.session or "", park.tokens, data, now)
+            elif is_pin(park.session):
+                if data is not None:
+                    self.sharing.pin(ParkedState(park.session, park.tokens, data, now))  # type: ignore[arg-type]
             elif data is not None and self.host.put(ParkedState(park.session, park.tokens, data, now)):  # type: ignore[union-attr, arg-type]
                 self.counts["parks"] += 1
         for admit in plan.admits:
@@ -284,12 +340,16 @@ class Policy:
             if request in out.failed:
                 continue
             del admit.slot.tokens[out.kept[request] :]
+            self.sharing.cut(admit.slot)
             if request in out.restore_failed:
                 self.counts["restore_failures"] += 1
-                self.turns["restored"] -= 1
-                self.turns["reprefilled"] += 1
+                if not request.stats.shared_tokens:  # a shared record is not the session's turn
+                    self.turns["restored"] -= 1
+                    self.turns["reprefilled"] += 1
                 log.warning("restoring a parked cache failed: request %d re-prefills", request.id)
             request.stats.reused_tokens = min(request.stats.reused_tokens, len(admit.slot.tokens))
+            request.stats.shared_tokens = min(request.stats.shared_tokens, len(admit.slot.tokens))
+            self._count_prompt(request)
             request.settle()
         for request, message in out.failed.items():
             log.error("request %d failed: %s", request.id, message)
@@ -299,9 +359,13 @@ class Policy:
             request = feed.request
             if request not in out.tokens or request.status is Status.FINISHED:
                 continue
+            if request.status is Status.PREFILL:
+                self.sharing.tokens["prefilled"] += len(feed.tokens)
             request.slot.tokens.extend(feed.tokens)  # type: ignore[union-attr]
+            self.sharing.track(request.slot)  # type: ignore[arg-type]
             token = out.tokens[request]
             if token is not None:
+                self.sharing.settled(request)
                 if request.stats.first_token_at is None:
                     request.stats.first_token_at = now
                 request.status = Status.RUNNING
@@ -330,6 +394,7 @@ class Policy:
     ) -> None:
         if request.status is Status.FINISHED:
             return
+        self.sharing.settled(request)
         was_waiting = request.status is Status.WAITING
         if was_waiting:
             self.waiting.remove(request)
@@ -342,7 +407,7 @@ class Policy:
                 if request.session is not None and reason.keeps_cache and self.engine.prefix_cache:
                     self._keep_idle(slot, request.session, now, plan)
                 else:
-                    self.resident.remove(slot)
+                    self._unresident(slot)
                     (plan.releases if plan is not None else self.to_release).append(slot)
         request.status = Status.FINISHED
         stats = request.stats
@@ -360,7 +425,7 @@ class Policy:
     def _keep_idle(self, slot: Slot, session: str, now: float, plan: Plan | None) -> None:
         old = self.idle.pop(session, None)
         if old is not None:  # two requests of one session: the newer cache wins
-            self.resident.remove(old)
+            self._unresident(old)
             (plan.releases if plan is not None else self.to_release).append(old)
         if self.host is not None:
             self.host.drop(session)
@@ -401,6 +466,7 @@ class Policy:
             "turns_reused": self.turns["reused"],
             "turns_restored": self.turns["restored"],
             "turns_reprefilled": self.turns["reprefilled"],
+            **self.sharing.figures(),
             **self.counts,
         }
 

@@ -16,11 +16,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgechat.backend import Backend, LocalBackend
-from edgechat.config import Settings, default_model_path, options, parse_host_cache, parse_kv_budget
+from edgechat.client import with_handout
+from edgechat.config import Settings, default_model_path, options, parse_host_cache, parse_kv_budget, read_handout
 from edgechat.errors import ConfigError
 from edgechat.kvcache import MIB, meminfo_bytes
-from edgechat.scheduler import Scheduler
+from edgechat.prefixes import MIN_SHARED_TOKENS
+from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.sequences import common_prefix
 from edgechat.templates import ChatTokenizer
+from edgechat.types import Message
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ class Runtime:
     tokenizer: ChatTokenizer | None  # None for a remote server: it renders and tokenizes
     settings: Settings
     info: dict[str, Any] = field(default_factory=dict)  # backend, model, device, context length
+    handout: str | None = None  # --handout's text: every conversation's system prompt starts with it
     loaded_at: float = field(default_factory=time.time)  # /healthz shows it: a reload is visible
 
     @property
@@ -88,13 +93,27 @@ def current_runtime() -> Runtime | None:
 def load_runtime(settings: Settings) -> Runtime:
     """A new runtime; only tests and the singleton above call this directly."""
     backend = settings.resolved_backend
-    if backend == "llamacpp":
-        return _load_llamacpp(settings)
-    if backend == "sail":
-        return _load_sail(settings)
-    if backend == "openai":
-        return _load_remote(settings)
-    raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
+    loaders = {"llamacpp": _load_llamacpp, "sail": _load_sail, "openai": _load_remote}
+    if backend not in loaders:
+        raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
+    runtime = loaders[backend](settings)
+    runtime.handout = read_handout(settings.handout) if settings.handout is not None else None
+    pin_room_prefix(runtime)
+    return runtime
+
+
+def pin_room_prefix(runtime: Runtime) -> RequestHandle | None:
+    """Prefill the room's system prompt (--handout, then --system) once and pin it, so every new
+    conversation copies it instead of reading it (edgechat.sharing): the tokens two conversations
+    with that system prompt have in common, up to where their first questions begin."""
+    system = with_handout([Message(role="system", content=runtime.settings.system or "")], runtime.handout)
+    if not system[0]["content"] or runtime.tokenizer is None or not isinstance(runtime.backend, LocalBackend):
+        return None
+    a, b = (runtime.tokenizer.render([*system, Message(role="user", content=q)]) for q in ("a", "b"))
+    prefix = a[: common_prefix(a, b)]
+    if len(prefix) < MIN_SHARED_TOKENS or len(prefix) >= runtime.backend.max_len:
+        return None
+    return runtime.backend.scheduler.pin(prefix)
 
 
 def _scheduler(engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None) -> Scheduler:

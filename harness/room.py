@@ -35,6 +35,23 @@ FOLLOW_UPS = [
     "Summarize what you told me in one sentence.",
     "What else should I know?",
 ]
+
+
+def handout(words: int = 600) -> str:
+    """A workshop handout of `words` words (issue 25's room: every system prompt starts with it)."""
+    parts = ["Workshop handout. Read this before you ask anything, and use it in your answers where it helps."]
+    n = 0
+    while sum(len(p.split()) for p in parts) < words:
+        topic = TOPICS[n % len(TOPICS)]
+        parts.append(
+            f"Section {n + 1}, on {topic}: people have studied {topic} for a long time, and the notes for this "
+            f"part list three facts about {topic}, two open questions and one small exercise that each group "
+            "should try in ten minutes before the break."
+        )
+        n += 1
+    return " ".join(" ".join(parts).split()[:words])
+
+
 ENGINE_COUNTERS = ("parks", "turns_reused", "turns_restored", "turns_reprefilled", "restore_failures", "preemptions")
 
 

@@ -184,6 +184,7 @@ class LlamaCppEngine:
         self._samplers: dict[int, Any] = {}  # seq -> llama.cpp chain; absent = plain greedy (argmax)
         self._penalized: set[int] = set()  # sequences whose chain must see every token
         self._last: dict[int, int] = {}  # seq -> the token its chain sampled last
+        self.tokens_computed = 0  # rows through llama_decode: prompt tokens prefilled and decodes
 
     # ---- Engine contract ----
 
@@ -245,6 +246,7 @@ class LlamaCppEngine:
             status = lc.llama_decode(self.ctx, self._batch)
             if status != 0:
                 raise RuntimeError(f"llama_decode failed with status {status}")
+            self.tokens_computed += n
         except Exception:
             for seq, pos in before.items():  # no sequence keeps a token of a failed step
                 lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), pos, -1)
@@ -277,6 +279,12 @@ class LlamaCppEngine:
             return False
         self._pos[seq] = tokens
         return True
+
+    def copy(self, seq: int, source: int) -> bool:
+        """`source`'s cache into the open, empty `seq` (a prefix shared across sessions; `start`
+        then cuts it). A save and a restore: llama_memory_seq_cp between sequences with a KV buffer
+        each copies the whole buffer at the next decode, and leaves it pending until then."""
+        return self.restore(seq, self.save(source), self._pos[source])
 
     def cached_tokens(self, seq: int) -> int:
         return self._pos.get(seq, 0)
