@@ -291,7 +291,7 @@ class _Answer:
         self.release = release
         self.session = session
         self.model = model_id(rt)
-        handout = rt.handout if rt.settings.handout_api else None  # the room's handout, if the operator shares it
+        handout = rt.handout if api.settings.handout_api else None  # the room's handout, if the operator shares it
         self.client = ChatClient(
             rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api", handout=handout
         )

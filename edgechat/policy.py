@@ -17,6 +17,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from edgechat.kvcache import MIB, HostCache, ParkedState
+from edgechat.kvpool import KvPool
 from edgechat.prefixes import MIN_SHARED_TOKENS, is_pin
 from edgechat.sequences import Admit, EngineFacts, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
 from edgechat.sharing import Sharing
@@ -28,7 +29,7 @@ ANSWER_ROOM = 16  # KV tokens a request must find free beyond its prompt to be a
 SEEN_SESSIONS = 4096  # sessions remembered to count re-prefilled turns
 
 
-class Policy:
+class Policy(KvPool):
     """Decide / update for one engine; see the module docstring."""
 
     def __init__(
@@ -49,7 +50,7 @@ class Policy:
         self.host = host
         self.sharing = Sharing(enabled=share_prefixes and engine.prefix_cache)
         if host is not None:
-            host.listener = self._record_changed
+            host.listener = self.sharing.record_changed
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []  # PREFILL or RUNNING, in admission order (last = youngest)
         self.resident: list[Slot] = []  # every slot holding (or about to hold) an engine sequence
@@ -179,27 +180,12 @@ class Policy:
         return Admit(request, slot, keep, restore, share=source.slot if source else None)
 
     def _waits_for_prefix(self, request: Request) -> bool:
-        """A newcomer whose prompt starts with what another request is prefilling now waits for it
-        (a few steps) and then copies it, rather than prefilling the same tokens alongside."""
-        if request.resume is not None or not self.sharing.enabled:
-            return False
-        if request.session is not None and (request.session in self.idle or request.session in (self.host or ())):
-            return False
-        source = self.sharing.find(request.target(), self._placed)
-        return self.sharing.in_flight(request.target(), source.tokens if source else 0)
+        own = request.resume is not None or request.session in self.idle or request.session in (self.host or ())
+        return not own and self.sharing.should_wait(request, self._placed)
 
     def _unresident(self, slot: Slot) -> None:
         self.resident.remove(slot)
         self.sharing.untrack(slot)
-
-    def _record_changed(self, record: ParkedState, added: bool) -> None:
-        (self.sharing.record_added if added else self.sharing.record_removed)(record)
-
-    def _count_prompt(self, request: Request) -> None:
-        if not request.generated:  # a preempted request coming back was counted once
-            self.sharing.tokens["reused"] += request.stats.reused_tokens
-            self.sharing.tokens["shared"] += request.stats.shared_tokens
-            self.sharing.turns_shared += request.stats.shared_tokens > 0
 
     def _count_turn(self, kind: str, session: str) -> None:
         if kind != "fresh":
@@ -268,59 +254,6 @@ class Policy:
             if not self.engine.batch_prefill:
                 break  # one prompt per step on engines that prefill alone
 
-    # ---- the KV pool (engines whose sequences share fewer tokens than they could hold) ----
-
-    def _kv_used(self) -> int:
-        return sum(len(s.tokens) for s in self.resident)
-
-    def _kv_claimed(self, exclude: Slot | None) -> int:
-        """Tokens held, counting a request in service at its whole prompt so far (admission)."""
-        return sum(
-            len(s.tokens) if s.request is None else max(len(s.tokens), s.request.target_len())
-            for s in self.resident
-            if s is not exclude
-        )
-
-    def _pool_room(self, tokens: int, plan: Plan, exclude: Slot | None = None, claimed: bool = True) -> bool:
-        """Whether `tokens` more fit the KV budget, evicting idle caches (LRU) for them."""
-        if not self.pool_limited:
-            return True
-        while (self._kv_claimed(exclude) if claimed else self._kv_used()) + tokens > self.kv_budget_tokens:
-            if not self.idle:
-                return False
-            self._evict(next(iter(self.idle)), plan)
-        return True
-
-    def _fit_pool(self, plan: Plan, now: float) -> None:
-        """The KV filled up: this step's feeds must fit. Evict idle caches, then hold back the
-        youngest prompt chunks, then preempt the youngest running requests (parked to host RAM
-        to resume where they were, or recomputed), never failing anyone."""
-        while plan.feeds and not self._pool_room(sum(len(f.tokens) for f in plan.feeds), plan, claimed=False):
-            feed = plan.feeds[-1]
-            if feed.request.status is Status.PREFILL and len(plan.feeds) > 1:
-                plan.feeds.pop()
-                continue
-            victim = self.active[-1]
-            plan.feeds = [f for f in plan.feeds if f.request is not victim]
-            plan.admits = [a for a in plan.admits if a.request is not victim]
-            self._preempt(victim, plan)
-
-    def _preempt(self, request: Request, plan: Plan) -> None:
-        slot = request.slot
-        assert slot is not None
-        self.active.remove(request)
-        self._unresident(slot)
-        self.sharing.settled(request)
-        est = len(slot.tokens) * self.engine.kv_bytes_per_token
-        if self.host is not None and slot.tokens and self.host.can_take(est) and slot.seq >= 0:
-            plan.parks.append(Park(slot, list(slot.tokens), request=request))
-        elif slot.seq >= 0:
-            plan.releases.append(slot)
-        request.slot, request.status = None, Status.WAITING
-        self.waiting.appendleft(request)
-        self.counts["preemptions"] += 1
-        log.info("KV full: request %d preempted (%d tokens)", request.id, len(slot.tokens))
-
     # ---- update ----
 
     def update(self, plan: Plan, out: Outputs, now: float) -> int:
@@ -349,7 +282,7 @@ class Policy:
                 log.warning("restoring a parked cache failed: request %d re-prefills", request.id)
             request.stats.reused_tokens = min(request.stats.reused_tokens, len(admit.slot.tokens))
             request.stats.shared_tokens = min(request.stats.shared_tokens, len(admit.slot.tokens))
-            self._count_prompt(request)
+            self.sharing.count(request)
             request.settle()
         for request, message in out.failed.items():
             log.error("request %d failed: %s", request.id, message)

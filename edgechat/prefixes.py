@@ -69,13 +69,14 @@ class PrefixIndex:
     def holders(self, tokens: Sequence[int]) -> Iterator[tuple[int, list[Hashable]]]:
         """(prefix length in whole blocks' tokens, the owners holding it), longest first, for the
         prefixes of `tokens` that some cache holds."""
-        found: list[tuple[int, list[Hashable]]] = []
-        for i, key in enumerate(block_keys(tokens)):
+        found: list[dict[Hashable, None]] = []
+        for key in block_keys(tokens):
             owners = self._holders.get(key)
             if not owners:
                 break
-            found.append(((i + 1) * BLOCK, list(reversed(owners))))  # the newest holder first
-        yield from reversed(found)
+            found.append(owners)
+        for depth in range(len(found), 0, -1):
+            yield depth * BLOCK, list(reversed(found[depth - 1]))  # the newest holder first
 
     def _unhold(self, key: int, owner: Hashable) -> None:
         owners = self._holders.get(key)

@@ -90,13 +90,14 @@ def current_runtime() -> Runtime | None:
     return _shared
 
 
-def load_runtime(settings: Settings) -> Runtime:
-    """A new runtime; only tests and the singleton above call this directly."""
+def load_runtime(settings: Settings, share_prefixes: bool = True) -> Runtime:
+    """A new runtime; only tests and the singleton above call this directly (benches compare
+    `share_prefixes=False`: no prompt prefix shared across sessions, nothing pinned)."""
     backend = settings.resolved_backend
     loaders = {"llamacpp": _load_llamacpp, "sail": _load_sail, "openai": _load_remote}
     if backend not in loaders:
         raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
-    runtime = loaders[backend](settings)
+    runtime = loaders[backend](settings, share_prefixes)  # type: ignore[operator]
     runtime.handout = read_handout(settings.handout) if settings.handout is not None else None
     pin_room_prefix(runtime)
     return runtime
@@ -116,7 +117,9 @@ def pin_room_prefix(runtime: Runtime) -> RequestHandle | None:
     return runtime.backend.scheduler.pin(prefix)
 
 
-def _scheduler(engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None) -> Scheduler:
+def _scheduler(
+    engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None, share_prefixes: bool = True
+) -> Scheduler:
     return Scheduler(
         engine,
         max_running=max_running,
@@ -125,6 +128,7 @@ def _scheduler(engine: Any, settings: Settings, max_running: int | None, kv_budg
         request_timeout_s=settings.request_timeout,
         host_cache_bytes=None if settings.host_cache is None else parse_host_cache(settings.host_cache),
         session_ttl_s=settings.session_ttl,
+        share_prefixes=share_prefixes,
     )
 
 
@@ -153,17 +157,18 @@ def _local(
     settings: Settings,
     max_running: int | None = None,
     kv_budget: int | None = None,
+    share_prefixes: bool = True,
 ) -> Runtime:
     info = {**engine.describe(), "template": chat.template.name}
     try:
-        scheduler = _scheduler(engine, settings, max_running, kv_budget)
+        scheduler = _scheduler(engine, settings, max_running, kv_budget, share_prefixes)
     except ConfigError:
         engine.close()
         raise
     return Runtime(handle, LocalBackend(scheduler, chat, info), chat, settings, info)
 
 
-def _load_llamacpp(settings: Settings) -> Runtime:
+def _load_llamacpp(settings: Settings, share_prefixes: bool = True) -> Runtime:
     from edgechat.engines.llamacpp import LlamaCppEngine
     from edgechat.templates import template_for_gguf
     from edgechat.tokenizers.gguf import GgufTokenizer
@@ -192,10 +197,10 @@ def _load_llamacpp(settings: Settings) -> Runtime:
         )  # fmt: skip
     tokenizer = GgufTokenizer(engine.model)
     chat = ChatTokenizer(tokenizer, template_for_gguf(engine.metadata, tokenizer))
-    return _local(None, engine, chat, settings, max_running=running)
+    return _local(None, engine, chat, settings, max_running=running, share_prefixes=share_prefixes)
 
 
-def _load_sail(settings: Settings) -> Runtime:
+def _load_sail(settings: Settings, share_prefixes: bool = True) -> Runtime:
     from edgechat.engines.sail import DEFAULT_SLOTS, load_sail
     from edgechat.templates import Baichuan2ChatTemplate
 
@@ -208,7 +213,7 @@ def _load_sail(settings: Settings) -> Runtime:
     return _local(handle, engine, ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer)), settings)
 
 
-def _load_remote(settings: Settings) -> Runtime:
+def _load_remote(settings: Settings, share_prefixes: bool = True) -> Runtime:
     from edgechat.engines.remote import RemoteEngine
 
     assert settings.base_url is not None  # config checks --backend openai has one

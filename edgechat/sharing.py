@@ -61,6 +61,10 @@ class Sharing:
     def untrack(self, slot: Slot) -> None:
         self.resident.remove(slot)
 
+    def record_changed(self, record: ParkedState, added: bool) -> None:
+        """HostCache's listener: a parked record was kept or has gone."""
+        (self.record_added if added else self.record_removed)(record)
+
     def record_added(self, record: ParkedState) -> None:
         if self.enabled:
             self.parked.put(record, record.tokens)
@@ -113,6 +117,15 @@ class Sharing:
         self.lookup_s += time.perf_counter() - began
         return best
 
+    def should_wait(self, request: Request, exclude: set[Slot]) -> bool:
+        """A newcomer (without a cache of its own) whose prompt starts with what another request is
+        prefilling now waits for it, a few steps, and then copies it rather than prefilling the
+        same tokens alongside. Others in the queue go ahead meanwhile."""
+        if not self.enabled:
+            return False
+        source = self.find(request.target(), exclude)
+        return self.in_flight(request.target(), source.tokens if source else 0)
+
     def in_flight(self, target: Sequence[int], have: int) -> bool:
         """Whether a request now prefilling will soon hold a prefix of `target` at least
         MIN_SHARED_TOKENS longer than the `have` tokens available now: then waiting a few steps
@@ -130,6 +143,13 @@ class Sharing:
                     return True
             return False
         return False
+
+    def count(self, request: Request) -> None:
+        """A request's prompt tokens, once admitted: from its own cache, from another's."""
+        if not request.generated:  # a preempted request coming back was counted once
+            self.tokens["reused"] += request.stats.reused_tokens
+            self.tokens["shared"] += request.stats.shared_tokens
+            self.turns_shared += request.stats.shared_tokens > 0
 
     def figures(self) -> dict[str, float]:
         return {
