@@ -56,12 +56,17 @@ builds = 0  # how many runtimes this process built: a test proves clients cannot
 
 
 RUNTIME_GROUPS = ("model", "serving", "remote")  # the settings a runtime is built from
+ROOM_PREFIX = ("system", "handout")  # ... and those of the prefix it pins (pin_room_prefix)
 
 
 def runtime_key(settings: Settings) -> Settings:
     """`settings` with everything that does not shape the runtime (page, answer defaults,
     terminal) at its default, so two callers with the same engine flags share one runtime."""
-    loose = {name: getattr(Settings(), name) for name, o in options().items() if o.group not in RUNTIME_GROUPS}
+    loose = {
+        name: getattr(Settings(), name)
+        for name, o in options().items()
+        if o.group not in RUNTIME_GROUPS and name not in ROOM_PREFIX
+    }
     return replace(settings, **loose)
 
 

@@ -24,6 +24,13 @@ FRAME_S = 0.1  # the streaming answer is redrawn at most ~10 times a second, onl
 GONE_CHECK_S = 0.2  # after a run is stopped, when to ask Streamlit whether the page is still there
 
 
+def handout_box(runtime: Runtime, lang: str) -> None:
+    """The room's --handout, folded, at the top of the page: every answer has read it."""
+    if runtime.handout:
+        with st.expander(t(lang, "handout"), icon=":material/description:"):
+            st.markdown(safe_markdown(runtime.handout))
+
+
 def message_body(record: dict[str, Any], runtime: Runtime, lang: str) -> None:
     content = record["content"] + (STOPPED_MARK if record.get("stopped") else "")
     st.markdown(safe_markdown(content))

@@ -57,6 +57,9 @@ def server_panel(runtime: Runtime, lang: str) -> None:
     stats = runtime.backend.stats()
     running = stats["running"] + stats["prefilling"]
     st.caption(t(lang, "server_load", running=running, waiting=stats["waiting"], tps=stats["aggregate_tps"]))
+    if stats.get("prompt_tokens_prefilled"):  # a local engine: where prompt tokens came from
+        st.caption(t(lang, "server_prompt", reused=stats["prompt_tokens_reused"],
+                     shared=stats["prompt_tokens_shared"], prefilled=stats["prompt_tokens_prefilled"]))  # fmt: skip
     url = lan_url()
     if url:
         st.caption(t(lang, "server_lan", url=url))
