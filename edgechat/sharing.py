@@ -127,9 +127,9 @@ class Sharing:
         return self.in_flight(request.target(), source.tokens if source else 0)
 
     def in_flight(self, target: Sequence[int], have: int) -> bool:
-        """Whether a request now prefilling will soon hold a prefix of `target` at least
-        MIN_SHARED_TOKENS longer than the `have` tokens available now: then waiting a few steps
-        for it beats prefilling the same tokens twice."""
+        """Whether a request now prefilling will soon hold a longer prefix of `target` (at least
+        MIN_SHARED_TOKENS) than the `have` tokens available now: then waiting the few steps its
+        prefill takes beats prefilling the same tokens twice."""
         if not self.enabled:
             return False
         for _, owners in self.promised.holders(target):
@@ -139,7 +139,7 @@ class Sharing:
                     continue
                 held = len(request.slot.tokens) if request.slot is not None else 0  # type: ignore[attr-defined]
                 n = min(common_prefix(request.prompt, target), len(target) - 1)  # type: ignore[attr-defined]
-                if n - max(have, 0) >= MIN_SHARED_TOKENS and held < n:
+                if n >= MIN_SHARED_TOKENS and n > max(have, held):
                     return True
             return False
         return False
