@@ -60,20 +60,26 @@ def decode(ctx: object, batch: object, seq: int, ids: list[int], start: int = 0)
         assert lc.llama_decode(ctx, batch) == 0
 
 
-def prefill_rates(engine: LlamaCppEngine, ids: list[int], ubatches: list[int], rounds: int) -> dict:
-    """Prompt tokens/s per micro-batch size, rounds interleaved (the box drifts), best kept."""
+def prefill_rates(
+    engines: dict[int, LlamaCppEngine], ids: list[int], ubatches: list[int], rounds: int
+) -> dict[str, float]:
+    """Prompt tokens/s per micro-batch size, rounds interleaved (the box drifts), best kept:
+    raw contexts ("63", "512": one decode per 512 tokens) and the engine's own prefill
+    ("engine_63", "engine_256": 256 prompt tokens a step, as in a room; --ubatch)."""
+    engine = engines[min(engines)]
     batch = lc.llama_batch_init(BATCH, 0, 1)
     contexts = {ubatch: context(engine, ubatch) for ubatch in ubatches}
     best: dict[int | str, float] = dict.fromkeys(ubatches, 0.0)
-    best["engine"] = 0.0  # LlamaCppEngine.prefill: UBATCH rows, 256-token steps, as a room's step
     try:
         for _ in range(rounds):
-            seq = engine.open_sequence()
-            engine.start(seq, SamplingParams(temperature=0.0), 0)
-            began = time.perf_counter()
-            engine.prefill(seq, ids)
-            best["engine"] = max(best["engine"], len(ids) / (time.perf_counter() - began))
-            engine.release(seq)
+            for ubatch, served in engines.items():
+                seq = served.open_sequence()
+                served.start(seq, SamplingParams(temperature=0.0), 0)
+                began = time.perf_counter()
+                served.prefill(seq, ids)
+                rate = len(ids) / (time.perf_counter() - began)
+                best[f"engine_{ubatch}"] = max(best.get(f"engine_{ubatch}", 0.0), rate)
+                served.release(seq)
             for ubatch, ctx in contexts.items():
                 lc.llama_memory_seq_rm(lc.llama_get_memory(ctx), -1, -1, -1)
                 began = time.perf_counter()
@@ -134,17 +140,23 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=600, help="handout length")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each measure; best kept")
     parser.add_argument("--ubatches", default="63,128,256,512", help="micro-batch sizes to compare")
+    parser.add_argument("--engine-ubatches", default="63,256", help="the engine's --ubatch values to compare")
     args = parser.parse_args()
-    engine = LlamaCppEngine(default_model_path(), context_length=CONTEXT, max_sequences=2)
+    engines = {
+        int(u): LlamaCppEngine(default_model_path(), context_length=CONTEXT, max_sequences=2, ubatch=int(u))
+        for u in args.engine_ubatches.split(",")
+    }
+    engine = engines[min(engines)]
     try:
         chat = ChatTokenizer(
             GgufTokenizer(engine.model), template_for_gguf(engine.metadata, GgufTokenizer(engine.model))
         )
         ids = chat.render([Message(role="system", content=handout(args.words)), Message(role="user", content="Hi")])
-        rates = prefill_rates(engine, ids, [int(u) for u in args.ubatches.split(",")], args.rounds)
+        rates = prefill_rates(engines, ids, [int(u) for u in args.ubatches.split(",")], args.rounds)
         copies = copy_costs(engine, ids, args.rounds)
     finally:
-        engine.close()
+        for served in engines.values():
+            served.close()
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_average": [round(x, 2) for x in os.getloadavg()],

@@ -129,6 +129,11 @@ class Settings:
     context_length: int = option(2048, "tokens per conversation (prompt + answer), capped by the model's", "model",
                                  minimum=64)  # fmt: skip
     threads: int | None = option(None, "llama.cpp CPU threads", "model", minimum=1, shown_default="all cores")
+    ubatch: int = option(
+        63, "llama.cpp micro-batch rows: 63 keeps greedy answers bit-identical however prompts are chunked, batched "
+        "or shared; 256 read long prompts ~1.3x faster on the dev box, and answers may then differ in rare last bits "
+        "(README, Prefixes shared across sessions)", "model", minimum=1, maximum=512,
+    )  # fmt: skip
     # ---- serving many people ----
     max_sessions: int = option(
         8, "no longer used (llama.cpp caches sessions in --kv-budget and --host-cache, the TPU holds "

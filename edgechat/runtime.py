@@ -185,6 +185,7 @@ def _load_llamacpp(settings: Settings, share_prefixes: bool = True) -> Runtime:
         context_length=settings.context_length,
         max_sequences=running,
         threads=settings.threads,
+        ubatch=settings.ubatch,
         kv_budget_tokens=lambda bytes_per_token, context: _kv_budget_tokens(
             settings, bytes_per_token, context, running
         ),

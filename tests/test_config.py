@@ -35,6 +35,7 @@ def test_seed_flags_choose_the_tpu_backend() -> None:
     [
         (["--temperature", "-1"], {}, "--temperature"),
         (["--top-p", "0"], {}, "--top-p"),
+        (["--ubatch", "600"], {}, "--ubatch"),
         (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
         ([], {"EDGECHAT_TOP_K": "many"}, "EDGECHAT_TOP_K"),
         ([], {"EDGECHAT_BACKEND": "gpu"}, "EDGECHAT_BACKEND"),

@@ -146,3 +146,19 @@ def test_the_rooms_system_prompt_is_read_once_and_pinned(tmp_path) -> None:  # n
         assert stats["pinned_prefixes"] == 1 and stats["pinned_tokens"] >= MIN_SHARED_TOKENS
     finally:
         room.close()
+
+
+def test_ubatch_is_the_operators_choice_and_63_by_default(runtime: Runtime, make_engine) -> None:  # noqa: ANN001
+    """--ubatch: 63 rows unless told (one flash-attention kernel for every row); a larger one is
+    what llama.cpp's context runs with, capped by a step's rows, and it answers."""
+    import llama_cpp as lc
+
+    assert parse_settings([], env={}).ubatch == 63
+    default, wide = make_engine(), make_engine(ubatch=256)
+    assert lc.llama_n_ubatch(default.ctx) == 63 and lc.llama_n_ubatch(wide.ctx) == 256
+    scheduler = Scheduler(wide)
+    try:
+        answer, _, rows = ask(scheduler, ids(runtime, "What is honey?"), "u")
+        assert len(answer) == ANSWER and rows == len(ids(runtime, "What is honey?")) + ANSWER - 1
+    finally:
+        scheduler.close()

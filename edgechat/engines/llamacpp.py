@@ -103,10 +103,12 @@ class LlamaCppEngine:
         threads: int | None = None,
         prefill_chunk: int = 256,
         kv_budget_tokens: int | Callable[[int, int], int] | None = None,
+        ubatch: int = UBATCH,
     ) -> None:
         """`kv_budget_tokens` (or a function of the KV bytes per token and the context length,
         for a budget in MiB or a default) is split by `kv_layout` into sequences; without it every
-        sequence holds `context_length`."""
+        sequence holds `context_length`. `ubatch` above UBATCH (at most a step's rows) reads long
+        prompts faster at the price of UBATCH's bit-identical answers (--ubatch)."""
         check_gguf(model_path)
         _init_backend()
         self.model_path = str(model_path)
@@ -148,7 +150,7 @@ class LlamaCppEngine:
         # Micro-batches under 64 rows keep llama.cpp on one flash-attention kernel for every row
         # (the tiled one it takes from 64 rows on rounds differently), so a prompt's cache is the
         # same bits however it was chunked or batched: re-prefilled == reused == restored.
-        cparams.n_ubatch = UBATCH
+        cparams.n_ubatch = min(ubatch, cparams.n_batch)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
