@@ -34,6 +34,7 @@ class KvPool:
     resident: list[Slot]
     idle: OrderedDict[str, Slot]
     counts: dict[str, int]
+    _sources: set[Slot]
 
     def _evict(self, session: str, plan: Plan) -> None:  # Policy's
         raise NotImplementedError
@@ -83,7 +84,8 @@ class KvPool:
         self._unresident(slot)
         self.sharing.settled(request)
         est = len(slot.tokens) * self.engine.kv_bytes_per_token
-        if self.host is not None and slot.tokens and self.host.can_take(est) and slot.seq >= 0:
+        kept = self.host is not None and slot.tokens and self.host.can_take(est)
+        if slot.seq >= 0 and (kept or slot in self._sources):  # a copy's source: its parked bytes
             plan.parks.append(Park(slot, list(slot.tokens), request=request))
         elif slot.seq >= 0:
             plan.releases.append(slot)

@@ -56,6 +56,8 @@ class Policy(KvPool):
         self.resident: list[Slot] = []  # every slot holding (or about to hold) an engine sequence
         self.idle: OrderedDict[str, Slot] = OrderedDict()  # session -> its idle slot, LRU first
         self.to_release: list[Slot] = []  # freed by update; released by the next execute
+        self._placed: set[Slot] = set()  # this step's: see decide
+        self._sources: set[Slot] = set()
         self._seen: OrderedDict[str, None] = OrderedDict()  # sessions that completed a turn
         self._rr = 0  # round-robin offset for engines that batch fewer than all running
         self.counts = dict.fromkeys(("completed", "cancelled", "errors", "preemptions", "parks", "restore_failures"), 0)
@@ -98,6 +100,7 @@ class Policy(KvPool):
             elif request.deadline is not None and now > request.deadline:
                 self._finish(request, FinishReason.TIMEOUT, now, plan)
         self._placed: set[Slot] = set()  # sequences that get their cache this step: no source yet
+        self._sources: set[Slot] = set()  # sequences copied from this step: parked if evicted
         waiting_for_prefix: list[Request] = []  # stay in line while someone prefills their prefix
         while self.waiting and len(self.active) < self.max_running:
             if self._waits_for_prefix(self.waiting[0]):
@@ -127,6 +130,8 @@ class Policy(KvPool):
         # Before any eviction: the least recently used cache may be the best source (then its
         # parked copy is the source: the scheduler saves it before this admit runs).
         source = self.sharing.find(target, self._placed) if idle is None and request.resume is None else None
+        if source is not None and source.slot is not None:
+            self._sources.add(source.slot)
         if idle is None and not self._free_sequence(plan):
             if parked is not None and parked is not request.resume:
                 self.host.put(parked)  # type: ignore[union-attr] — not this step: back it goes
@@ -203,11 +208,14 @@ class Policy(KvPool):
         return True
 
     def _evict(self, session: str, plan: Plan) -> None:
-        """Free an idle slot: park its cache in host RAM when it will be kept, else drop it."""
+        """Free an idle slot: park its cache in host RAM when it will be kept, else drop it. A
+        pinned prefix, and the source of a copy this step (the copy is made from the parked
+        bytes: parks run first), are always parked."""
         slot = self.idle.pop(session)
         self._unresident(slot)
         est = len(slot.tokens) * self.engine.kv_bytes_per_token
-        if is_pin(session) or (self.host is not None and slot.tokens and self.host.can_take(est)):
+        kept = self.host is not None and slot.tokens and self.host.can_take(est)
+        if is_pin(session) or slot in self._sources or kept:
             plan.parks.append(Park(slot, list(slot.tokens), session=session))
         else:
             plan.releases.append(slot)
@@ -266,7 +274,11 @@ class Policy(KvPool):
             elif is_pin(park.session):
                 if data is not None:
                     self.sharing.pin(ParkedState(park.session, park.tokens, data, now))  # type: ignore[arg-type]
-            elif data is not None and self.host.put(ParkedState(park.session, park.tokens, data, now)):  # type: ignore[union-attr, arg-type]
+            elif (
+                data is not None
+                and self.host is not None
+                and self.host.put(ParkedState(park.session, park.tokens, data, now))
+            ):  # type: ignore[arg-type]
                 self.counts["parks"] += 1
         for admit in plan.admits:
             request = admit.request

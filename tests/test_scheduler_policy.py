@@ -413,3 +413,17 @@ def test_the_only_sequences_idle_owner_is_parked_and_its_copy_is_the_source() ->
     run(sched)
     assert answer(again) == expected_answer(follow, 8) and again.stats.reused_tokens == len(first) + len(reply) - 1
     assert sched.stats()["turns_restored"] == 1 and sched.stats()["restore_failures"] == 0
+
+
+def test_a_source_evicted_by_a_later_newcomer_of_the_same_step_is_copied_from_its_saved_bytes() -> None:
+    """No host cache (nothing is kept parked): the source is still saved for the copy made from it
+    in that step, and then dropped."""
+    sched, engine, _ = build(FakeEngine(max_sequences=2), host_cache_bytes=0)
+    answer_of(sched, prompt(6, 9), "z")  # the least recently used idle cache
+    answer_of(sched, HEAD + prompt(5, 1), "a")  # the source
+    second, other = HEAD + prompt(5, 2), prompt(7, 11)
+    b = sched.submit(second, GREEDY, NO_STOP, session="b")  # copies a; z is evicted for it
+    c = sched.submit(other, GREEDY, NO_STOP, session="c")  # a is evicted for it, in the same step
+    run(sched)
+    assert answer(b) == expected_answer(second, 8) and b.stats.shared_tokens == len(HEAD)
+    assert answer(c) == expected_answer(other, 8) and sched.stats()["errors"] == 0
