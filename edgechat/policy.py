@@ -360,7 +360,7 @@ class Policy(KvPool):
         stats.finish_reason = reason
         if reason is FinishReason.CANCELLED:
             self.counts["cancelled"] += 1
-        elif reason is not FinishReason.ERROR:
+        elif reason is not FinishReason.ERROR and not is_pin(request.session):  # a pin is no answer
             self.counts["completed"] += 1
         if not was_waiting and stats.started_at is not None:
             self.service_s = 0.8 * self.service_s + 0.2 * (now - stats.started_at)
@@ -411,7 +411,7 @@ class Policy(KvPool):
             "turns_reused": self.turns["reused"],
             "turns_restored": self.turns["restored"],
             "turns_reprefilled": self.turns["reprefilled"],
-            **self.sharing.figures(),
+            **self.sharing.figures([slot for session, slot in self.idle.items() if is_pin(session)]),
             **self.counts,
         }
 

@@ -151,13 +151,15 @@ class Sharing:
             self.tokens["shared"] += request.stats.shared_tokens
             self.turns_shared += request.stats.shared_tokens > 0
 
-    def figures(self) -> dict[str, float]:
+    def figures(self, resident_pins: Sequence[Slot]) -> dict[str, float]:
+        """The counters, and the pinned prefixes: parked ones and `resident_pins` (in a sequence)."""
+        pinned = [*(r.tokens for r in self.pins.values()), *(s.tokens for s in resident_pins)]
         return {
             "prompt_tokens_reused": self.tokens["reused"],
             "prompt_tokens_shared": self.tokens["shared"],
             "prompt_tokens_prefilled": self.tokens["prefilled"],
             "turns_shared": self.turns_shared,
-            "pinned_prefixes": len(self.pins),
-            "pinned_tokens": sum(len(r.tokens) for r in self.pins.values()),
+            "pinned_prefixes": len(pinned),
+            "pinned_tokens": sum(map(len, pinned)),
             "prefix_lookup_us": round(1e6 * self.lookup_s / self.lookups, 1) if self.lookups else 0.0,
         }
