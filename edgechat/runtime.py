@@ -103,8 +103,12 @@ def load_runtime(settings: Settings, share_prefixes: bool = True) -> Runtime:
     if backend not in loaders:
         raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
     runtime = loaders[backend](settings, share_prefixes)  # type: ignore[operator]
-    runtime.handout = read_handout(settings.handout) if settings.handout is not None else None
-    pin_room_prefix(runtime)
+    try:
+        runtime.handout = read_handout(settings.handout) if settings.handout is not None else None
+        pin_room_prefix(runtime)
+    except ConfigError:
+        runtime.close()
+        raise
     return runtime
 
 
@@ -117,7 +121,14 @@ def pin_room_prefix(runtime: Runtime) -> RequestHandle | None:
         return None
     a, b = (runtime.tokenizer.render([*system, Message(role="user", content=q)]) for q in ("a", "b"))
     prefix = a[: common_prefix(a, b)]
-    if len(prefix) < MIN_SHARED_TOKENS or len(prefix) >= runtime.backend.max_len:
+    room = runtime.backend.max_len // 2
+    if len(prefix) > room:
+        what = "--handout" if runtime.handout else "--system"
+        raise ConfigError(
+            f"{what} takes {len(prefix)} tokens of the prompt, more than half of the {runtime.backend.max_len}-token "
+            "context every conversation has; shorten it or raise --context-length"
+        )
+    if len(prefix) < MIN_SHARED_TOKENS:
         return None
     return runtime.backend.scheduler.pin(prefix)
 

@@ -6,7 +6,10 @@ own way never changes the owner's answers; a parked owner's record is a source t
 
 from __future__ import annotations
 
+import pytest
+
 from edgechat.config import parse_settings
+from edgechat.errors import ConfigError
 from edgechat.prefixes import MIN_SHARED_TOKENS
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.scheduler import Scheduler
@@ -163,3 +166,11 @@ def test_ubatch_is_the_operators_choice_and_63_by_default(runtime: Runtime, make
         assert len(answer) == ANSWER and rows == len(ids(runtime, "What is honey?")) + ANSWER - 1
     finally:
         scheduler.close()
+
+
+def test_a_handout_the_context_cannot_hold_stops_the_start_with_one_line(tmp_path) -> None:  # noqa: ANN001
+    sheet = tmp_path / "handout.md"
+    sheet.write_text(handout(600), encoding="utf-8")  # ~720 tokens, more than half of 512
+    with pytest.raises(ConfigError) as err:
+        load_runtime(parse_settings(["--context-length", "512", "--handout", str(sheet)], env={}))
+    assert "--handout" in str(err.value) and "--context-length" in str(err.value) and err.value.exit_code == 2
