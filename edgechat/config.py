@@ -98,6 +98,15 @@ def _host_cache_size(text: str) -> str:
     return text
 
 
+def _cors_origins(text: str) -> str:
+    """`*`, or comma-separated origins as a browser sends them (scheme://host[:port], no path)."""
+    for origin in (o.strip() for o in text.split(",") if o.strip()):
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path):
+            raise ConfigError(f"--cors-origins {origin!r}: give origins like http://host:3000, comma-separated, or *")
+    return text
+
+
 def _normalize_base_url(url: str) -> str:
     """http(s)://host[:port][/path]; a bare host:port gets /v1, where vLLM, llama.cpp and Ollama serve."""
     parts = urlsplit(url.strip())
@@ -219,6 +228,11 @@ class Settings:
         "prefer EDGECHAT_SERVER_API_KEY", "api", secret=True,
     )  # fmt: skip
     handout_api: bool = option(False, "API callers' conversations start with --handout too", "api")
+    cors_origins: str = option(
+        "", "web origins whose pages may call /v1 from a browser (`http://host:3000`, comma-separated, or `*`); "
+        "empty = no CORS headers, so browsers keep other sites' pages out", "api", check=_cors_origins,
+        shown_default="none",
+    )  # fmt: skip
     # ---- in front of an OpenAI-compatible server ----
     base_url: str | None = option(
         None, "an OpenAI-compatible server, e.g. http://gpu-box:8000/v1 (see Scaling out)", "remote",

@@ -27,10 +27,12 @@ LAYERS: dict[str, int] = {
     "edgechat.config": 2,
     "edgechat.metrics": 1,
     "edgechat.openai_schema": 3,
+    "edgechat.structured": 2,  # response_format -> GBNF with llama-cpp-python's converter
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
     "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
+    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
     "edgechat.engines.sail": 3,
@@ -48,6 +50,7 @@ LAYERS: dict[str, int] = {
     "edgechat.chats": 9,
     "edgechat.runtime": 9,
     "edgechat.api": 10,
+    "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
     "edgechat.server": 11,
     "baichuan2": 12,
     "edgechat.page": 13,
