@@ -140,8 +140,8 @@ class Settings:
     threads: int | None = option(None, "llama.cpp CPU threads", "model", minimum=1, shown_default="all cores")
     ubatch: int = option(
         63, "llama.cpp micro-batch rows: 63 keeps greedy answers bit-identical however prompts are chunked, batched "
-        "or shared; 256 read long prompts ~1.3x faster on the dev box, and answers may then differ in rare last bits "
-        "(README, Prefixes shared across sessions)", "model", minimum=1, maximum=512,
+        "or shared; 256 reads long prompts ~1.2x faster on the dev box, and greedy answers then depend on how prompts "
+        "were batched or shared (README, Prefixes shared across sessions)", "model", minimum=1, maximum=512,
     )  # fmt: skip
     # ---- serving many people ----
     max_sessions: int = option(
