@@ -49,13 +49,12 @@ from edgechat.engines.sail_api import (
     to_device,
 )
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
+from edgechat.engines.sail_heads import Heads, masked_value
 from edgechat.errors import ConfigError
-from edgechat.tokenizers.baichuan import BaichuanTokenizer
 from edgechat.types import SamplingParams
 
 log = logging.getLogger(__name__)
 
-MASKED = -1000.0
 MIB = 1 << 20
 SPARE_MIB = 16  # kept free beyond the exact need: allocator alignment and what get_dev_stat rounds away
 DEFAULT_SLOTS = 2  # --max-running unset: decode is batch 1, more slots add no speed, each costs K/V memory
@@ -75,17 +74,14 @@ class _Slot:
 
 
 def load_sail(
-    bmodel: Path | None,
-    token_dir: Path,
+    bmodel: Path,
+    vocab_size: int,
     dev_ids: Sequence[int],
     slots: int,
     max_prompt_share: float = DEFAULT_PROMPT_SHARE,
-) -> tuple[Any, SailEngine, BaichuanTokenizer]:
-    """The shared (handle, engine, tokenizer) for `--bmodel` with `slots` KV slots
-    (`--max-running`); each bad input is one ConfigError."""
-    bmodel = _check_bmodel(bmodel)
-    tokenizer = BaichuanTokenizer(token_dir)
-    tokenizer.check_chat_ids()
+) -> tuple[Any, SailEngine]:
+    """The shared (handle, engine) for `--bmodel` (checked with `check_bmodel` first) with `slots`
+    KV slots (`--max-running`); each bad input is one ConfigError."""
     sail = _import_sail()
     _check_dev_ids(sail, dev_ids)
     handle = sail.Handle(dev_ids[0])
@@ -94,16 +90,16 @@ def load_sail(
     except Exception as err:  # sail's own error classes differ between versions
         raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
     try:
-        engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, slots, dev_ids, max_prompt_share)
+        engine = SailEngine(sail, handle, net, bmodel, vocab_size, slots, dev_ids, max_prompt_share)
     except ConfigError as err:
         refused = str(err)
     else:
-        return handle, engine, tokenizer
+        return handle, engine
     net = handle = None  # the traceback is gone: the bmodel and any tensor leave the TPU now
     raise ConfigError(refused)
 
 
-def _check_bmodel(path: Path | None) -> Path:
+def check_bmodel(path: Path | None) -> Path:
     if path is None:
         raise ConfigError("the sail backend needs --bmodel PATH (scripts/download.sh fetches models/BM1684X/*.bmodel)")
     if not path.is_file():
@@ -160,7 +156,9 @@ class SailEngine:
         self.num_layers = count_layers(net, bmodel)
         self.release_info = detect_release(net, "block_0")
         self._api = GraphApi(net, self.release_info)
-        self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0")}
+        heads = [g for g in ("greedy_head",) if g in net.get_graph_names()]
+        self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0", *heads)}
+        self._heads = Heads(self._io)
         self._first, self._next = self._io["block_0"], self._io["block_cache_0"]
         hidden_shape = self._first[0][0].shape
         if len(hidden_shape) != 3:
@@ -227,7 +225,7 @@ class SailEngine:
             "kv_dtype": kv,
             "kv_bytes_per_session": self.kv_bytes_per_slot,
             "tpu_memory_bytes": self.device_bytes_needed,
-            "sampling": "greedy: lm_head returns the argmax on the TPU; temperature/top-p/top-k are not applied",
+            "sampling": self._heads.sampling(),
         }
 
     def close(self) -> None:
@@ -247,7 +245,7 @@ class SailEngine:
             ) from None
 
     def _check_protocol(self, bmodel: Path) -> None:
-        check_protocol(self._io, self.dev_ids, bmodel)
+        check_protocol(self._io, self.dev_ids, bmodel, self._heads.problem())
         self.kv_row = math.prod(self._next[1][1].shape[2:])  # elements of one token's k: heads * head_dim
 
     @property
@@ -268,7 +266,8 @@ class SailEngine:
     def _scratch_plan(self) -> list[Io]:
         (fi, _), (ni, no) = self._first, self._next
         (emb_i, emb_o), (cache_i, cache_o), (lm_i, lm_o) = (self._io[g] for g in SINGLE_GRAPHS)
-        return [emb_i[0], emb_o[0], cache_i[0], cache_o[0], lm_i[0], lm_o[0], fi[1], fi[2], ni[1], ni[2], no[1], no[2]]
+        plan = [emb_i[0], emb_o[0], cache_i[0], cache_o[0], lm_i[0], lm_o[0], fi[1], fi[2], ni[1], ni[2], no[1], no[2]]
+        return plan + self._heads.plan()
 
     def _allocate(self) -> None:
         """All device tensors, once: check the TPU can hold them, allocate, verify, or refuse."""
@@ -346,7 +345,7 @@ class SailEngine:
         ids[0, :n] = tokens
         positions = np.zeros((1, L), dtype=np.int64)
         positions[0, :n] = np.arange(n)
-        mask = np.full((L, L), MASKED)
+        mask = np.full((L, L), masked_value(self._mask.dtype))
         mask[np.tril_indices(n)] = 0.0  # rows past the prompt stay fully masked, as the seed's
         self._emb_in.tensor.update_data(to_device(ids, self._emb_in.dtype))
         emb_o = self._io["embedding"][1][0]
@@ -372,7 +371,7 @@ class SailEngine:
         self._process("embedding_cache", [(cache_i[0], self._cache_in.tensor)], [(cache_o[0], hidden)])
         ni, no = self._next
         mask = np.zeros(self.max_len + 1)
-        mask[n - 1 : self.max_len] = MASKED
+        mask[n - 1 : self.max_len] = masked_value(self._next_mask.dtype)
         position = np.array([n - 1]).reshape(ni[1].shape)
         self._next_position.tensor.update_data(to_device(position, self._next_position.dtype))
         self._next_mask.tensor.update_data(to_device(mask.reshape(ni[2].shape), self._next_mask.dtype))
@@ -390,9 +389,7 @@ class SailEngine:
         return self._lm_head()
 
     def _lm_head(self) -> int:
-        lm_i, lm_o = self._io["lm_head"]
-        self._process("lm_head", [(lm_i[0], self._lm_in.tensor)], [(lm_o[0], self._lm_out.tensor)])
-        token = int(self._lm_out.tensor.asnumpy().reshape(-1)[0])
+        token = self._heads.token(self._process)
         if not 0 <= token < self.vocab_size:
             raise ConfigError(
                 f"the bmodel produced token id {token}, outside the tokenizer's vocabulary of {self.vocab_size}: "

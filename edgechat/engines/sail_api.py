@@ -187,3 +187,13 @@ def device_memory_mib(sail: Any, dev_id: int) -> tuple[int, int] | None:
         return int(stat[0]), int(stat[1])
     except Exception:  # noqa: BLE001 — a failed query means "unknown", not a reason to stop
         return None
+
+
+def from_device(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """What `asnumpy()` returned, as float64 values: F16/BF16 arrive as uint16 bit patterns."""
+    name = dtype_name(dtype)
+    if name == "BM_FLOAT16":
+        return values.view(np.float16).astype(np.float64)
+    if name == "BM_BFLOAT16":
+        return (values.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return values.astype(np.float64)

@@ -12,6 +12,7 @@ import numpy as np
 
 from sophon import _emu_device as dev
 from sophon._emu_model import Graph, Weights, decoder_layer, graphs, lm_head, model_weights, read_bmodel
+from sophon._emu_qwen import HALF, qwen_layer, qwen_logits
 from sophon._emu_tensor import (
     Dtype,
     SailEngineError,
@@ -49,6 +50,7 @@ class EngineLLM:
         self._graphs = graphs(self.spec)
         self._weights: Weights | None = None  # made on first use, as a TPU loads coefficients once
         self.calls: Counter[str] = Counter()  # emulator-only: process() calls per graph kind
+        self.fed: Counter[str] = Counter()  # emulator-only: token rows layer 0 computed, per graph kind
 
     def __del__(self) -> None:
         reserved = getattr(self, "_reserved", None)
@@ -225,6 +227,8 @@ class EngineLLM:
         if graph.kind in ("embedding", "embedding_cache"):
             ids = args[0].astype(np.int64)  # an id outside the vocabulary wraps: a TPU gathers garbage silently
             return [np.take(w.embed, ids, axis=0, mode="wrap").astype(np.float64)]
+        if spec.arch == "qwen2":
+            return self._run_qwen(graph, args)
         if graph.kind == "lm_head":
             return [np.array([[lm_head(spec, w, args[0][0])]], dtype=np.float64)]
         kv = Dtype[spec.kv_dtype]
@@ -232,3 +236,18 @@ class EngineLLM:
         past = None if graph.kind == "block" else (args[3][0], args[4][0])
         out, k, v = decoder_layer(spec, w.layers[graph.layer], hidden, positions, mask, past, lambda a: _round(a, kv))
         return [_round(out, Dtype.BM_FLOAT32)[None], k[None], v[None]]
+
+    def _run_qwen(self, graph: Graph, args: list[np.ndarray]) -> list[np.ndarray]:
+        """The LLM-TPU graphs (sophon._emu_qwen): half-type hidden states, masks and K/V."""
+        spec, w = self.spec, self.weights
+        if graph.kind == "lm_head":
+            logits = qwen_logits(spec, w.norm, w.lm_head, args[0][0])
+            return [np.array([[np.argmax(logits)]], dtype=np.float64) if spec.lm_head_topk else logits[None]]
+        if graph.kind == "greedy_head":
+            return [np.array([[np.argmax(args[0][0])]], dtype=np.float64)]
+        half = Dtype[HALF[spec.quant]]
+        hidden, positions, mask = args[0][0], args[1][0].astype(np.int64), args[2][0, 0]
+        past = None if graph.kind == "block" else (args[3][0], args[4][0])
+        self.fed[graph.kind] += hidden.shape[0] if graph.layer == 0 else 0
+        out, k, v = qwen_layer(spec, w.layers[graph.layer], hidden, positions, mask, past, lambda a: _round(a, half))
+        return [out[None], k[None], v[None]]
