@@ -177,7 +177,8 @@ def _load_llamacpp(settings: Settings) -> Runtime:
 
 
 def _load_sail(settings: Settings) -> Runtime:
-    from edgechat.engines.sail import DEFAULT_SLOTS, check_bmodel, load_sail
+    from edgechat.engines.sail import DEFAULT_SLOTS, load_sail
+    from edgechat.engines.sail_api import check_bmodel
     from edgechat.token_config import load_token_config
 
     # KV slots for the answers being generated only (--max-running), not --max-sessions: the TPU

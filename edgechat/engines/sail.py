@@ -1,4 +1,7 @@
-"""Baichuan2 bmodels on a Sophgo BM1684X TPU through `sophon.sail` (the seed's graph protocol).
+"""Sophgo bmodels on a BM1684X TPU through `sophon.sail`: the seed's Baichuan2 and sophgo/LLM-TPU's
+Qwen2.5 / Qwen3 / DeepSeek-R1-Distill / Llama share this graph protocol; what differs (hidden and
+mask dtypes, grouped K/V heads, lm_head giving an id or logits) is read from the graphs
+(sail_bmodel, sail_heads), never from the file name.
 
 A sophon-demo Baichuan2 bmodel is a set of static-shape graphs (MAX_LEN = the compiled sequence
 length, H = hidden size; sophgo/sophon-demo `sample/Baichuan2/tools/export_onnx.py`):
@@ -25,8 +28,9 @@ Before allocating, the engine checks the TPU's free memory (`sail.get_dev_stat`)
 checks the allocation (sail only logs a failed one); a shortfall is one ConfigError, never a
 half-allocated engine. Scratch tensors are shared: only the scheduler thread runs the engine.
 
-Sampling: `lm_head` returns the argmax, so this backend is greedy; temperature, top-p, top-k and
-the repetition penalty of a request are ignored.
+Sampling: `lm_head` (or `greedy_head`) returns the argmax, or the host takes the argmax of its
+logits, so this backend is greedy; temperature, top-p, top-k and the repetition penalty of a
+request are ignored (describe()["sampling"] says so).
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ import numpy as np
 from edgechat.engines.sail_api import (
     GraphApi,
     Io,
+    check_dev_ids,
     detect_release,
     device_memory_mib,
     first_line,
+    import_sail,
     to_device,
 )
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
@@ -59,10 +65,6 @@ MIB = 1 << 20
 SPARE_MIB = 16  # kept free beyond the exact need: allocator alignment and what get_dev_stat rounds away
 DEFAULT_SLOTS = 2  # --max-running unset: decode is batch 1, more slots add no speed, each costs K/V memory
 DEFAULT_PROMPT_SHARE = 0.5  # the seed keeps prompts <= MAX_LEN / 2 so answers have room
-INSTALL_HINT = (
-    "install Sophgo's sophon-sail wheel (3.8.0 as the sample pins, or >= 3.9) and libsophon "
-    "(README, section 'Running on a Sophgo TPU (BM1684X)'), or use --backend llamacpp"
-)
 
 
 @dataclass
@@ -82,8 +84,8 @@ def load_sail(
 ) -> tuple[Any, SailEngine]:
     """The shared (handle, engine) for `--bmodel` (checked with `check_bmodel` first) with `slots`
     KV slots (`--max-running`); each bad input is one ConfigError."""
-    sail = _import_sail()
-    _check_dev_ids(sail, dev_ids)
+    sail = import_sail()
+    check_dev_ids(sail, dev_ids)
     handle = sail.Handle(dev_ids[0])
     try:
         net = sail.EngineLLM(str(bmodel), list(dev_ids))
@@ -97,34 +99,6 @@ def load_sail(
         return handle, engine
     net = handle = None  # the traceback is gone: the bmodel and any tensor leave the TPU now
     raise ConfigError(refused)
-
-
-def check_bmodel(path: Path | None) -> Path:
-    if path is None:
-        raise ConfigError("the sail backend needs --bmodel PATH (scripts/download.sh fetches models/BM1684X/*.bmodel)")
-    if not path.is_file():
-        raise ConfigError(f"bmodel not found: {path} — run scripts/download.sh or pass --bmodel PATH")
-    return path
-
-
-def _import_sail() -> Any:
-    try:
-        import sophon.sail as sail
-    except ImportError as err:
-        raise ConfigError(f"cannot import sophon.sail ({err}): {INSTALL_HINT}") from None
-    return sail
-
-
-def _check_dev_ids(sail: Any, dev_ids: Sequence[int]) -> None:
-    """sail.Handle ends the whole process on an unknown id, so check before creating one."""
-    count = int(sail.get_available_tpu_num())
-    bad = [d for d in dev_ids if not 0 <= d < count]
-    if not dev_ids or bad:
-        have = f"TPU ids 0..{count - 1}" if count else "no TPU"
-        wanted = " ".join(map(str, dev_ids))
-        raise ConfigError(
-            f"--dev_ids {wanted}: no TPU {bad[0] if bad else ''} here; this machine has {have} (see bm-smi)"
-        )
 
 
 class SailEngine:
