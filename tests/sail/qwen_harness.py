@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tests.sail.harness import Mode, round_bf16, round_f16, round_f32, sail
+from tests.sail.harness import Mode, Reference, round_bf16, round_f16, round_f32, sail
 
 QWEN_LEN = 256  # LLM-TPU bmodels: room for the template's default system prompt in a tiny vocabulary
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -108,7 +108,7 @@ def write_qwen_bmodel(path: Path, variant: Variant, vocab: int, **extra: object)
     )
 
 
-class QwenReference:
+class QwenReference(Reference):
     """The tiny Qwen2-style model over the whole sequence for every token: no cache, no padding,
     no mask value. It rounds where the bmodel hands data across graphs: hidden states and K/V to
     the half type (F16 for int8, BF16 for int4), logits to F32."""
@@ -148,25 +148,6 @@ class QwenReference:
         y = self._norm(h, w["ln2"])
         gate, up = y @ w["gate"].T, y @ w["up"].T
         return h + (gate * (1 / (1 + np.exp(-gate))) * up) @ w["down"].T
-
-    def _norm(self, h: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        return h / np.sqrt(np.mean(h**2, axis=-1, keepdims=True) + self.spec.eps) * weight
-
-    @staticmethod
-    def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        half = x.shape[1] // 2
-        a, b = x[:, :half], x[:, half:]
-        return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=1)
-
-    def generate(self, prompt: Sequence[int], max_new: int, stop: frozenset[int]) -> list[int]:
-        tokens, out = list(prompt), []
-        for _ in range(min(max_new, self.spec.max_len - len(prompt))):
-            token = self.next_token(tokens)
-            if token in stop:
-                break
-            out.append(token)
-            tokens.append(token)
-        return out
 
 
 def qwen_mode(site: Path, version: str) -> Mode:

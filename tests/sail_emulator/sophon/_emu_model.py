@@ -35,8 +35,6 @@ from typing import Any
 
 import numpy as np
 
-from sophon._emu_qwen import qwen_table, qwen_weights
-
 FORMAT = "sail-emulator-bmodel/2"
 QUANTS = ("int8", "int4")
 ARCHS = ("baichuan2", "qwen2")
@@ -127,6 +125,8 @@ def graphs(spec: ModelSpec) -> dict[str, Graph]:
     L, H, D = spec.max_len, spec.hidden, spec.devices
     nh, hd, kv = spec.heads // D, spec.head_dim, spec.kv_dtype
     f32, i32 = "BM_FLOAT32", "BM_INT32"
+    from sophon._emu_qwen import qwen_table  # the LLM-TPU layout builds on this module's numerics
+
     table: dict[str, tuple[list, list, str, int]] = (
         qwen_table(spec)
         if spec.arch == "qwen2"
@@ -186,6 +186,8 @@ def model_weights(spec: ModelSpec) -> Weights:
     cached, since drawing a 125696-token vocabulary's tables takes a good part of a second."""
     rng = np.random.default_rng(spec.seed)
     if spec.arch == "qwen2":
+        from sophon._emu_qwen import qwen_weights
+
         return Weights(*qwen_weights(spec, rng))
     h, inter = spec.hidden, spec.intermediate
     embed = rng.standard_normal((spec.vocab, h)).astype(np.float16)

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from sophon._emu_model import _rms_norm, _rope
+
 HALF = {"int8": "BM_FLOAT16", "int4": "BM_BFLOAT16"}  # W8F16 / W4BF16 as Sophgo ships them
 
 
@@ -97,21 +99,6 @@ def qwen_weights(
     return embed, layers, norm, head
 
 
-def _rms(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * weight
-
-
-def _rope(x: np.ndarray, positions: np.ndarray, base: float) -> np.ndarray:
-    """Rotate-half rotary embedding; x [T, heads, hd], positions [T]."""
-    hd = x.shape[-1]
-    inv_freq = 1.0 / base ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
-    angles = np.outer(positions.astype(np.float64), inv_freq)
-    cos = np.cos(np.concatenate([angles, angles], -1))[:, None, :]
-    sin = np.sin(np.concatenate([angles, angles], -1))[:, None, :]
-    half = hd // 2
-    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], -1) * sin
-
-
 def qwen_layer(
     spec: Any,
     w: Mapping[str, np.ndarray],
@@ -124,7 +111,7 @@ def qwen_layer(
     """One decoder layer over T rows; mask [T, S] is added to the scores (S = past rows + T).
     K/V are rounded to the half type before attention: what the cache holds is what is used."""
     t, nh, kvh, hd = hidden.shape[0], spec.heads, spec.kv_heads or spec.heads, spec.head_dim
-    x = _rms(hidden, w["ln1"], spec.eps)
+    x = _rms_norm(hidden, w["ln1"], spec.eps)
     q = _rope((x @ w["wq"].T + w["bq"]).reshape(t, nh, hd), positions, spec.rope_base)
     k = round_half(_rope((x @ w["wk"].T + w["bk"]).reshape(t, kvh, hd), positions, spec.rope_base))
     v = round_half((x @ w["wv"].T + w["bv"]).reshape(t, kvh, hd))
@@ -136,10 +123,10 @@ def qwen_layer(
     probs = np.exp(scores)
     probs /= probs.sum(-1, keepdims=True)
     hidden = hidden + np.einsum("nts,snd->tnd", probs, values).reshape(t, nh * hd) @ w["wo"].T
-    y = _rms(hidden, w["ln2"], spec.eps)
+    y = _rms_norm(hidden, w["ln2"], spec.eps)
     gate = y @ w["gate"].T
     return hidden + ((gate / (1.0 + np.exp(-gate))) * (y @ w["up"].T)) @ w["down"].T, k, v
 
 
 def qwen_logits(spec: Any, norm: np.ndarray, head: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-    return head @ _rms(hidden.astype(np.float64), norm, spec.eps)
+    return head @ _rms_norm(hidden.astype(np.float64), norm, spec.eps)
