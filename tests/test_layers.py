@@ -35,6 +35,8 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
+    "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
+    "edgechat.engines.sail_history": 2,  # history K/V: dynamic block_kv_i prefill, park/restore
     "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
     "edgechat.engines.remote": 3,

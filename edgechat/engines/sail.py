@@ -1,36 +1,31 @@
 """Sophgo bmodels on a BM1684X TPU through `sophon.sail`: the seed's Baichuan2 and sophgo/LLM-TPU's
-Qwen2.5 / Qwen3 / DeepSeek-R1-Distill / Llama share this graph protocol; what differs (hidden and
-mask dtypes, grouped K/V heads, lm_head giving an id or logits) is read from the graphs
-(sail_bmodel, sail_heads), never from the file name.
-
-A sophon-demo Baichuan2 bmodel is a set of static-shape graphs (MAX_LEN = the compiled sequence
-length, H = hidden size; sophgo/sophon-demo `sample/Baichuan2/tools/export_onnx.py`):
+Qwen2.5 / Qwen3 / DeepSeek-R1-Distill / Llama share one graph protocol (MAX_LEN = the compiled
+sequence length, H = hidden size; sophon-demo `sample/Baichuan2/tools/export_onnx.py`, tpu-mlir
+`python/llm/LlmConverter.py`):
 
     embedding [1,MAX_LEN] ids -> [1,MAX_LEN,H]        embedding_cache [1,1] id -> [1,1,H]
     block_i   (hidden, position_ids, mask [1,1,MAX_LEN,MAX_LEN]) -> (hidden, past_k, past_v)
     block_cache_i (hidden [1,1,H], position_id, mask [1,1,1,MAX_LEN+1], past_k, past_v)
               -> (hidden, present_k, present_v)
-    lm_head   [1,H] -> next token id (argmax inside the graph)
+    lm_head   [1,H] -> next token id, or logits (sail_heads)
 
-Dtypes are read from the bmodel, never assumed: Sophgo's compiled bmodels keep hidden states, the
-mask and lm_head's input in F32 and only K/V in F16 (int8, W8F16) or BF16 (int4, W4BF16)
-(`scripts/gen_bmodel.sh`: `--quant_output_list 2,3`, `--quant_input_list 4,5`). The mask is
-additive with -1000 for masked positions. `block_i` computes the whole prompt at once, so a
-request always prefills its full prompt: `start()` keeps 0 cached tokens and `prefill_chunk` is
-None. Each decode step runs `block_cache_i` and copies the new key/value into the sequence's
-cache at row token_length-1 with `sync_d2d`.
+What differs is read from the graphs, never from the file name: dtypes (Baichuan2 keeps hidden
+states and the mask in F32, K/V in F16 or BF16; LLM-TPU bmodels carry all of them in F16 or BF16,
+masks as their bit patterns), grouped K/V heads (shapes), the heads (sail_heads) and history K/V
+(`block_kv_i`, sail_history). Without block_kv_i a request prefills its whole prompt (`start()`
+keeps 0, `prefix_cache` False); with it a follow-up turn feeds only its new tokens and an idle
+session's cache is kept, parked to host RAM and restored by the scheduler. Each decode step runs
+`block_cache_i` and copies the new key/value into the cache at row token_length-1 (`sync_d2d`).
 
 Unlike the seed, which allocated every tensor per message, each KV slot owns its per-layer K/V
-tensors, allocated once at load and reused by every request that lands on it. There are
-`--max-running` slots, not `--max-sessions`: the prefill graph recomputes the whole prompt every
-turn, so an idle session's cache is worth nothing here and only answers being generated need one.
-Before allocating, the engine checks the TPU's free memory (`sail.get_dev_stat`); after, it
-checks the allocation (sail only logs a failed one); a shortfall is one ConfigError, never a
-half-allocated engine. Scratch tensors are shared: only the scheduler thread runs the engine.
+tensors, allocated once at load (`--max-running` slots: without history K/V only answers being
+generated need one). The TPU's free memory is checked before allocating and every allocation
+after (sail_memory); a shortfall is one ConfigError, never a half-allocated engine. Scratch
+tensors are shared: only the scheduler thread runs the engine.
 
-Sampling: `lm_head` (or `greedy_head`) returns the argmax, or the host takes the argmax of its
-logits, so this backend is greedy; temperature, top-p, top-k and the repetition penalty of a
-request are ignored (describe()["sampling"] says so).
+Sampling: the argmax is taken on the TPU (lm_head, greedy_head) or of lm_head's logits, so this
+backend is greedy; a request's temperature, top-p, top-k and repetition penalty are ignored
+(describe()["sampling"] says so).
 """
 
 from __future__ import annotations
@@ -52,10 +47,13 @@ from edgechat.engines.sail_api import (
     device_memory_mib,
     first_line,
     import_sail,
+    masked_value,
     to_device,
 )
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
-from edgechat.engines.sail_heads import Heads, masked_value
+from edgechat.engines.sail_heads import Heads
+from edgechat.engines.sail_history import HistoryPrefill, kv_problem, restore, save, usable
+from edgechat.engines.sail_memory import allocated, shortfall, target
 from edgechat.errors import ConfigError
 from edgechat.types import SamplingParams
 
@@ -130,7 +128,8 @@ class SailEngine:
         self.num_layers = count_layers(net, bmodel)
         self.release_info = detect_release(net, "block_0")
         self._api = GraphApi(net, self.release_info)
-        heads = [g for g in ("greedy_head",) if g in net.get_graph_names()]
+        names = set(net.get_graph_names())
+        heads = [g for g in ("greedy_head",) if g in names]
         self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0", *heads)}
         self._heads = Heads(self._io)
         self._first, self._next = self._io["block_0"], self._io["block_cache_0"]
@@ -139,6 +138,8 @@ class SailEngine:
             raise ConfigError(f"{bmodel} is not a sophon-demo Baichuan2 bmodel: block_0 takes {hidden_shape}")
         self.max_len, self.hidden = hidden_shape[1], hidden_shape[2]
         self._check_protocol(bmodel)
+        self._history = self._history_prefill(net, names, bmodel)
+        self.prefix_cache = self._history is not None  # a follow-up turn extends the cached chat
         self.max_sequences = slots
         # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
         self.max_prompt_len = max(1, min(self.max_len - 1, int(self.max_len * max_prompt_share)))
@@ -156,13 +157,16 @@ class SailEngine:
         raise RuntimeError(f"all {len(self._slots)} TPU KV slots are in use (--max-running)")
 
     def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
-        """Always 0 kept: block_i recomputes the whole prompt, it cannot extend a cached prefix.
-        `sampling` is ignored: lm_head argmaxes inside the graph."""
-        self._slot(seq).length = 0
-        return 0
+        """0 kept unless the bmodel has history K/V (block_kv_i): a static block_i recomputes the
+        whole prompt. `sampling` is ignored: the argmax is taken on the TPU."""
+        slot = self._slot(seq)
+        slot.length = min(keep, slot.length) if self._history is not None else 0
+        return slot.length
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:
         slot = self._slot(seq)
+        if self._history is not None:
+            return self._prefill_history(slot, tokens)
         if slot.length:
             raise RuntimeError("the TPU prefill graph computes whole prompts only: start() the sequence first")
         n = len(tokens)
@@ -175,6 +179,17 @@ class SailEngine:
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
         return [self._decode_one(seq, token) for seq, token in batch]
+
+    def save(self, seq: int) -> bytearray:
+        slot = self._slot(seq)
+        return save(slot.k, slot.v, slot.length, self.kv_row)
+
+    def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
+        slot = self._slot(seq)
+        if self._history is None or slot.length or not 0 < tokens <= self.max_len:
+            return False
+        slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row) else 0
+        return slot.length > 0
 
     def cached_tokens(self, seq: int) -> int:
         return self._slot(seq).length
@@ -189,7 +204,7 @@ class SailEngine:
             "backend": self.name,
             "model": self.model_path,
             "model_name": Path(self.model_path).stem,
-            "device": f"{_target(self._handle)} TPU {list(self.dev_ids)} · {self.release_info.describe()} · K/V {kv}",
+            "device": f"{target(self._handle)} TPU {list(self.dev_ids)} · {self.release_info.describe()} · K/V {kv}",
             "sail_version": self.release_info.version,
             "context_length": self.max_len,
             "max_prompt_len": self.max_prompt_len,
@@ -218,6 +233,17 @@ class SailEngine:
                 f"({first_line(err)}); edgechat speaks sail 3.8 (name-keyed) and >= 3.9 (index-keyed)"
             ) from None
 
+    def _history_prefill(self, net: Any, names: set[str], bmodel: Path) -> HistoryPrefill | None:
+        if not usable(net, names):
+            if "block_kv_0" in names:
+                log.warning("%s has block_kv graphs, but this sophon-sail cannot run them dynamic (>= 3.9 can)", bmodel)
+            return None
+        self._io["block_kv_0"] = self._read_graph("block_kv_0", bmodel)
+        problem = kv_problem(self._first, self._io["block_kv_0"])
+        if problem:
+            raise ConfigError(f"{bmodel}: {problem}")
+        return HistoryPrefill(self._transient, self._first, self._io["block_kv_0"], self.hidden, self.kv_row)
+
     def _check_protocol(self, bmodel: Path) -> None:
         check_protocol(self._io, self.dev_ids, bmodel, self._heads.problem())
         self.kv_row = math.prod(self._next[1][1].shape[2:])  # elements of one token's k: heads * head_dim
@@ -245,11 +271,12 @@ class SailEngine:
 
     def _allocate(self) -> None:
         """All device tensors, once: check the TPU can hold them, allocate, verify, or refuse."""
-        need_mib = -(-self.device_bytes_needed // MIB) + SPARE_MIB
+        transient = self._history.bytes_needed(self.max_len) if self._history is not None else 0
+        need_mib = -(-(self.device_bytes_needed + transient) // MIB) + SPARE_MIB
         dev = self.dev_ids[0]
         before = device_memory_mib(self._sail, dev)
         if before is not None and need_mib > before[0] - before[1]:
-            raise ConfigError(self._shortfall(need_mib, before[0] - before[1]))
+            raise ConfigError(shortfall(self, need_mib, before[0] - before[1]))
         plan = self._scratch_plan()
         for io in plan:
             io.tensor = self._tensor(io)
@@ -259,41 +286,27 @@ class SailEngine:
             k = [self._tensor(fo[1]) for _ in range(self.num_layers)]
             v = [self._tensor(fo[2]) for _ in range(self.num_layers)]
             self._slots.append(_Slot(k, v))
-        if not self._allocated(before):
+        tensors = [io.tensor for io in self._scratch] + [t for s in self._slots for t in (*s.k, *s.v)]
+        if not allocated(self._sail, dev, tensors, before, self.device_bytes_needed):
             after = device_memory_mib(self._sail, dev)
             self._free()
             free = "unknown" if before is None else before[0] - before[1]
-            raise ConfigError(self._shortfall(need_mib, free, after=after))
+            raise ConfigError(shortfall(self, need_mib, free, after=after))
         (fi, _), (ni, _) = self._first, self._next
         self._hidden, self._next_hidden = plan[1], plan[3]  # block_i / block_cache_i run in place on them
         self._emb_in, self._cache_in, self._lm_in, self._lm_out = plan[0], plan[2], plan[4], plan[5]
         self._positions, self._mask, self._next_position, self._next_mask = fi[1], fi[2], ni[1], ni[2]
 
-    def _allocated(self, before: tuple[int, int] | None) -> bool:
-        """sail logs a failed device allocation and returns a tensor without memory: check every
-        tensor where the wheel can tell (`is_dev_data_valid`, >= 3.9), else that the TPU's used
-        memory grew by what was asked (to get_dev_stat's MiB rounding)."""
-        tensors = [io.tensor for io in self._scratch] + [t for s in self._slots for t in (*s.k, *s.v)]
-        if tensors and getattr(tensors[0], "is_dev_data_valid", None) is not None:
-            return all(t.is_dev_data_valid() for t in tensors)
-        after = device_memory_mib(self._sail, self.dev_ids[0])
-        if before is None or after is None:
-            log.warning("this sophon-sail cannot report TPU memory: the KV allocation is not verified")
-            return True
-        return after[1] - before[1] >= self.device_bytes_needed // MIB - 1
-
-    def _shortfall(self, need_mib: int, free: int | str, after: tuple[int, int] | None = None) -> str:
-        slots = self.max_sequences
-        what = f"{need_mib} MiB of TPU memory for {slots} KV slot{'s' if slots != 1 else ''}"
-        what += f" ({self.kv_bytes_per_slot / MIB:.0f} MiB each)"
-        name, dev = Path(self.model_path).name, self.dev_ids[0]
-        advice = "lower --max-running (or give the TPU more memory, README 'SoC memory')"
-        if after is None:
-            return f"{name} needs {what}, {free} MiB free on TPU {dev}: {advice}"
-        return f"{name}: sail could not allocate {what} on TPU {dev} (it reported {free} MiB free): {advice}"
-
     def _tensor(self, io: Io) -> Any:
         return self._sail.Tensor(self._handle, io.shape, io.dtype, False, True)
+
+    def _transient(self, shape: list[int], dtype: Any) -> Any:
+        """A tensor for one prefill; refused (this request fails, others go on) when sail could
+        not allocate it. Only the >= 3.9 wheels that run dynamic graphs get here."""
+        tensor = self._sail.Tensor(self._handle, shape, dtype, False, True)
+        if not tensor.is_dev_data_valid():
+            raise RuntimeError(f"the TPU has no room for a {shape} prefill tensor now")
+        return tensor
 
     def _free(self) -> None:
         for ins, outs in self._io.values():
@@ -312,18 +325,33 @@ class SailEngine:
     def _process(self, graph: str, ins: Sequence[tuple[Io, Any]], outs: Sequence[tuple[Io, Any]]) -> None:
         self._api.process(graph, {io.key: t for io, t in ins}, {io.key: t for io, t in outs})
 
+    def _embed(self, tokens: Sequence[int]) -> None:
+        """embedding over `tokens` padded to MAX_LEN, into the shared hidden-states tensor."""
+        ids = np.zeros((1, self.max_len), dtype=np.int64)
+        ids[0, : len(tokens)] = tokens
+        self._emb_in.tensor.update_data(to_device(ids, self._emb_in.dtype))
+        emb_o = self._io["embedding"][1][0]
+        self._process("embedding", [(self._io["embedding"][0][0], self._emb_in.tensor)], [(emb_o, self._hidden.tensor)])
+
+    def _prefill_history(self, slot: _Slot, tokens: Sequence[int]) -> int:
+        """The new tokens only, after the slot's cached ones (dynamic block_i / block_kv_i)."""
+        past, n = slot.length, len(tokens)
+        if not 0 < n or past + n > self.max_len:
+            raise RuntimeError(f"{past} cached + {n} new tokens do not fit this bmodel's {self.max_len}")
+        self._embed(tokens)
+        hidden = self._history.run(self._process, slot.k, slot.v, past, n, self._hidden.tensor)  # type: ignore[union-attr]
+        slot.length = past + n
+        self._lm_in.tensor.sync_d2d(hidden, (n - 1) * self.hidden, 0, self.hidden)
+        return self._lm_head()
+
     def _run_first(self, slot: _Slot, tokens: Sequence[int]) -> None:
         """embedding + block_i over the whole prompt, padded to MAX_LEN; k/v land in the slot."""
         L, n = self.max_len, len(tokens)
-        ids = np.zeros((1, L), dtype=np.int64)
-        ids[0, :n] = tokens
         positions = np.zeros((1, L), dtype=np.int64)
         positions[0, :n] = np.arange(n)
         mask = np.full((L, L), masked_value(self._mask.dtype))
         mask[np.tril_indices(n)] = 0.0  # rows past the prompt stay fully masked, as the seed's
-        self._emb_in.tensor.update_data(to_device(ids, self._emb_in.dtype))
-        emb_o = self._io["embedding"][1][0]
-        self._process("embedding", [(self._io["embedding"][0][0], self._emb_in.tensor)], [(emb_o, self._hidden.tensor)])
+        self._embed(tokens)
         fi, fo = self._first
         hidden = self._hidden.tensor
         hidden.reshape(fi[0].shape)
@@ -370,9 +398,3 @@ class SailEngine:
                 f"--token does not belong to --bmodel {self.model_path}"
             )
         return token
-
-
-def _target(handle: Any) -> str:
-    """The chip name (BM1684X); older sail builds lack Handle.get_target."""
-    get_target = getattr(handle, "get_target", None)
-    return str(get_target()) if get_target is not None else "Sophgo"

@@ -178,6 +178,15 @@ def to_device(values: np.ndarray, dtype: Any) -> np.ndarray:
     raise ValueError(f"no host encoding for {name}")
 
 
+# A masked position's additive value per mask dtype: -1000 in Baichuan2's F32 masks (the seed's);
+# 0xF0E2 (F16) and 0xC61C (BF16) in LLM-TPU's 16-bit masks, the patterns Sophgo's pipelines write.
+MASKED = {"BM_FLOAT32": -1000.0, "BM_FLOAT16": -10000.0, "BM_BFLOAT16": -9984.0}
+
+
+def masked_value(dtype: Any) -> float:
+    return MASKED[dtype_name(dtype)]
+
+
 def first_line(err: BaseException) -> str:
     """pybind11's TypeErrors run over several lines; a one-line error takes the first."""
     text = str(err).strip().splitlines()

@@ -19,15 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edgechat.engines.sail_api import FLOATS, INTEGERS, Io, dtype_name, from_device
+from edgechat.engines.sail_api import FLOATS, INTEGERS, Io, from_device
 
-MASKED = {"BM_FLOAT32": -1000.0, "BM_FLOAT16": -10000.0, "BM_BFLOAT16": -9984.0}
 Process = Callable[[str, Sequence[tuple[Io, Any]], Sequence[tuple[Io, Any]]], None]
-
-
-def masked_value(dtype: Any) -> float:
-    """The additive mask value for a masked position in a mask of `dtype`."""
-    return MASKED[dtype_name(dtype)]
 
 
 class Heads:

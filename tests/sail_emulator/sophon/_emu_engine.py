@@ -12,7 +12,7 @@ import numpy as np
 
 from sophon import _emu_device as dev
 from sophon._emu_model import Graph, Weights, decoder_layer, graphs, lm_head, model_weights, read_bmodel
-from sophon._emu_qwen import HALF, qwen_layer, qwen_logits
+from sophon._emu_qwen import HALF, dynamic_shapes_problem, qwen_layer, qwen_logits
 from sophon._emu_tensor import (
     Dtype,
     SailEngineError,
@@ -115,6 +115,11 @@ class EngineLLM:
         self._require_index_api("get_output_tensor_devid")
         return lambda graph_name, index: self._devid(graph_name, index, "output")
 
+    @property
+    def get_is_dynamic(self) -> Any:
+        self._require_index_api("get_is_dynamic")
+        return lambda graph_name: self._graph(graph_name).dynamic
+
     # ---- inference ----
 
     def process(
@@ -129,6 +134,12 @@ class EngineLLM:
         graph = self._graph(graph_name)
         ins = self._bind(graph_name, graph, graph.inputs, input, "input")
         outs = self._bind(graph_name, graph, graph.outputs, output, "output")
+        problem = graph.dynamic and dynamic_shapes_problem(
+            graph.kind, [t.shape() for t in ins], [t.shape() for t in outs]
+        )
+        if problem:
+            dev.log_error("bmrt_launch_tensor_ex fail!")
+            raise SailEngineError(f"Failed during the inference process. ({graph_name}: {problem})")
         if graph.devices > 1:
             raise NotImplementedError("the sail emulator lays out multi-device bmodels but does not run them")
         results = self._run(graph, [t._values() for t in ins])  # all computed before any write
@@ -207,7 +218,9 @@ class EngineLLM:
                 dev.fatal(
                     f"{graph_name}: {what} {name} lives on another TPU than the graph's", dev.SAIL_ERR_TENSOR_DEVMEM
                 )
-            if tensor.shape() != shape:
+            if graph.dynamic and len(tensor.shape()) == len(shape) and all(map(int.__le__, tensor.shape(), shape)):
+                pass  # a dynamic graph runs on the shapes it is given, up to its maximum
+            elif tensor.shape() != shape:
                 dev.log_error("bmrt_launch_tensor_ex fail!")
                 raise SailEngineError(f"Failed during the inference process. ({name} is {tensor.shape()}, not {shape})")
             bound.append(tensor)

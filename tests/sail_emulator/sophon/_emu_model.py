@@ -59,6 +59,7 @@ class ModelSpec:
     kv_heads: int = 0  # qwen2: K/V heads (grouped-query attention); 0 = heads
     lm_head_topk: bool = True  # qwen2: lm_head gives the top-1 id; False: logits [1, V]
     extra_heads: tuple[str, ...] = ()  # qwen2: "greedy_head"
+    history_kv: bool = False  # qwen2: `block_kv_i` graphs, and block_i/block_kv_i dynamic (--use_history_kv)
 
     @property
     def head_dim(self) -> int:
@@ -117,6 +118,7 @@ class Graph:
     kind: str
     layer: int = -1
     devices: int = 1
+    dynamic: bool = False  # inputs/outputs may be smaller than their shapes at run time
     names_in: list[str] = field(default_factory=list)
     names_out: list[str] = field(default_factory=list)
 
@@ -162,7 +164,7 @@ def graphs(spec: ModelSpec) -> dict[str, Graph]:
         if D > 1:  # one group of inputs/outputs per device, as tpu-mlir lays out --num_device N
             ins = [(f"{n}_dev{d}", s, t) for d in range(D) for n, s, t in ins]
             outs = [(f"{n}_dev{d}", s, t) for d in range(D) for n, s, t in outs]
-        graph = Graph(ins, outs, kind, layer, D)
+        graph = Graph(ins, outs, kind, layer, D, dynamic=spec.history_kv and kind in ("block", "block_kv"))
         graph.names_in = [n for n, _, _ in ins]
         graph.names_out = [n for n, _, _ in outs]
         out[name] = graph

@@ -11,6 +11,10 @@ Facts mirrored (read, not copied):
 - its `compile_*` steps deploy with `--quantize w4bf16|w4f16|w8f16...` plus `--quant_input
   --quant_output`: hidden states, masks and K/V cross graphs in the half type (F16 or BF16);
   ids and positions stay INT32.
+- the same converter's `gen_block_with_kv` (`--use_history_kv`): a prefill graph whose inputs add the
+  history's k/v [1,P,KV_HEADS,HEAD_DIM] and whose mask is [1,1,T,P+T]; sophgo/LLM-TPU's Qwen3.5
+  demos name it `block_kv_i` beside the fresh `block_i` and compile both dynamic (T and P are
+  the run-time shapes; sophon-sail >= 3.9 `get_is_dynamic(graph)` says so).
 - sophgo/LLM-TPU `models/Qwen3/python_demo/chat.cpp`: L (SEQLEN) is `embedding`'s input dim 1;
   `lm_head` gives the top-1 id when its output dim 1 is 1 (`lmhead_with_topk`), else logits that
   `greedy_head` (logits -> id) or `penalty_sample_head` turns into a token; masked positions
@@ -66,7 +70,33 @@ def qwen_table(spec: Any) -> dict[str, tuple[list, list, str, int]]:
             "block_cache",
             i,
         )
+        if spec.history_kv:  # prefill of new tokens after P cached ones: mask [1,1,T,P+T], history [1,P,...]
+            table[f"block_kv_{i}"] = (
+                [
+                    ("input_states", [1, L, H], act),
+                    ("position_ids", [1, L], i32),
+                    ("attention_mask", [1, 1, L, 2 * L], act),
+                    ("history_k", kv, act),
+                    ("history_v", kv, act),
+                ],
+                [("hidden_states", [1, L, H], act), ("past_k", kv, act), ("past_v", kv, act)],
+                "block_kv",
+                i,
+            )
     return table
+
+
+def dynamic_shapes_problem(kind: str, shapes_in: list[list[int]], shapes_out: list[list[int]]) -> str | None:
+    """What bmrt checks of a dynamic block's run-time shapes: T new rows (and P history rows for
+    block_kv) the same in every input and output."""
+    t = shapes_in[0][1]
+    p = shapes_in[3][1] if kind == "block_kv" else 0
+    want_mask = [1, 1, t, p + t] if kind == "block_kv" else [1, 1, t, t]
+    if shapes_in[1] != [1, t] or shapes_in[2] != want_mask or any(s[1] != t for s in shapes_out):
+        return f"run-time shapes {shapes_in} -> {shapes_out} disagree on T={t}, P={p}"
+    if kind == "block_kv" and shapes_in[4] != shapes_in[3]:
+        return f"history_k {shapes_in[3]} and history_v {shapes_in[4]} differ"
+    return None
 
 
 def qwen_weights(
