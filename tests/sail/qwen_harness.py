@@ -98,13 +98,12 @@ def write_qwen_bmodel(path: Path, variant: Variant, vocab: int, **extra: object)
         heads=4,
         kv_heads=2,
         intermediate=64,
-        max_len=QWEN_LEN,
         vocab=vocab,
         quant=variant.quant,
         lm_head_topk=variant.lm_head_topk,
         extra_heads=["greedy_head"] if variant.greedy_head else [],
         rope_base=1000000.0,
-        **extra,
+        **{"max_len": QWEN_LEN, **extra},
     )
 
 
