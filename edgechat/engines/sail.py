@@ -17,15 +17,11 @@ keeps 0, `prefix_cache` False); with it a follow-up turn feeds only its new toke
 session's cache is kept, parked to host RAM and restored by the scheduler. Each decode step runs
 `block_cache_i` and copies the new key/value into the cache at row token_length-1 (`sync_d2d`).
 
-Unlike the seed, which allocated every tensor per message, each KV slot owns its per-layer K/V
-tensors, allocated once at load (`--max-running` slots: without history K/V only answers being
-generated need one). The TPU's free memory is checked before allocating and every allocation
-after (sail_memory); a shortfall is one ConfigError, never a half-allocated engine. Scratch
-tensors are shared: only the scheduler thread runs the engine.
-
-Sampling: the argmax is taken on the TPU (lm_head, greedy_head) or of lm_head's logits, so this
-backend is greedy; a request's temperature, top-p, top-k and repetition penalty are ignored
-(describe()["sampling"] says so).
+Each KV slot owns its per-layer K/V tensors, allocated once at load (`--max-running` slots), not
+per message as in the seed; TPU memory is checked before and every allocation after (sail_memory).
+Scratch tensors are shared: only the scheduler thread runs the engine. Sampling: a bmodel with
+`sample_head` applies a request's temperature, top-p, top-k and repetition penalty; otherwise
+the argmax is taken and describe() says sampling is fixed.
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +47,7 @@ from edgechat.engines.sail_api import (
     to_device,
 )
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
-from edgechat.engines.sail_heads import Heads
+from edgechat.engines.sail_heads import Draw, Heads
 from edgechat.engines.sail_history import HistoryPrefill, kv_problem, restore, save, usable
 from edgechat.engines.sail_memory import allocated, shortfall, target
 from edgechat.errors import ConfigError
@@ -71,6 +67,7 @@ class _Slot:
     v: list[Any]
     length: int = 0  # tokens in the cache
     busy: bool = False
+    draw: Draw = field(default_factory=Draw)  # sampling state, for a bmodel with sample_head
 
 
 def load_sail(
@@ -129,7 +126,7 @@ class SailEngine:
         self.release_info = detect_release(net, "block_0")
         self._api = GraphApi(net, self.release_info)
         names = set(net.get_graph_names())
-        heads = [g for g in ("greedy_head",) if g in names]
+        heads = [g for g in ("greedy_head", "sample_head") if g in names]
         self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0", *heads)}
         self._heads = Heads(self._io)
         self._first, self._next = self._io["block_0"], self._io["block_cache_0"]
@@ -158,9 +155,10 @@ class SailEngine:
 
     def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
         """0 kept unless the bmodel has history K/V (block_kv_i): a static block_i recomputes the
-        whole prompt. `sampling` is ignored: the argmax is taken on the TPU."""
+        whole prompt. `sampling` is used by a sample_head only (else the argmax is taken)."""
         slot = self._slot(seq)
         slot.length = min(keep, slot.length) if self._history is not None else 0
+        slot.draw.start(sampling, slot.length)
         return slot.length
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:
@@ -174,8 +172,9 @@ class SailEngine:
             raise RuntimeError(f"prompt of {n} tokens does not fit this bmodel's {self.max_len}")
         self._run_first(slot, tokens)
         slot.length = n
+        slot.draw.ids += tokens
         self._lm_in.tensor.sync_d2d(self._hidden.tensor, (n - 1) * self.hidden, 0, self.hidden)
-        return self._lm_head()
+        return self._lm_head(slot.draw)
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
         return [self._decode_one(seq, token) for seq, token in batch]
@@ -215,6 +214,7 @@ class SailEngine:
             "kv_bytes_per_session": self.kv_bytes_per_slot,
             "tpu_memory_bytes": self.device_bytes_needed,
             "sampling": self._heads.sampling(),
+            "sampling_fixed": self._heads.fixed,
         }
 
     def close(self) -> None:
@@ -341,8 +341,9 @@ class SailEngine:
         self._embed(tokens)
         hidden = self._history.run(self._process, slot.k, slot.v, past, n, self._hidden.tensor)  # type: ignore[union-attr]
         slot.length = past + n
+        slot.draw.ids += tokens
         self._lm_in.tensor.sync_d2d(hidden, (n - 1) * self.hidden, 0, self.hidden)
-        return self._lm_head()
+        return self._lm_head(slot.draw)
 
     def _run_first(self, slot: _Slot, tokens: Sequence[int]) -> None:
         """embedding + block_i over the whole prompt, padded to MAX_LEN; k/v land in the slot."""
@@ -387,11 +388,12 @@ class SailEngine:
             slot.k[i].sync_d2d(k_new, 0, row, self.kv_row)
             slot.v[i].sync_d2d(v_new, 0, row, self.kv_row)
         slot.length = n
+        slot.draw.ids.append(token)
         self._lm_in.tensor.sync_d2d(hidden, 0, 0, self.hidden)
-        return self._lm_head()
+        return self._lm_head(slot.draw)
 
-    def _lm_head(self) -> int:
-        token = self._heads.token(self._process)
+    def _lm_head(self, draw: Draw) -> int:
+        token = self._heads.token(self._process, draw)
         if not 0 <= token < self.vocab_size:
             raise ConfigError(
                 f"the bmodel produced token id {token}, outside the tokenizer's vocabulary of {self.vocab_size}: "

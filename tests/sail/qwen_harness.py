@@ -89,7 +89,7 @@ VARIANTS = [
 VARIANT_IDS = [f"sail{v}-{x.name}" for v, x in VARIANTS]
 
 
-def write_qwen_bmodel(path: Path, variant: Variant, vocab: int, **extra: object) -> Path:
+def write_qwen_bmodel(path: Path, variant: Variant, vocab: int, *heads: str, **extra: object) -> Path:
     return sail.write_bmodel(
         path,
         arch="qwen2",
@@ -101,7 +101,7 @@ def write_qwen_bmodel(path: Path, variant: Variant, vocab: int, **extra: object)
         vocab=vocab,
         quant=variant.quant,
         lm_head_topk=variant.lm_head_topk,
-        extra_heads=["greedy_head"] if variant.greedy_head else [],
+        extra_heads=[*(["greedy_head"] if variant.greedy_head else []), *heads],
         rope_base=1000000.0,
         **{"max_len": QWEN_LEN, **extra},
     )
@@ -118,6 +118,10 @@ class QwenReference(Reference):
         self.half = round_f16 if self.spec.quant == "int8" else round_bf16
 
     def next_token(self, tokens: Sequence[int]) -> int:
+        return int(np.argmax(self.logits(tokens)))
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """lm_head's F32 logits after `tokens`."""
         s = self.spec
         h = self.half(self.w.embed[np.asarray(tokens)].astype(np.float64))
         inv_freq = 1.0 / s.rope_base ** (np.arange(0, s.head_dim, 2) / s.head_dim)
@@ -126,7 +130,7 @@ class QwenReference(Reference):
         for layer in self.w.layers:
             h = self.half(self._layer(layer, h, cos, sin))
         x = h[-1] / math.sqrt(float(np.mean(h[-1] ** 2)) + s.eps) * self.w.norm
-        return int(np.argmax(round_f32(self.w.lm_head @ x)))
+        return round_f32(self.w.lm_head @ x)
 
     def _layer(self, w: dict[str, np.ndarray], h: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         s, n, hd = self.spec, h.shape[0], self.spec.head_dim

@@ -153,7 +153,9 @@ def test_the_page_answers(
     shown = [(m.name, m.markdown[0].value.strip()) for m in at.chat_message]
     assert shown[0] == ("user", question) and shown[1][0] == "assistant"
     assert at.session_state.conversation.records[-1]["content"] == expected  # what the page shows and saves
-    assert f"sophon-sail {mode.version}" in " ".join(c.value for c in at.sidebar.caption)
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert f"sophon-sail {mode.version}" in captions
+    assert "This model answers greedily" in captions  # no sample_head: the page says sampling is fixed
 
 
 def test_the_api_answers(qwen: tuple[Mode, Variant, Path], qwen_runtime: Runtime) -> None:

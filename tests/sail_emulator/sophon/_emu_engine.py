@@ -12,7 +12,7 @@ import numpy as np
 
 from sophon import _emu_device as dev
 from sophon._emu_model import Graph, Weights, decoder_layer, graphs, lm_head, model_weights, read_bmodel
-from sophon._emu_qwen import HALF, dynamic_shapes_problem, qwen_layer, qwen_logits
+from sophon._emu_qwen import HALF, dynamic_shapes_problem, qwen_layer, qwen_logits, sample_head
 from sophon._emu_tensor import (
     Dtype,
     SailEngineError,
@@ -258,6 +258,8 @@ class EngineLLM:
             return [np.array([[np.argmax(logits)]], dtype=np.float64) if spec.lm_head_topk else logits[None]]
         if graph.kind == "greedy_head":
             return [np.array([[np.argmax(args[0][0])]], dtype=np.float64)]
+        if graph.kind == "sample_head":
+            return sample_head(args, graph.outputs[0][1][1])
         half = Dtype[HALF[spec.quant]]
         hidden, positions, mask = args[0][0], args[1][0].astype(np.int64), args[2][0, 0]
         past = None if graph.kind == "block" else (args[3][0], args[4][0])

@@ -58,7 +58,7 @@ class ModelSpec:
     arch: str = "baichuan2"  # "qwen2": Sophgo's LLM-TPU layout (_emu_qwen), half-type hidden states
     kv_heads: int = 0  # qwen2: K/V heads (grouped-query attention); 0 = heads
     lm_head_topk: bool = True  # qwen2: lm_head gives the top-1 id; False: logits [1, V]
-    extra_heads: tuple[str, ...] = ()  # qwen2: "greedy_head"
+    extra_heads: tuple[str, ...] = ()  # qwen2: "greedy_head", "sample_head" (with logits from lm_head)
     history_kv: bool = False  # qwen2: `block_kv_i` graphs, and block_i/block_kv_i dynamic (--use_history_kv)
 
     @property
@@ -103,7 +103,11 @@ def read_bmodel(path: str | Path) -> ModelSpec:
         raise RuntimeError(f"Load bmodel {path} failed ({err})") from None
     if spec.hidden % spec.heads or spec.head_dim % 2 or spec.quant not in QUANTS or spec.heads % spec.devices:
         raise RuntimeError(f"Load bmodel {path} failed (inconsistent sizes)")
-    if spec.arch not in ARCHS or spec.heads % (spec.kv_heads or spec.heads) or set(spec.extra_heads) - {"greedy_head"}:
+    if (
+        spec.arch not in ARCHS
+        or spec.heads % (spec.kv_heads or spec.heads)
+        or set(spec.extra_heads) - {"greedy_head", "sample_head"}
+    ):
         raise RuntimeError(f"Load bmodel {path} failed (inconsistent sizes)")
     return spec
 

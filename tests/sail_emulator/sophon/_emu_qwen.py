@@ -36,6 +36,7 @@ import numpy as np
 from sophon._emu_model import _rms_norm, _rope
 
 HALF = {"int8": "BM_FLOAT16", "int4": "BM_BFLOAT16"}  # W8F16 / W4BF16 as Sophgo ships them
+SAMPLE_TOP_K, MIN_KEPT = 50, 5  # LlmConverter.gen_sample_head_mlir(max_top_k=50, min_tokens_to_keep=5)
 
 
 def qwen_table(spec: Any) -> dict[str, tuple[list, list, str, int]]:
@@ -50,6 +51,15 @@ def qwen_table(spec: Any) -> dict[str, tuple[list, list, str, int]]:
     }
     if "greedy_head" in spec.extra_heads:
         table["greedy_head"] = ([("m_logits", [1, V], "BM_FLOAT32")], [("token", [1, 1], i32)], "greedy_head", -1)
+    if "sample_head" in spec.extra_heads:
+        f32, k = "BM_FLOAT32", min(SAMPLE_TOP_K, V)
+        table["sample_head"] = (
+            [("m_logits", [1, V], f32), ("input_ids", [1, L], i32), ("penalty", [1], f32),
+             ("temperature", [1], f32), ("top_k", [1], i32), ("top_p", [1], f32)],
+            [("probs", [1, k], f32), ("token_idx", [1, k], i32)],
+            "sample_head",
+            -1,
+        )  # fmt: skip
     kv = [1, L, kvh, hd]
     for i in range(spec.layers):
         table[f"block_{i}"] = (
@@ -156,6 +166,28 @@ def qwen_layer(
     y = _rms_norm(hidden, w["ln2"], spec.eps)
     gate = y @ w["gate"].T
     return hidden + ((gate / (1.0 + np.exp(-gate))) * (y @ w["up"].T)) @ w["down"].T, k, v
+
+
+def sample_head(args: list[np.ndarray], k: int) -> list[np.ndarray]:
+    """The converter's sample_head: repetition penalty on the logits of `input_ids` (negative ones
+    multiplied, positive ones divided), the top K, divided by the temperature, softmax, top-p
+    (cumulative probability below top_p, at least MIN_KEPT kept), softmax again. Candidates past
+    the run-time top_k get probability 0 (the emulator's reading of `kT`)."""
+    logits, ids = args[0][0].copy(), args[1][0].astype(np.int64)
+    penalty, temperature, top_k, top_p = args[2][0], args[3][0], int(args[4][0]), args[5][0]
+    seen = logits[ids]
+    logits[ids] = np.where(seen < 0, seen * penalty, seen / penalty)
+    order = np.argsort(-logits, kind="stable")[:k]
+    scaled = logits[order] / temperature
+    if 0 < top_k < k:
+        scaled[top_k:] = -np.inf
+    probs = np.exp(scaled - scaled.max())
+    probs /= probs.sum()
+    keep = np.cumsum(probs) < top_p
+    keep[:MIN_KEPT] = True
+    kept = np.where(keep, scaled, -1000.0)
+    final = np.exp(kept - kept.max())
+    return [(final / final.sum())[None], order[None].astype(np.float64)]
 
 
 def qwen_logits(spec: Any, norm: np.ndarray, head: np.ndarray, hidden: np.ndarray) -> np.ndarray:
