@@ -38,6 +38,7 @@ from edgechat.config import Settings
 from edgechat.errors import ConfigError
 from edgechat.metrics import ServingMetrics, process_metrics
 from edgechat.openai_schema import ApiError, ChatCall
+from edgechat.reasoning import ReasoningStream, split_reasoning
 from edgechat.runtime import Runtime, current_runtime, shared_runtime
 from edgechat.types import (
     ChatEvent,
@@ -316,7 +317,12 @@ class _Answer:
             return self.api._error(self._failure_error(failed))
         stats = done.stats if done is not None else TurnStats()
         text = "".join(e.text for e in events if isinstance(e, Text))
-        return JSONResponse(schema.completion(self.call, self.model, text, stats))
+        chat = self.rt.tokenizer
+        reasoning, answer = split_reasoning(text, chat.opens_reasoning) if chat and chat.reasoning else ("", text)
+        body = schema.completion(self.call, self.model, answer, stats)
+        if reasoning:  # a reasoning model's <think> part, as vLLM's reasoning parsers send it
+            body["choices"][0]["message"]["reasoning_content"] = reasoning
+        return JSONResponse(body)
 
     def _first(self) -> list[ChatEvent]:
         """Events up to the first that tells accepted from refused (anything but Trimmed)."""
@@ -347,15 +353,18 @@ class _Answer:
         yield _sse(schema.chunk(call, model, {"role": "assistant", "content": ""}))
         failed: Failed | None = None
         stats = TurnStats()
+        chat = self.rt.tokenizer
+        split = ReasoningStream(chat.opens_reasoning, active=chat.reasoning) if chat else ReasoningStream(active=False)
         async for event in iterate_in_threadpool(chain(first, self.generation)):
-            if isinstance(event, Text):
-                yield _sse(schema.chunk(call, model, {"content": event.text}))
+            if isinstance(event, (Text, Done)):  # a reasoning model's think part as vLLM streams it
+                for key, piece in split.feed(event.text) if isinstance(event, Text) else split.flush():
+                    yield _sse(schema.chunk(call, model, {key: piece}))
+            if isinstance(event, Done):
+                stats = event.stats
             elif isinstance(event, (Queued, Tick)):
                 yield KEEPALIVE
             elif isinstance(event, Failed):
                 failed = event
-            elif isinstance(event, Done):
-                stats = event.stats
         if failed is not None:
             err = self._failure_error(failed)
             self.api.metrics.api_error(err.status)

@@ -102,6 +102,7 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "0 = always the most likely word: the same question gets the same answer",
         "zh": "0 表示总选最可能的词：同一问题得到同一回答",
     },
+    "reasoning": {"en": "Reasoning", "zh": "思考过程"},
     "sampling_fixed": {
         "en": "This model answers greedily: temperature, top-p, top-k and the penalty are not applied.",
         "zh": "此模型固定为贪心解码：温度、Top-p、Top-k 和重复惩罚不生效。",

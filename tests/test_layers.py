@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "edgechat.tokenizers.hf": 2,  # a config folder's tokenizer.json (Qwen, Llama) through `tokenizers`
     "edgechat.owner": 1,
     "edgechat.safe_markdown": 1,
+    "edgechat.reasoning": 1,  # a reasoning model's <think> part told apart from its answer
     "edgechat.ui_text": 1,
     "edgechat.access": 1,
     "edgechat.store_db": 1,

@@ -14,6 +14,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from edgechat.conversation import Conversation
+from edgechat.reasoning import split_reasoning
 from edgechat.runtime import Runtime
 from edgechat.safe_markdown import plain_text, safe_markdown
 from edgechat.ui_text import stats_line, t
@@ -25,8 +26,14 @@ GONE_CHECK_S = 0.2  # after a run is stopped, when to ask Streamlit whether the 
 
 
 def message_body(record: dict[str, Any], runtime: Runtime, lang: str) -> None:
-    content = record["content"] + (STOPPED_MARK if record.get("stopped") else "")
+    chat = runtime.tokenizer  # None for a remote server
+    split = record["role"] == "assistant" and chat is not None and chat.reasoning
+    reasoning, answer = split_reasoning(record["content"], chat.opens_reasoning) if split else ("", "")
+    content = (answer if reasoning else record["content"]) + (STOPPED_MARK if record.get("stopped") else "")
     st.markdown(safe_markdown(content))
+    if reasoning:  # a reasoning model's <think> part, folded under its answer
+        with st.expander(t(lang, "reasoning"), icon=":material/psychology:"):
+            st.markdown(safe_markdown(reasoning))
     if record.get("error"):
         st.error(plain_text(record["error"], max_chars=1000))
     if record.get("interrupted"):
