@@ -109,3 +109,33 @@ def test_the_api_sends_reasoning_content(tmp_path: Path) -> None:
     assert whole["content"] == "" and whole["reasoning_content"]
     streamed = "".join(c["choices"][0]["delta"].get("reasoning_content", "") for c in lines if c["choices"])
     assert streamed.strip() == whole["reasoning_content"]
+
+
+def test_the_page_folds_the_think_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page on the emulated TPU with an R1-shaped template: the answer (all think part, as the
+    tiny model never closes it) sits folded under an empty answer, and is kept whole in the chat."""
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.sail.harness import REPO, Mode, sail
+    from tests.sail.qwen_harness import Variant, write_qwen_bmodel
+
+    sail.install_as(tmp_path / "site", "3.9.4", "sophon")
+    cfg = folder(tmp_path, OPENS)
+    bmodel = write_qwen_bmodel(
+        tmp_path / "r1.bmodel", Variant("int8", True), load_token_config(cfg).tokenizer.vocab_size
+    )
+    env = Mode("sophon", "3.9.4", "-", tmp_path / "site").env()
+    monkeypatch.setattr(sys, "path", [*env["PYTHONPATH"].split(":"), *sys.path])
+    flags = ["--bmodel", str(bmodel), "--token", str(cfg), "--max-new-tokens", "12"]
+    monkeypatch.setattr("sys.argv", ["web_demo.py", *flags])
+    at = AppTest.from_file(str(REPO / "web_demo.py"), default_timeout=60)
+    at.run()
+    at.chat_input[0].set_value("Why?").run()
+    assert not at.exception, at.exception
+    record = at.session_state.conversation.records[-1]
+    reasoning, answer = split_reasoning(record["content"], opened=True)
+    assert reasoning and not answer
+    folded = [e for e in at.main.expander if e.label == "Reasoning"]
+    assert len(folded) == 1 and reasoning in folded[0].markdown[0].value
