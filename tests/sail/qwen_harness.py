@@ -68,11 +68,13 @@ class Variant:
     quant: str
     lm_head_topk: bool
     greedy_head: bool = False
+    sample_head: bool = False
+    history_kv: bool = False  # block_kv_i, dynamic (--use_history_kv)
 
     @property
     def name(self) -> str:
         head = "topk" if self.lm_head_topk else ("greedy_head" if self.greedy_head else "logits")
-        return f"{self.quant}-{head}"
+        return f"{self.quant}-{head}" + "-sample_head" * self.sample_head + "-history" * self.history_kv
 
     @property
     def half(self) -> str:
@@ -84,6 +86,8 @@ VARIANTS = [
     ("3.8.0", Variant("int8", lm_head_topk=True)),
     ("3.8.0", Variant("int4", lm_head_topk=False, greedy_head=True)),
     ("3.9.4", Variant("int8", lm_head_topk=False)),
+    ("3.9.4", Variant("int4", lm_head_topk=True, history_kv=True)),
+    ("3.9.4", Variant("int8", lm_head_topk=False, greedy_head=True, sample_head=True)),
     ("3.9.4", Variant("int4", lm_head_topk=True)),
 ]
 VARIANT_IDS = [f"sail{v}-{x.name}" for v, x in VARIANTS]
@@ -101,9 +105,10 @@ def write_qwen_bmodel(path: Path, variant: Variant, vocab: int, *heads: str, **e
         vocab=vocab,
         quant=variant.quant,
         lm_head_topk=variant.lm_head_topk,
-        extra_heads=[*(["greedy_head"] if variant.greedy_head else []), *heads],
+        extra_heads=[*(["greedy_head"] if variant.greedy_head else []), *heads]
+        + (["sample_head"] if variant.sample_head else []),
         rope_base=1000000.0,
-        **{"max_len": QWEN_LEN, **extra},
+        **{"max_len": QWEN_LEN, "history_kv": variant.history_kv, **extra},
     )
 
 

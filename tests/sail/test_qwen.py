@@ -1,6 +1,7 @@
 """Sophgo LLM-TPU bmodels (Qwen2.5 / Qwen3 / DeepSeek-R1-Distill / Llama layout) on the sail
-emulator, in four variants: sail 3.8 (name-keyed) and 3.9 (index-keyed) x int8 (F16) and int4
-(BF16) x lm_head giving the id / logits + greedy_head / logits alone.
+emulator, in six variants: sail 3.8 (name-keyed) and 3.9 (index-keyed) x int8 (F16) and int4
+(BF16) x lm_head giving the id / logits + greedy_head / logits alone, and on 3.9 with history K/V
+(block_kv_i) and with sample_head (greedy here; sampling: test_qwen_sampling.py).
 
 The engine knows these bmodels from their graphs and shapes only; the same client, scheduler,
 terminal, page and API answer, and greedy answers equal a plain numpy reference token for token.
@@ -82,7 +83,7 @@ def test_greedy_chats_equal_the_numpy_reference(qwen: tuple[Mode, Variant, Path]
             spoken += len(turn.answer)
         calls = net.calls - before
         decoded = sum(len(t.answer) - 1 for t in turns)
-        assert calls["block"] == 2 * len(turns) and calls["block_cache"] == 2 * decoded
+        assert calls["block"] + calls["block_kv"] == 2 * len(turns) and calls["block_cache"] == 2 * decoded
         assert calls["greedy_head"] == (len(turns) + decoded if variant.greedy_head else 0)
     assert spoken > 20, "the emulated model should talk, not stop at once"
     assert engine.max_len == QWEN_LEN and engine.num_layers == 2  # read from the graphs' shapes
@@ -95,7 +96,7 @@ def test_masks_positions_and_kv_are_sophgos_encodings(qwen: tuple[Mode, Variant,
     _, variant, _ = qwen
     chat(qwen_runtime, ["What is a TPU?"])
     engine = qwen_runtime.backend.scheduler.engine  # type: ignore[attr-defined]
-    mask = engine._mask.tensor.asnumpy()
+    mask = (engine._next_mask if variant.history_kv else engine._mask).tensor.asnumpy()  # history: per-prefill masks
     assert mask.dtype == np.uint16 and set(np.unique(mask)) == {0, MASK_BITS[variant.half]}
     assert engine._positions.tensor.asnumpy().dtype == np.int32
     k = engine._slots[0].k[0]
@@ -120,7 +121,7 @@ def test_the_terminal_answers(qwen: tuple[Mode, Variant, Path], qwen_token_dir: 
     question = "What is a TPU?"
     out = cli(
         mode, "--bmodel", str(bmodel), "--token", str(qwen_token_dir), "--dev_ids", "0",
-        "--max-new-tokens", "20", "--prompt", question,
+        "--max-new-tokens", "20", "--temperature", "0", "--prompt", question,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     from edgechat.token_config import load_token_config
@@ -138,7 +139,8 @@ def test_the_page_answers(
     from streamlit.testing.v1 import AppTest
 
     mode, variant, bmodel = qwen
-    flags = ["--bmodel", str(bmodel), "--token", str(qwen_token_dir), "--dev_ids", "0", "--max-new-tokens", "16"]
+    flags = ["--bmodel", str(bmodel), "--token", str(qwen_token_dir), "--dev_ids", "0", "--max-new-tokens", "16",
+             "--temperature", "0"]  # fmt: skip
     monkeypatch.setattr("sys.argv", ["web_demo.py", *flags])
     at = AppTest.from_file(str(REPO / "web_demo.py"), default_timeout=60)
     at.run()
@@ -155,7 +157,8 @@ def test_the_page_answers(
     assert at.session_state.conversation.records[-1]["content"] == expected  # what the page shows and saves
     captions = " ".join(c.value for c in at.sidebar.caption)
     assert f"sophon-sail {mode.version}" in captions
-    assert "This model answers greedily" in captions  # no sample_head: the page says sampling is fixed
+    # the page says sampling is fixed unless the bmodel has a sample_head
+    assert ("This model answers greedily" in captions) is not variant.sample_head
 
 
 def test_the_api_answers(qwen: tuple[Mode, Variant, Path], qwen_runtime: Runtime) -> None:
