@@ -48,7 +48,7 @@ from edgechat.engines.sail_api import (
 )
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
 from edgechat.engines.sail_heads import Draw, Heads
-from edgechat.engines.sail_history import HistoryPrefill, kv_problem, restore, save, usable
+from edgechat.engines.sail_history import HistoryPrefill, dynamic_graphs, kv_problem, restore, save
 from edgechat.engines.sail_memory import allocated, shortfall, target
 from edgechat.errors import ConfigError
 from edgechat.types import SamplingParams
@@ -116,12 +116,8 @@ class SailEngine:
         dev_ids: Sequence[int] = (0,),
         max_prompt_share: float = DEFAULT_PROMPT_SHARE,
     ) -> None:
-        self._sail = sail
-        self._handle = handle
-        self._net = net
-        self.model_path = str(bmodel)
-        self.vocab_size = vocab_size
-        self.dev_ids = tuple(dev_ids)
+        self._sail, self._handle, self._net = sail, handle, net
+        self.model_path, self.vocab_size, self.dev_ids = str(bmodel), vocab_size, tuple(dev_ids)
         self.num_layers = count_layers(net, bmodel)
         self.release_info = detect_release(net, "block_0")
         self._api = GraphApi(net, self.release_info)
@@ -136,7 +132,7 @@ class SailEngine:
         self.max_len, self.hidden = hidden_shape[1], hidden_shape[2]
         self._check_protocol(bmodel)
         self._history = self._history_prefill(net, names, bmodel)
-        self.prefix_cache = self._history is not None  # a follow-up turn extends the cached chat
+        self.prefix_cache = self._history is not None and self._history.keeps_history  # follow-ups extend it
         self.max_sequences = slots
         # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
         self.max_prompt_len = max(1, min(self.max_len - 1, int(self.max_len * max_prompt_share)))
@@ -157,7 +153,7 @@ class SailEngine:
         """0 kept unless the bmodel has history K/V (block_kv_i): a static block_i recomputes the
         whole prompt. `sampling` is used by a sample_head only (else the argmax is taken)."""
         slot = self._slot(seq)
-        slot.length = min(keep, slot.length) if self._history is not None else 0
+        slot.length = min(keep, slot.length) if self.prefix_cache else 0
         slot.draw.start(sampling, slot.length)
         return slot.length
 
@@ -185,7 +181,7 @@ class SailEngine:
 
     def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
         slot = self._slot(seq)
-        if self._history is None or slot.length or not 0 < tokens <= self.max_len:
+        if not self.prefix_cache or slot.length or not 0 < tokens <= self.max_len:
             return False
         slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row) else 0
         return slot.length > 0
@@ -234,15 +230,17 @@ class SailEngine:
             ) from None
 
     def _history_prefill(self, net: Any, names: set[str], bmodel: Path) -> HistoryPrefill | None:
-        if not usable(net, names):
+        dynamic, history = dynamic_graphs(net, names)
+        if not dynamic:
             if "block_kv_0" in names:
                 log.warning("%s has block_kv graphs, but this sophon-sail cannot run them dynamic (>= 3.9 can)", bmodel)
             return None
-        self._io["block_kv_0"] = self._read_graph("block_kv_0", bmodel)
-        problem = kv_problem(self._first, self._io["block_kv_0"])
-        if problem:
-            raise ConfigError(f"{bmodel}: {problem}")
-        return HistoryPrefill(self._transient, self._first, self._io["block_kv_0"], self.hidden, self.kv_row)
+        if history:
+            self._io["block_kv_0"] = self._read_graph("block_kv_0", bmodel)
+            problem = kv_problem(self._first, self._io["block_kv_0"])
+            if problem:
+                raise ConfigError(f"{bmodel}: {problem}")
+        return HistoryPrefill(self._transient, self._first, self._io.get("block_kv_0"), self.hidden, self.kv_row)
 
     def _check_protocol(self, bmodel: Path) -> None:
         check_protocol(self._io, self.dev_ids, bmodel, self._heads.problem())

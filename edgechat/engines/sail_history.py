@@ -22,10 +22,14 @@ from edgechat.engines.sail_api import DTYPE_SIZES, Io, masked_value, to_device
 Process = Callable[[str, Sequence[tuple[Io, Any]], Sequence[tuple[Io, Any]]], None]
 
 
-def usable(net: Any, names: set[str]) -> bool:
-    """block_kv_0 is there and both prefill graphs are dynamic (a wheel that cannot say is < 3.9)."""
+def dynamic_graphs(net: Any, names: set[str]) -> tuple[bool, bool]:
+    """(block_0 is dynamic, block_kv_0 is there and dynamic too); a wheel that cannot say (< 3.9)
+    has neither. A dynamic block_0 alone (`llm_convert.py --dynamic`, which Sophgo advises for
+    long contexts) already prefills only the prompt's rows instead of the whole context."""
     is_dynamic = getattr(net, "get_is_dynamic", None)
-    return "block_kv_0" in names and is_dynamic is not None and bool(is_dynamic("block_0") and is_dynamic("block_kv_0"))
+    if is_dynamic is None or not is_dynamic("block_0"):
+        return False, False
+    return True, "block_kv_0" in names and bool(is_dynamic("block_kv_0"))
 
 
 def kv_problem(first: tuple[list[Io], list[Io]], history: tuple[list[Io], list[Io]]) -> str | None:
@@ -38,13 +42,15 @@ def kv_problem(first: tuple[list[Io], list[Io]], history: tuple[list[Io], list[I
 
 
 class HistoryPrefill:
-    """Prefill through the dynamic block_i (P = 0) or block_kv_i (P > 0) graphs."""
+    """Prefill through the dynamic block_i (P = 0) or block_kv_i (P > 0) graphs, on tensors made
+    with exactly the rows fed."""
 
     def __init__(
-        self, make: Callable[[list[int], Any], Any], first: Any, history: Any, hidden: int, kv_row: int
+        self, make: Callable[[list[int], Any], Any], first: Any, history: Any | None, hidden: int, kv_row: int
     ) -> None:
         self._make = make  # (shape, dtype) -> a device tensor; raises when the TPU has no room
-        self._graphs = {"block": first, "block_kv": history}
+        self._graphs = {"block": first, "block_kv": history or first}  # no history: past is always 0
+        self.keeps_history = history is not None
         self._hidden, self._kv_row = hidden, kv_row
 
     def bytes_needed(self, max_len: int) -> int:

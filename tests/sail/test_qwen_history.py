@@ -133,3 +133,30 @@ def test_without_a_dynamic_wheel_the_prompt_is_re_read(
             rt.close()
     finally:
         sys.path.remove(str(mode.site))
+
+
+def test_a_dynamic_bmodel_without_history_prefills_only_the_prompt(
+    tmp_path_factory: pytest.TempPathFactory, cfg: Path
+) -> None:
+    """`llm_convert.py --dynamic` without history K/V: every turn re-reads the chat, but block_i
+    computes the prompt's rows only, not the whole context."""
+    mode = install(tmp_path_factory, "3.9.4")
+    sys.path.insert(0, str(mode.site))
+    try:
+        from edgechat.tokenizers.hf import HfTokenizer
+
+        path = tmp_path_factory.mktemp("models") / "qwen2-dynamic.bmodel"
+        bmodel = write_qwen_bmodel(path, Variant("int8", lm_head_topk=True), HfTokenizer(cfg).vocab_size, dynamic=True)
+        rt = open_runtime(bmodel, cfg)
+        try:
+            engine = rt.backend.scheduler.engine  # type: ignore[attr-defined]
+            assert not engine.prefix_cache
+            turns = chat(rt, QUESTIONS[:2])
+            ref = QwenReference(bmodel)
+            assert all(t.answer == ref.generate(t.prompt, GREEDY.max_new_tokens, rt.tokenizer.stop_ids) for t in turns)
+            assert engine._net.fed["block"] == sum(len(t.prompt) for t in turns)
+            assert turns[1].stats.reused_tokens == 0
+        finally:
+            rt.close()
+    finally:
+        sys.path.remove(str(mode.site))

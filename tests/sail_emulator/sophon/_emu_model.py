@@ -60,6 +60,7 @@ class ModelSpec:
     lm_head_topk: bool = True  # qwen2: lm_head gives the top-1 id; False: logits [1, V]
     extra_heads: tuple[str, ...] = ()  # qwen2: "greedy_head", "sample_head" (with logits from lm_head)
     history_kv: bool = False  # qwen2: `block_kv_i` graphs, and block_i/block_kv_i dynamic (--use_history_kv)
+    dynamic: bool = False  # qwen2: block_i dynamic (llm_convert.py --dynamic), with or without block_kv_i
 
     @property
     def head_dim(self) -> int:
@@ -168,7 +169,9 @@ def graphs(spec: ModelSpec) -> dict[str, Graph]:
         if D > 1:  # one group of inputs/outputs per device, as tpu-mlir lays out --num_device N
             ins = [(f"{n}_dev{d}", s, t) for d in range(D) for n, s, t in ins]
             outs = [(f"{n}_dev{d}", s, t) for d in range(D) for n, s, t in outs]
-        graph = Graph(ins, outs, kind, layer, D, dynamic=spec.history_kv and kind in ("block", "block_kv"))
+        graph = Graph(
+            ins, outs, kind, layer, D, dynamic=(spec.history_kv or spec.dynamic) and kind in ("block", "block_kv")
+        )
         graph.names_in = [n for n, _, _ in ins]
         graph.names_out = [n for n, _, _ in outs]
         out[name] = graph
