@@ -21,6 +21,7 @@ from edgechat.ui_text import stats_line, t
 
 STOPPED_MARK = " ⏹"
 CURSOR = " ▌"
+REASONING_TAIL = 300  # characters of a think part shown while the model is still thinking
 FRAME_S = 0.1  # the streaming answer is redrawn at most ~10 times a second, only when it changed
 GONE_CHECK_S = 0.2  # after a run is stopped, when to ask Streamlit whether the page is still there
 
@@ -81,6 +82,8 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
     (tab closed, network gone), which interrupts the answer so its sequence is freed at once."""
     answer = conv.answer
     assert answer is not None
+    chat = conv.client.tokenizer  # a reasoning model's think part is shown apart while it streams
+    thinks = chat is not None and chat.reasoning
     with st.chat_message("assistant"):
         status, body = st.empty(), st.empty()
         st.button(t(lang, "stop"), key="stop", on_click=on_stop, help=t(lang, "stop_help"),
@@ -97,7 +100,11 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
                 elif text != shown:
                     if shown is None or not shown:
                         status.empty()
-                    body.markdown(safe_markdown(text) + CURSOR)
+                    reasoning, visible = split_reasoning(text, chat.opens_reasoning) if thinks else ("", text)
+                    if reasoning and not visible:  # still thinking: its last lines, quietly
+                        body.caption(plain_text(reasoning[-REASONING_TAIL:]) + CURSOR)
+                    else:
+                        body.markdown(safe_markdown(visible) + CURSOR)
                     shown = text
                     time.sleep(FRAME_S)  # at most ~10 redraws a second: each is a message and a render
         except StopException:
