@@ -76,6 +76,15 @@ def _host_cache_size(text: str) -> str:
     return text
 
 
+def _cors_origins(text: str) -> str:
+    """`*`, or comma-separated origins as a browser sends them (scheme://host[:port], no path)."""
+    for origin in (o.strip() for o in text.split(",") if o.strip()):
+        parts = urlsplit(origin)
+        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path):
+            raise ConfigError(f"--cors-origins {origin!r}: give origins like http://host:3000, comma-separated, or *")
+    return text
+
+
 def _normalize_base_url(url: str) -> str:
     """http(s)://host[:port][/path]; a bare host:port gets /v1, where vLLM, llama.cpp and Ollama serve."""
     parts = urlsplit(url.strip())
@@ -189,6 +198,11 @@ class Settings:
     server_api_key: str | None = option(
         None, "key programs must send as `Authorization: Bearer KEY` to /v1 (default: --password, else open); "
         "prefer EDGECHAT_SERVER_API_KEY", "api", secret=True,
+    )  # fmt: skip
+    cors_origins: str = option(
+        "", "web origins whose pages may call /v1 from a browser (`http://host:3000`, comma-separated, or `*`); "
+        "empty = no CORS headers, so browsers keep other sites' pages out", "api", check=_cors_origins,
+        shown_default="none",
     )  # fmt: skip
     # ---- in front of an OpenAI-compatible server ----
     base_url: str | None = option(

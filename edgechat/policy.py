@@ -18,7 +18,7 @@ from typing import Any
 
 from edgechat.kvcache import MIB, HostCache, ParkedState
 from edgechat.sequences import Admit, EngineFacts, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
-from edgechat.types import Failed, Finished, FinishReason, Queued, Token, TokenEvent
+from edgechat.types import Failed, Finished, FinishReason, Queued, Token, TokenEvent, TokenLogprobs
 
 log = logging.getLogger(__name__)
 
@@ -305,17 +305,17 @@ class Policy:
                 if request.stats.first_token_at is None:
                     request.stats.first_token_at = now
                 request.status = Status.RUNNING
-                self._accept(request, token, now)
+                self._accept(request, token, now, out.logprobs.get(request))
                 produced += 1
         return produced
 
-    def _accept(self, request: Request, token: int, now: float) -> None:
+    def _accept(self, request: Request, token: int, now: float, logprobs: TokenLogprobs | None = None) -> None:
         if token in request.stop_ids:
             self._finish(request, FinishReason.STOP, now)
             return
         request.generated.append(token)
         request.stats.completion_tokens += 1
-        self._emit(request, Token(token))
+        self._emit(request, Token(token, logprobs))
         if len(request.generated) >= request.max_new_tokens:
             self._finish(request, FinishReason.LENGTH, now)
 

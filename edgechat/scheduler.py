@@ -302,6 +302,11 @@ class Scheduler:
         try:
             tokens = self.engine.step([(f.request.slot.seq, f.tokens, f.sample) for f in feeds])  # type: ignore[union-attr]
             out.tokens.update(zip((f.request for f in feeds), tokens, strict=True))
+            for feed in feeds:
+                if feed.sample and feed.request.sampling.logprobs is not None:
+                    found = self.engine.token_logprobs(feed.request.slot.seq)  # type: ignore[union-attr]
+                    if found is not None:
+                        out.logprobs[feed.request] = found
         except Exception as err:  # noqa: BLE001 — isolate the failing sequence, serve the rest
             if len(feeds) == 1:
                 out.failed[feeds[0].request] = _describe(err)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from edgechat.kvcache import ParkedState
-from edgechat.types import FinishReason, RequestStats, SamplingParams, TokenEvent
+from edgechat.types import FinishReason, RequestStats, SamplingParams, TokenEvent, TokenLogprobs
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ class Outputs:
     kept: dict[Request, int] = field(default_factory=dict)  # per admit: tokens the engine kept
     restore_failed: set[Request] = field(default_factory=set)
     tokens: dict[Request, int | None] = field(default_factory=dict)  # per feed that ran
+    logprobs: dict[Request, TokenLogprobs] = field(default_factory=dict)  # per sampled token, when asked
     failed: dict[Request, str] = field(default_factory=dict)
 
 

@@ -65,6 +65,8 @@ class FakeEngine:
         self.prefill_chunk = prefill_chunk
         self.batch_prefill = batch_prefill
         self.prefix_cache = prefix_cache
+        self.logprobs = False
+        self.grammar = False
         self.pool_tokens = pool_tokens
         self.kv_bytes_per_token = kv_bytes_per_token
         self.calls: list[tuple[Any, ...]] = []

@@ -30,10 +30,12 @@ LAYERS: dict[str, int] = {
     "edgechat.config": 2,
     "edgechat.metrics": 1,
     "edgechat.openai_schema": 3,
+    "edgechat.structured": 2,  # response_format -> GBNF with llama-cpp-python's converter
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
     "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
+    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
     "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
@@ -51,6 +53,7 @@ LAYERS: dict[str, int] = {
     "edgechat.chats": 8,
     "edgechat.runtime": 8,
     "edgechat.api": 9,
+    "edgechat.api.answer": 9,  # one admitted chat completion (the package's routes admit it)
     "edgechat.server": 10,
     "baichuan2": 11,
     "edgechat.page": 12,

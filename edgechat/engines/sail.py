@@ -104,6 +104,8 @@ class SailEngine:
     prefill_chunk = None  # block_i takes the whole prompt in one call
     batch_prefill = False  # prompts go through prefill() one at a time, decodes through decode()
     prefix_cache = False  # block_i re-prefills whole prompts: no prefix to keep, nothing to park
+    logprobs = False  # the bmodel's lm_head returns the argmax id only, not the logits
+    grammar = False  # ... so nothing can mask the logits either
 
     def __init__(
         self,
