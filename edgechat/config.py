@@ -131,7 +131,11 @@ class Settings:
         None, "GGUF file for llama.cpp", "model", shown_default="embedded SmolLM2-135M-Instruct Q4_1"
     )
     bmodel: Path | None = option(None, "Sophgo bmodel: selects the TPU (sail) backend", "model")
-    token: Path = option(Path("token_config"), "folder holding the Baichuan2 tokenizer.model (TPU)", "model")
+    token: Path = option(
+        Path("token_config"),
+        "TPU model's config folder: Baichuan2's tokenizer.model, or tokenizer.json + chat template (Qwen, DeepSeek-R1)",
+        "model",
+    )
     dev_ids: tuple[int, ...] = option(
         (0,), "TPU device ids as bm-smi lists them (`0 1` or `0,1`)", "model", flag="--dev_ids", aliases=("--dev-ids",)
     )

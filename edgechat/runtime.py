@@ -219,15 +219,17 @@ def _load_llamacpp(settings: Settings, share_prefixes: bool = True) -> Runtime:
 
 def _load_sail(settings: Settings, share_prefixes: bool = True) -> Runtime:
     from edgechat.engines.sail import DEFAULT_SLOTS, load_sail
-    from edgechat.templates import Baichuan2ChatTemplate
+    from edgechat.engines.sail_api import check_bmodel
+    from edgechat.token_config import load_token_config
 
     # KV slots for the answers being generated only (--max-running), not --max-sessions: the TPU
     # re-prefills the whole prompt every turn, so an idle session's cache is worth nothing there.
     slots = settings.max_running or DEFAULT_SLOTS
-    handle, engine, tokenizer = load_sail(
-        settings.bmodel, settings.token, settings.dev_ids, slots, settings.max_prompt_share
-    )
-    return _local(handle, engine, ChatTokenizer(tokenizer, Baichuan2ChatTemplate(tokenizer)), settings)
+    bmodel = check_bmodel(settings.bmodel)
+    chat = load_token_config(settings.token)  # Baichuan2's tokenizer.model or a tokenizer.json folder
+    vocab = chat.tokenizer.vocab_size
+    handle, engine = load_sail(bmodel, vocab, settings.dev_ids, slots, settings.max_prompt_share)
+    return _local(handle, engine, chat, settings)
 
 
 def _load_remote(settings: Settings, share_prefixes: bool = True) -> Runtime:

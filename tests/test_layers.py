@@ -16,13 +16,16 @@ LAYERS: dict[str, int] = {
     "edgechat.tokenizers": 1,
     "edgechat.tokenizers.gguf": 1,
     "edgechat.tokenizers.baichuan": 2,
+    "edgechat.tokenizers.hf": 2,  # a config folder's tokenizer.json (Qwen, Llama) through `tokenizers`
     "edgechat.owner": 1,
     "edgechat.safe_markdown": 1,
+    "edgechat.reasoning": 1,  # a reasoning model's <think> part told apart from its answer
     "edgechat.ui_text": 1,
     "edgechat.access": 1,
     "edgechat.store_db": 1,
     "edgechat.templates": 3,
     "edgechat.store": 3,
+    "edgechat.token_config": 4,  # --token DIR: tokenizer + chat template of a TPU model
     "edgechat.export": 2,
     "edgechat.config": 2,
     "edgechat.metrics": 1,
@@ -34,7 +37,10 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
     "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
-    "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
+    "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
+    "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
+    "edgechat.engines.sail_history": 2,  # history K/V: dynamic block_kv_i prefill, park/restore
+    "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
     "edgechat.engines.remote": 3,
     "edgechat.kvcache": 1,
