@@ -21,7 +21,7 @@ from edgechat.conversation import Conversation, Refusal
 from edgechat.errors import ConfigError
 from edgechat.page import session
 from edgechat.page.join_qr import presenter_qr
-from edgechat.page.messages import context_meter, follow_answer, show_history
+from edgechat.page.messages import context_meter, follow_answer, handout_box, show_history
 from edgechat.page.sidebar import sidebar
 from edgechat.page.tab_title import tab_title
 from edgechat.runtime import Runtime, shared_runtime
@@ -133,6 +133,7 @@ def main() -> None:
     busy = conv.busy
     st.title(plain_text(runtime.info.get("model_name", "edgechat")))
     st.caption(t(lang, "tagline", backend=runtime.info.get("backend", "?")))
+    handout_box(runtime, lang)
     presenter_qr(settings, lang)
     sidebar(runtime, conv, settings, lang, busy)
     show_history(conv, runtime, lang, last_turn_actions)

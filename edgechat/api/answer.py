@@ -20,6 +20,7 @@ from edgechat import openai_schema as schema
 from edgechat.client import ChatClient
 from edgechat.metrics import ServingMetrics
 from edgechat.openai_schema import ApiError, ChatCall
+from edgechat.reasoning import REASONING, ReasoningStream, split_reasoning
 from edgechat.runtime import Runtime
 from edgechat.types import (
     ChatEvent,
@@ -52,7 +53,9 @@ class Answer:
         session: Session,
         error: Callable[[ApiError], JSONResponse],
         metrics: ServingMetrics,
+        handout: str | None = None,
     ) -> None:
+        """`handout`: the room's --handout, when the operator shares it with the API (--handout-api)."""
         self.rt = rt
         self.call = call
         self.release = release
@@ -60,7 +63,9 @@ class Answer:
         self.error = error
         self.metrics = metrics
         self.model = model
-        self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api")
+        self.client = ChatClient(
+            rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api", handout=handout
+        )
         self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
 
@@ -87,7 +92,13 @@ class Answer:
         stats = done.stats if done is not None else TurnStats()
         texts = [e for e in events if isinstance(e, Text)]
         tokens = [t for e in texts for t in e.logprobs]
-        return JSONResponse(schema.completion(self.call, self.model, "".join(e.text for e in texts), stats, tokens))
+        text = "".join(e.text for e in texts)
+        chat = self.rt.tokenizer
+        reasoning, answer = split_reasoning(text, chat.opens_reasoning) if chat and chat.reasoning else ("", text)
+        body = schema.completion(self.call, self.model, answer, stats, tokens)
+        if reasoning:  # a reasoning model's <think> part, as vLLM's reasoning parsers send it
+            body["choices"][0]["message"][REASONING] = reasoning
+        return JSONResponse(body)
 
     def _first(self) -> list[ChatEvent]:
         """Events up to the first that tells accepted from refused (anything but Trimmed)."""
@@ -118,15 +129,22 @@ class Answer:
         yield _sse(schema.chunk(call, model, {"role": "assistant", "content": ""}))
         failed: Failed | None = None
         stats = TurnStats()
+        chat = self.rt.tokenizer
+        split = ReasoningStream(chat.opens_reasoning) if chat and chat.reasoning else None
         async for event in iterate_in_threadpool(chain(first, self.generation)):
-            if isinstance(event, Text):
+            if isinstance(event, Text) and split is None:
                 yield _sse(schema.chunk(call, model, {"content": event.text}, tokens=event.logprobs))
+            elif isinstance(event, Text):  # a reasoning model's think part as vLLM streams it
+                for key, piece in split.feed(event.text):
+                    yield _sse(schema.chunk(call, model, {key: piece}))
             elif isinstance(event, (Queued, Tick)):
                 yield KEEPALIVE
             elif isinstance(event, Failed):
                 failed = event
             elif isinstance(event, Done):
                 stats = event.stats
+                for key, piece in split.flush() if split is not None else ():
+                    yield _sse(schema.chunk(call, model, {key: piece}))
         if failed is not None:
             err = self._failure_error(failed)
             self.metrics.api_error(err.status)
