@@ -81,6 +81,15 @@ class Server:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def hook_env(folder: str, **env: str) -> dict[str, str]:
+    """Environment for a Server that loads harness/FOLDER/sitecustomize.py (a trace, slow runs), with
+    that hook's own variables."""
+    import os
+
+    path = os.pathsep.join(p for p in (str(REPO / "harness" / folder), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, **env}
+
+
 def _environ() -> dict[str, str]:
     import os
 

@@ -5,9 +5,12 @@ between sessions except the process-wide runtime, store and limits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import streamlit as st
+from streamlit import runtime as streamlit_runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from baichuan2 import conversation_for
 from edgechat.access import ClientLimits, client_address, shared_limits
@@ -20,7 +23,10 @@ from edgechat.store import Store, StoreUnavailable
 from edgechat.ui_text import t
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
-UNFOLLOWED_S = 5.0  # an answer no page run has rendered for this long is interrupted (a backstop)
+# An answer whose page has shown no sign of life for this long is interrupted (a backstop for a page
+# that went away unseen): signs are the question, every frame the page's run renders, and the page's
+# session still being open in Streamlit's runtime (a slow page is not a closed page).
+GONE_S = 5.0
 
 
 def init_session(settings: Settings) -> None:
@@ -110,10 +116,22 @@ def live_conversation() -> Conversation:
 def _new_conversation(runtime: Runtime, session: str | None = None) -> Conversation:
     ss = st.session_state
     conv = conversation_for(runtime, ss.settings, session)
-    conv.watch_s = UNFOLLOWED_S
+    conv.watch_s = GONE_S
+    conv.alive = session_alive()
     conv.admission = lambda address=ss.address: limits().acquire(address)
     ss.handle, ss.engine, ss.tokenizer = runtime.handle, runtime.backend, runtime.tokenizer  # the seed's trio
     return conv
+
+
+def session_alive() -> Callable[[], bool] | None:
+    """Whether this browser session is still open, askable from any thread: Streamlit drops a closed
+    tab's session from its active ones (a dropped connection's after its reconnect grace). None
+    outside a served page (AppTest)."""
+    ctx = get_script_run_ctx()
+    if ctx is None or not streamlit_runtime.exists():
+        return None
+    session_id, instance = ctx.session_id, streamlit_runtime.get_instance()
+    return lambda: instance.is_active_session(session_id)
 
 
 def start_new_chat(runtime: Runtime) -> None:
