@@ -63,6 +63,33 @@ class LoopbackOnly:
         await self.app(scope, receive, send)
 
 
+class UntrustForwardedFor:
+    """The peer address as the connection gave it, whatever X-Forwarded-For says. uvicorn (which
+    Streamlit serves through, with no setting for this) replaces a request's client address with
+    X-Forwarded-For's whenever the peer is in its `forwarded_allow_ips`, loopback by default, before
+    any of our code runs: a local tunnel or proxy passing the header on would name any address it
+    likes and dodge the per-address limits. Whom to believe is decided in one place,
+    edgechat.access.client_address with --trusted-proxy, so this puts the peer back. uvicorn's own
+    rule (its _TrustedHosts, same setting) tells a rewritten scope: its client is exactly the address
+    uvicorn derives from the header (a real peer never has that address with port 0)."""
+
+    def __init__(self, app: Any) -> None:
+        from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+        self.app = app
+        self.uvicorn_trusts = _TrustedHosts(os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            forwarded = b", ".join(v for k, v in scope.get("headers", ()) if k == b"x-forwarded-for")
+            if forwarded and scope.get("client"):
+                derived = self.uvicorn_trusts.get_trusted_client_address(forwarded.decode("latin1"))
+                if derived[0] and tuple(scope["client"]) == tuple(derived):
+                    server = (scope.get("server") or ("",))[0] or ""
+                    scope = {**scope, "client": ("::1" if ":" in server else "127.0.0.1", 0)}
+        await self.app(scope, receive, send)
+
+
 def _loopback(scope: dict[str, Any]) -> bool:
     client = scope.get("client") or ("", 0)
     try:
@@ -88,6 +115,7 @@ def app_options(settings: Settings) -> dict[str, Any]:
     middleware = [Middleware(LoopbackOnly), Middleware(OwnerCookieMiddleware, skip_prefixes=PROGRAM_PATHS)]
     if "*" not in hosts:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+    middleware.insert(0, Middleware(UntrustForwardedFor))  # first: every layer after sees the real peer
     routes: list[Any] = []
     if settings.api == "on":
         from edgechat.api import api_routes

@@ -27,6 +27,7 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new
 # that went away unseen): signs are the question, every frame the page's run renders, and the page's
 # session still being open in Streamlit's runtime (a slow page is not a closed page).
 GONE_S = 5.0
+LOOPBACK = "127.0.0.1"
 
 
 def init_session(settings: Settings) -> None:
@@ -41,7 +42,8 @@ def init_session(settings: Settings) -> None:
     ss.lang = settings.lang
     ss.deleted_chat = None  # the chat deleted last, while it can be restored
     if "address" not in ss:  # tests set it: AppTest cannot give a session an address
-        ss.address = client_address(st.context.ip_address, st.context.headers, settings.trusted_proxy)
+        peer = st.context.ip_address or LOOPBACK  # Streamlit reports no address for a loopback peer
+        ss.address = client_address(peer, st.context.headers, settings.trusted_proxy)
     if "owner" not in ss:  # the owner cookie the page's first request set (edgechat.owner)
         ss.owner = owner_in_script()
     apply_chat_settings({"system": settings.system or "", "sampling": {}})

@@ -5,7 +5,9 @@ sends them), on a quiet box made to look loaded where it matters."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import urllib.error
 import urllib.request
 
 from harness.servers import Server, hook_env
@@ -46,5 +48,53 @@ def test_late_pages_keep_their_answers() -> None:
         ]
         assert all(o["tokens"] == 400 for o in outcomes), [o["tokens"] for o in outcomes]
         assert cancelled_page_answers(server) == 0
+    finally:
+        server.stop()
+
+
+def ask_api(server: Server, forwarded_for: str) -> int:
+    """One short /v1 answer from this machine with an X-Forwarded-For header; the HTTP status."""
+    body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).encode()
+    request = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", "X-Forwarded-For": forwarded_for},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+async def two_people_ask(server: Server) -> list[dict]:
+    tabs = [Person(server.url, "10.79.0.1"), Person(server.url, "10.79.0.2")]
+    try:
+        for tab in tabs:
+            await tab.open()
+        outcomes = []
+        for i, tab in enumerate(tabs):
+            await tab.ask(f"[p{i}] What is 2+2?")
+            outcomes.append(await answer(tab, 0, timeout=60))
+        return outcomes
+    finally:
+        await asyncio.gather(*(tab.close() for tab in tabs), return_exceptions=True)
+
+
+def test_x_forwarded_for_from_this_machine_is_not_believed_without_trusted_proxy() -> None:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 by default; edgechat only from --trusted-proxy.
+    Without it, two "people" behind one local tunnel are one address: with one question a minute,
+    the second is refused, on /v1 and on the page alike."""
+    server = Server("--rate-limit", "1", "--max-new-tokens", "8", "--context-length", "1024",
+                    env={"EDGECHAT_TRUSTED_PROXY": ""})  # fmt: skip
+    try:
+        assert [ask_api(server, "10.79.1.1"), ask_api(server, "10.79.1.2")] == [200, 429]
+    finally:
+        server.stop()
+    server = Server("--rate-limit", "1", "--max-new-tokens", "8", "--context-length", "1024",
+                    env={"EDGECHAT_TRUSTED_PROXY": ""})  # fmt: skip
+    try:
+        outcomes = asyncio.run(two_people_ask(server))
+        assert [o["outcome"] for o in outcomes] == ["completed", "refused"], outcomes
     finally:
         server.stop()
