@@ -18,15 +18,18 @@ from typing import Any
 
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import PlainTextResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
 
 from edgechat.config import Settings
 from edgechat.errors import ConfigError
 from edgechat.owner import OwnerCookieMiddleware
-from edgechat.runtime import shared_runtime
+from edgechat.runtime import current_runtime, shared_runtime
 
 log = logging.getLogger(__name__)
-PROGRAM_PATHS = ("/v1/", "/metrics", "/healthz")  # called by programs, not browsers: no owner cookie
+LOAD_PATH = "/_edgechat/load"  # the server panel's load line, fetched by every open page once a second
+PROGRAM_PATHS = ("/v1/", "/metrics", "/healthz", LOAD_PATH)  # called by programs and scripts: no owner cookie
 STREAMLIT_METRICS = "/_stcore/metrics"  # Streamlit's own, always registered; not for the whole LAN
 
 
@@ -108,6 +111,24 @@ def page_sessions_open() -> int | None:
     return int(sum(stat.value for stat in stats))
 
 
+async def room_load(request: Request) -> JSONResponse:
+    """Answers generating, waiting and the engine's tok/s, for the server panel's load line. Every
+    open page fetches it once a second (edgechat.page.sidebar): an HTTP request on the event loop
+    instead of a script run per page per second, and no fragment rerun that could preempt the end
+    of a page's run (issue 23)."""
+    runtime = current_runtime()
+    try:
+        stats = runtime.backend.stats() if runtime is not None else {}
+    except Exception:  # noqa: BLE001 — a dead engine: the panel keeps its last line
+        return JSONResponse({"error": "engine unavailable"}, status_code=503)
+    body = {
+        "running": int(stats.get("running", 0)) + int(stats.get("prefilling", 0)),
+        "waiting": int(stats.get("waiting", 0)),
+        "tps": float(stats.get("aggregate_tps", 0.0)),
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
 def app_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `st.App`: routes, middleware and a lifespan that loads the model at
     start, so the first visitor does not wait for it."""
@@ -116,11 +137,11 @@ def app_options(settings: Settings) -> dict[str, Any]:
     if "*" not in hosts:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
     middleware.insert(0, Middleware(UntrustForwardedFor))  # first: every layer after sees the real peer
-    routes: list[Any] = []
+    routes: list[Any] = [Route(LOAD_PATH, room_load, methods=["GET"])]
     if settings.api == "on":
         from edgechat.api import api_routes
 
-        routes = api_routes(settings, page_sessions=page_sessions_open)
+        routes += api_routes(settings, page_sessions=page_sessions_open)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

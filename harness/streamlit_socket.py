@@ -270,7 +270,8 @@ async def answer(person: Person, turn: int, timeout: float, stall_s: float = 30.
         box = view.chat_input()
         ready = box is not None and not box.disabled and not view.full_run_open
         answers = [text for role, text in view.messages() if role == "assistant"]
-        return ready and (len(answers) > turn or _refused(view, turn))
+        ended = len(answers) > turn and (STATS.search(answers[turn]) or INTERRUPTED in answers[turn])
+        return ready and bool(ended or _refused(view, turn))
 
     deadline = start + timeout
     ok = False
@@ -286,10 +287,10 @@ async def answer(person: Person, turn: int, timeout: float, stall_s: float = 30.
         outcome = "interrupted"
     elif ok and match:
         outcome = "completed"
-    elif ok:
-        outcome = "refused" if _refused(view, turn) else "completed"
-    elif view.lost_run_ends:
+    elif view.lost_run_ends:  # the page shows a run that never ended: it waits for its person
         outcome = "lost_run_end"
+    elif ok:
+        outcome = "refused"
     else:
         outcome = "timeout"
     return {

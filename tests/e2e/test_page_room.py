@@ -98,3 +98,33 @@ def test_x_forwarded_for_from_this_machine_is_not_believed_without_trusted_proxy
         assert [o["outcome"] for o in outcomes] == ["completed", "refused"], outcomes
     finally:
         server.stop()
+
+
+async def turns(server: Server, people: int, rounds: int, tick_s: float) -> tuple[list[dict], int]:
+    tabs = [Person(server.url, f"10.80.0.{i + 1}", tick_s=tick_s) for i in range(people)]
+    outcomes: list[dict] = []
+    try:
+        await asyncio.gather(*(tab.open() for tab in tabs))
+        for turn in range(rounds):
+            await asyncio.gather(*(tab.ask(f"[p{i}] What is {turn}+2?") for i, tab in enumerate(tabs)))
+            outcomes += await asyncio.gather(*(answer(tab, turn, timeout=90, stall_s=15) for tab in tabs))
+            if any(o["outcome"] != "completed" for o in outcomes):
+                break
+        return outcomes, sum(tab.view.lost_run_ends for tab in tabs)
+    finally:
+        await asyncio.gather(*(tab.close() for tab in tabs), return_exceptions=True)
+
+
+def test_the_end_of_a_run_reaches_a_page_whose_event_loop_is_behind() -> None:
+    """Every periodic rerun the page asks for, sent three times as often as a browser would, is
+    handled by an event loop that is behind by the rest of the script run it arrived in
+    (harness/lateloop): each answer's last run still reaches its page (its stats line, the input
+    enabled again) and no run's end is dropped. A fragment rerun handled as a run ended used to
+    start a new ScriptRunner, and Streamlit dropped the ended run's last messages."""
+    server = Server("--temperature", "0", "--max-new-tokens", "16", "--context-length", "1024",
+                    env=hook_env("lateloop", EDGECHAT_LATE_FRAGMENT_S="1"))  # fmt: skip
+    try:
+        outcomes, lost = asyncio.run(turns(server, 3, 3, tick_s=0.3))
+        assert [o["outcome"] for o in outcomes] == ["completed"] * 9 and lost == 0, (lost, outcomes)
+    finally:
+        server.stop()
