@@ -61,6 +61,19 @@ class Server:
         self.stop()
         raise RuntimeError(f"streamlit did not start within {START_TIMEOUT_S:.0f} s: {output[-2000:]}")
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the server's /metrics (`edgechat:requests_total`, finished_reason=...); None
+        when there is no such sample."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
+
     def output(self) -> str:
         self.log.flush()
         self.log.seek(0)

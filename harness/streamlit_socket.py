@@ -17,6 +17,7 @@ from typing import Any
 RUN_TIMEOUT_S = 60  # the longest one script run may take to end
 STATS = re.compile(r"first token ([\d.]+) s · ([\d.]+) tok/s · (\d+) tokens")
 INTERRUPTED = "interrupted when the page went away"
+CURSOR = " ▌"  # after the text of an answer being written (edgechat.page.messages)
 MAIN, SIDEBAR = 0, 1  # Streamlit's root containers (delta_path[0]); the chat input sits in another
 
 
@@ -160,6 +161,16 @@ class PageView:
             out.append((self.nodes[path].role, "\n".join(texts)))
         return out
 
+    def answer_shown(self, turn: int) -> bool:
+        """The answer to question `turn` shows text: streaming (before its cursor) or finished."""
+        blocks = sorted(p for p, n in self.nodes.items() if p[0] == MAIN and n.kind == "chat_message")
+        answers = [p for p in blocks if self.nodes[p].role == "assistant"]
+        if len(answers) <= turn:
+            return False
+        path = answers[turn]
+        texts = [n.text for p, n in self.nodes.items() if p[: len(path)] == path and n.kind == "markdown"]
+        return any(t.endswith(CURSOR) and t[: -len(CURSOR)].strip() or STATS.search(t) for t in texts)
+
     def main_text(self) -> str:
         return "\n".join(n.text for p, n in sorted(self.nodes.items()) if p[0] == MAIN and n.text)
 
@@ -175,6 +186,7 @@ class Person:
         self.view = PageView()
         self.changed = asyncio.Event()
         self.last_change = time.monotonic()
+        self.asked_at = 0.0
         self._ws: Any = None
         self._tasks: list[asyncio.Task] = []
         self._fragment_timers: dict[str, asyncio.Task] = {}
@@ -203,6 +215,7 @@ class Person:
         assert box is not None and not box.disabled, "the chat input is not ready"
         state = WidgetState(id=box.widget_id)
         state.chat_input_value.data = text
+        self.asked_at = time.monotonic()
         await self._ws.send(rerun_message(widgets=[state]))
 
     async def until(self, condition: Any, timeout: float) -> bool:
@@ -264,9 +277,12 @@ async def answer(person: Person, turn: int, timeout: float, stall_s: float = 30.
     """Wait for the answer of question `turn` (0-based) to settle on the page: the outcome as a person
     sees it — completed (its stats line, the input enabled again), interrupted, refused (a warning
     instead of an answer), lost_run_end, or timeout — with the stats line's figures."""
-    start = time.monotonic()
+    start = person.asked_at or time.monotonic()
+    seen: list[float] = []
 
     def settled(view: PageView) -> bool:
+        if not seen and view.answer_shown(turn):
+            seen.append(time.monotonic())
         box = view.chat_input()
         ready = box is not None and not box.disabled and not view.full_run_open
         answers = [text for role, text in view.messages() if role == "assistant"]
@@ -295,7 +311,8 @@ async def answer(person: Person, turn: int, timeout: float, stall_s: float = 30.
         outcome = "timeout"
     return {
         "outcome": outcome,
-        "first_token_s": float(match.group(1)) if match else None,
+        "first_token_s": float(match.group(1)) if match else None,  # the engine's, from the question's arrival
+        "first_text_s": round(seen[0] - start, 3) if seen else None,  # the page's, from pressing Enter
         "tokens": int(match.group(3)) if match else 0,
         "waited_s": round(time.monotonic() - start, 2),
         "text": text,
