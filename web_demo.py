@@ -29,7 +29,7 @@ from edgechat.ui_text import LANG_NAMES, t
 
 def load_settings() -> Settings:
     try:
-        return parse_settings(sys.argv[1:], prog="web_demo.py")
+        return session.page_settings(sys.argv[1:])
     except ConfigError as err:
         st.error(str(err))
         st.stop()

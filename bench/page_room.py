@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ from bench.api import over_http, room  # noqa: E402
 from bench.load import burners  # noqa: E402
 from edgechat.server import LOAD_PATH  # noqa: E402
 from harness.room import _pct  # noqa: E402
-from harness.servers import Server  # noqa: E402
+from harness.servers import Server, hook_env  # noqa: E402
 from harness.streamlit_socket import Person, answer  # noqa: E402
 
 GENERATED = "edgechat:generation_tokens_total"
@@ -53,11 +54,9 @@ def question(person: int, turn: int) -> str:
     return f"p{person} asks: tell me about {TOPICS[person % len(TOPICS)]}, part {turn + 1}."
 
 
-async def page_person(url: str, i: int, turns: int, timeout_s: float, out: list[dict]) -> list[str]:
-    tab = Person(url, f"10.91.{i // 250}.{i % 250 + 1}", poll=(LOAD_PATH,))
+async def page_person(tab: Person, i: int, turns: int, timeout_s: float, out: list[dict]) -> list[str]:
     asked: list[str] = []
     try:
-        await tab.open()
         for turn in range(turns):
             asked.append(question(i, turn))
             await tab.ask(asked[-1])
@@ -76,9 +75,11 @@ async def page_person(url: str, i: int, turns: int, timeout_s: float, out: list[
 
 async def page_room(server: Server, people: int, turns: int, timeout_s: float) -> dict[str, Any]:
     outcomes: list[dict] = []
+    tabs = [Person(server.url, f"10.91.{i // 250}.{i % 250 + 1}", poll=(LOAD_PATH,)) for i in range(people)]
+    await asyncio.gather(*(tab.open() for tab in tabs), return_exceptions=True)  # then all ask at once
     before = server.metric(GENERATED, source="page") or 0.0
     start = time.monotonic()
-    crossed = await asyncio.gather(*(page_person(server.url, i, turns, timeout_s, outcomes) for i in range(people)))
+    crossed = await asyncio.gather(*(page_person(tab, i, turns, timeout_s, outcomes) for i, tab in enumerate(tabs)))
     wall = time.monotonic() - start
     tokens = (server.metric(GENERATED, source="page") or 0.0) - before
     count = {kind: sum(o["outcome"] == kind for o in outcomes) for kind in
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=96, help="max tokens per answer")
     parser.add_argument("--burners", type=int, default=0, help="CPU-burning processes beside the room")
     parser.add_argument("--timeout", type=float, default=600, help="seconds one answer may take")
+    parser.add_argument("--profile", help="write where the server's threads spent their time to this JSON file")
     args = parser.parse_args()
     flags = ["--temperature", "0", "--max-new-tokens", str(args.tokens), "--max-queue", str(max(32, args.people))]
     result: dict[str, Any] = {
@@ -118,11 +120,14 @@ def main() -> None:
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     burning = burners(args.burners)
-    server = Server(*flags)
+    server = Server(*flags, env=hook_env("sampler", EDGECHAT_SAMPLE=args.profile) if args.profile else None)
     try:
         model = openai.OpenAI(base_url=server.url + "/v1", api_key="none").models.list().data[0].id
         result["page"] = asyncio.run(page_room(server, args.people, args.turns, args.timeout))
         result["loadavg_after_page"] = [round(x, 2) for x in os.getloadavg()]
+        if args.profile:  # the page room's share of the profile, before the /v1 room adds to it
+            time.sleep(2.5)
+            shutil.copyfile(args.profile, args.profile + ".page.json")
         result["api"] = room(over_http(server.url, model, args.tokens), args.people, args.turns, question)
         result["loadavg_after_api"] = [round(x, 2) for x in os.getloadavg()]
     finally:

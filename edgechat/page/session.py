@@ -5,6 +5,8 @@ between sessions except the process-wide runtime, store and limits.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -15,7 +17,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from baichuan2 import conversation_for
 from edgechat.access import ClientLimits, client_address, shared_limits
 from edgechat.chats import SavedChat, shared_store, wait_until_idle
-from edgechat.config import Settings
+from edgechat.config import ENV_PREFIX, Settings, parse_settings
 from edgechat.conversation import Conversation
 from edgechat.owner import owner_in_script
 from edgechat.runtime import Runtime, shared_runtime
@@ -28,6 +30,19 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new
 # session still being open in Streamlit's runtime (a slow page is not a closed page).
 GONE_S = 5.0
 LOOPBACK = "127.0.0.1"
+
+
+def page_settings(argv: list[str]) -> Settings:
+    """The page's flags and EDGECHAT_* variables, parsed once per process as long as they stay the
+    same: argparse and the settings' type hints took ~50 ms of every script run of every page (the
+    page path's profile, issue 23). A bad flag raises ConfigError each time (errors are not cached)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
+    return _parsed(tuple(argv), env)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(argv: tuple[str, ...], env: tuple[tuple[str, str], ...]) -> Settings:
+    return parse_settings(list(argv), env=dict(env), prog="web_demo.py")
 
 
 def init_session(settings: Settings) -> None:
