@@ -20,7 +20,7 @@ from edgechat.config import LANGS, Settings, parse_settings
 from edgechat.conversation import Conversation, Refusal
 from edgechat.errors import ConfigError
 from edgechat.page import session
-from edgechat.page.messages import context_meter, follow_answer, show_history
+from edgechat.page.messages import context_meter, follow_answer, handout_box, show_history
 from edgechat.page.sidebar import sidebar
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import plain_text
@@ -131,6 +131,7 @@ def main() -> None:
     busy = conv.busy
     st.title(plain_text(runtime.info.get("model_name", "edgechat")))
     st.caption(t(lang, "tagline", backend=runtime.info.get("backend", "?")))
+    handout_box(runtime, lang)
     sidebar(runtime, conv, settings, lang, busy)
     show_history(conv, runtime, lang, last_turn_actions)
     ss.flash += [("warning", plain_text(message, max_chars=1000)) for message in conv.refusals]

@@ -15,6 +15,14 @@
 Aggregate tok/s = completion tokens / wall time of the whole load. The machine is shared: the two
 loads compared for HTTP (in_process, api) run twice each in mirrored order and are averaged, and
 the load average after every run is reported with its figures.
+
+    flock /work/bench.lock python3 bench/api.py --structured --json
+
+What structured output costs the room (issue 26): one server, 16 streams at once of one turn each,
+temperature 0.7, answers of up to --tokens (a constrained one asks for a story inside a JSON
+string, so most run as long as the plain ones): `plain` (16 plain) against `mixed` (4 constrained
+by a JSON schema through llama.cpp's grammar sampler + 12 plain), after one unreported warm-up
+load, mirrored, averaged; each with the tok/s of its constrained and plain streams apart.
 """
 
 from __future__ import annotations
@@ -126,7 +134,11 @@ def in_process(rt: Runtime, sampling: SamplingParams, fresh_sessions: bool) -> C
     return turn_for
 
 
-def over_http(url: str, model: str, max_tokens: int) -> Callable[[int], Turn]:
+def over_http(
+    url: str, model: str, max_tokens: int, extra: Callable[[int], dict[str, Any]] = lambda i: {"temperature": 0}
+) -> Callable[[int], Turn]:
+    """Client i's turns through the API; `extra(i)` adds request fields (sampling, response_format)."""
+
     def turn_for(i: int) -> Turn:
         person = {"X-Forwarded-For": f"10.9.0.{i + 1}"}
         client = openai_client(url + "/v1", None, timeout=600).with_options(default_headers=person)
@@ -134,8 +146,8 @@ def over_http(url: str, model: str, max_tokens: int) -> Callable[[int], Turn]:
         def ask(history: list[Message]) -> tuple[str, int, int, int, float | None]:
             start, first, text, usage = time.perf_counter(), None, [], None
             stream = client.chat.completions.create(
-                model=model, messages=list(history), temperature=0, seed=42, max_tokens=max_tokens, stream=True,
-                stream_options={"include_usage": True},
+                model=model, messages=list(history), seed=42 + i, max_tokens=max_tokens, stream=True,
+                stream_options={"include_usage": True}, **extra(i),
             )  # fmt: skip
             for chunk in stream:
                 if chunk.usage is not None:
@@ -157,6 +169,52 @@ def loadavg() -> list[float]:
 
 
 ORDER = ("in_process", "api", "in_process_fresh", "api", "in_process")  # the pair to compare twice, mirrored
+STRUCTURED_ORDER = ("plain", "mixed", "mixed", "plain")
+CONSTRAINED = 4  # of the 16 streams in `mixed`
+STORY_SCHEMA = {"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}
+
+
+def structured_room(url: str, model: str, clients: int, tokens: int) -> dict[str, Any]:
+    """`plain` vs `mixed` (CONSTRAINED of the clients under a JSON schema), mirrored."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "story", "schema": STORY_SCHEMA}}
+    per_stream: list[tuple[str, str, int, float]] = []  # (load, kind, tokens, seconds)
+    lock = threading.Lock()
+
+    def load(name: str) -> Callable[[int], Turn]:
+        def extra(i: int) -> dict[str, Any]:
+            constrained = name == "mixed" and i < CONSTRAINED
+            return {"temperature": 0.7, **({"response_format": fmt} if constrained else {})}
+
+        def turn_for(i: int) -> Turn:
+            inner = over_http(url, model, tokens, extra)(i)
+
+            def ask(history: list[Message]) -> tuple[str, int, int, int, float | None]:
+                start = time.perf_counter()
+                out = inner([Message(role="user", content=f"Tell a long story about {TOPICS[i % 16]}, as JSON.")])
+                kind = "constrained" if "response_format" in extra(i) else "plain"
+                with lock:
+                    per_stream.append((name, kind, out[1], time.perf_counter() - start))
+                return out
+
+            return ask
+
+        return turn_for
+
+    warmup = room(load("warmup"), clients, 1)  # the first load pays for cold caches: not compared
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "mixed": []}
+    for name in STRUCTURED_ORDER:
+        runs[name].append({**room(load(name), clients, 1), "loadavg_after": loadavg()})
+    out: dict[str, Any] = {"warmup_tps": warmup["aggregate_tps"]}
+    for name, done in runs.items():
+        kinds = {}
+        for kind in ("plain", "constrained"):
+            mine = [(n, s) for load_name, k, n, s in per_stream if load_name == name and k == kind]
+            if mine:
+                kinds[f"{kind}_stream_tps_mean"] = round(statistics.mean(n / s for n, s in mine), 1)
+        tps = [r["aggregate_tps"] for r in done]
+        out[name] = {"aggregate_tps": round(statistics.mean(tps), 1), **kinds, "runs": done}
+    out["mixed_vs_plain"] = round(out["mixed"]["aggregate_tps"] / out["plain"]["aggregate_tps"], 3)
+    return out
 
 
 def main() -> None:
@@ -165,7 +223,10 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=96, help="max tokens per answer")
+    parser.add_argument("--structured", action="store_true", help="measure structured output's cost instead")
     args = parser.parse_args()
+    if args.structured:
+        return structured_main(args)
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load": f"{args.clients} clients x {args.turns} turns x up to {args.tokens} tokens, greedy, all at once",
@@ -197,6 +258,26 @@ def main() -> None:
     api, local, fresh = (result[n]["aggregate_tps"] for n in ("api", "in_process", "in_process_fresh"))
     result["api_vs_in_process"] = round(api / local, 3)  # the same work both ways: what HTTP costs
     result["in_process_fresh_vs_in_process"] = round(fresh / local, 3)  # what KV reuse is worth
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+def structured_main(args: argparse.Namespace) -> None:
+    flags = [*ENGINE_FLAGS, "--max-new-tokens", str(args.tokens)]
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "load": f"{args.clients} streams x 1 turn x {args.tokens} tokens, temperature 0.7, all at once; "
+        f"mixed: {CONSTRAINED} of them under a JSON schema (llama.cpp's grammar sampler)",
+        "order": list(STRUCTURED_ORDER),
+        "loadavg_before": loadavg(),
+    }
+    server = Server(*flags, "--trusted-proxy", "127.0.0.1")
+    try:
+        model = openai.OpenAI(base_url=server.url + "/v1", api_key="none").models.list().data[0].id
+        result["model"] = model
+        result.update(structured_room(server.url, model, args.clients, args.tokens))
+    finally:
+        server.stop()
+    result["loadavg_after"] = loadavg()
     print(json.dumps(result, indent=None if args.json else 2))
 
 

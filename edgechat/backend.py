@@ -23,12 +23,14 @@ from edgechat.types import (
     FailKind,
     FinishReason,
     Generation,
+    Logprob,
     Message,
     Queued,
     RequestStats,
     Text,
     Tick,
     Token,
+    TokenLogprobs,
     TurnStats,
 )
 
@@ -37,6 +39,8 @@ class Backend(Protocol):
     name: str
     max_len: int  # tokens one conversation can hold, prompt + answer
     max_prompt_len: int  # most prompt tokens accepted (a TPU bmodel keeps room for the answer)
+    logprobs: bool  # honours SamplingParams.logprobs (Text events carry them)
+    grammar: bool  # honours SamplingParams.grammar (structured output)
 
     def prompt_size(self, messages: Sequence[Message], continue_last: bool = False) -> int:
         """Tokens the prompt for `messages` takes (a remote server's is an estimate)."""
@@ -74,6 +78,8 @@ class LocalBackend:
         self.name = str(info.get("backend", "local"))
         self.max_len = scheduler.engine.max_len
         self.max_prompt_len = scheduler.engine.max_prompt_len
+        self.logprobs = scheduler.engine.logprobs
+        self.grammar = scheduler.engine.grammar
 
     def prompt_size(self, messages: Sequence[Message], continue_last: bool = False) -> int:
         return len(self.chat.render(messages, continue_last=continue_last))
@@ -95,19 +101,28 @@ class LocalBackend:
         return FailKind.TOO_LONG if len(ids) >= self.max_len else FailKind.BUSY
 
     def _stream(self, handle: RequestHandle, stop: Sequence[str]) -> Iterator[ChatEvent]:
+        """Text from tokens; the answer's tokens are counted up to the one that completes a stop
+        string (the scheduler may have generated one more before it saw the stop), so the usage
+        agrees with what was streamed, as OpenAI, vLLM and llama.cpp count."""
         detok = self.chat.detokenizer()
         held = ""  # text that might be the start of a stop string, not shown yet
         stopped = False
         error: str | None = None
+        used = 0  # tokens of the answer, up to the one that completed a stop string
+        pending: list[Logprob] = []  # log-probabilities of tokens whose text is not out yet
         try:
             for event in handle:
                 if isinstance(event, Token):
                     if stopped:
                         continue  # generated before the scheduler saw the stop
+                    used += 1
+                    if event.logprobs is not None:
+                        pending.append(self._logprob(event.id, event.logprobs))
                     held += detok.feed(event.id)
                     shown, held, stopped = _split_at_stop(held, stop)
-                    if shown:
-                        yield Text(shown)
+                    if shown or (stopped and pending):
+                        yield Text(shown, tuple(pending))
+                        pending.clear()
                     if stopped:
                         handle.cancel(FinishReason.STOP)
                 elif isinstance(event, Failed):
@@ -117,11 +132,18 @@ class LocalBackend:
                     yield event
             if not stopped and error is None:
                 shown, _, _ = _split_at_stop(held + detok.flush(), stop)
-                if shown:
-                    yield Text(shown)
+                if shown or pending:
+                    yield Text(shown, tuple(pending))
         finally:
             handle.cancel()  # no-op when finished; frees the sequence when the consumer went away
-        yield Done(TurnStats.measured(handle.stats, error=error))
+        stats = TurnStats.measured(handle.stats, error=error)
+        if stopped:
+            stats.completion_tokens = used
+        yield Done(stats)
+
+    def _logprob(self, token: int, found: TokenLogprobs) -> Logprob:
+        piece = self.chat.tokenizer.token_bytes
+        return Logprob(piece(token), found.logprob, tuple((piece(t), lp) for t, lp in found.top))
 
     def stats(self) -> dict[str, Any]:
         return self.scheduler.stats()

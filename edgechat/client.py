@@ -34,6 +34,18 @@ BLANK_INPUT_HINT = "Type a question first: empty input is ignored."
 ANSWER_SHARE = 4
 
 
+def with_handout(messages: Sequence[Message], handout: str | None) -> list[Message]:
+    """The room's handout (--handout) at the start of the system prompt, before the conversation's
+    own: the same first tokens in every conversation, so the room reads them once (edgechat.sharing)."""
+    messages = list(messages)
+    if not handout:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        own = messages[0]["content"].strip()
+        return [Message(role="system", content=f"{handout}\n\n{own}" if own else handout), *messages[1:]]
+    return [Message(role="system", content=handout), *messages]
+
+
 class ContextOverflow(ValueError):
     """The newest question (with the system prompt) alone does not fit the context."""
 
@@ -51,8 +63,11 @@ class ChatClient:
         system: str | None = None,
         session: str | None = None,
         source: str = "page",
+        handout: str | None = None,
     ) -> None:
+        """`handout`: the room's --handout, put at the start of every prompt's system message."""
         self.engine = engine
+        self.handout = handout
         self.source = source  # who asks, for /metrics: "page", "api" or "terminal"
         self.tokenizer = tokenizer  # for --show-prompt; None when a remote server tokenizes
         self.sampling = sampling or SamplingParams()
@@ -82,18 +97,21 @@ class ChatClient:
         return min(self.engine.max_len - room, self.engine.max_prompt_len)
 
     def fit(
-        self, messages: Sequence[Message], max_new_tokens: int, continue_last: bool = False
+        self, messages: Sequence[Message], max_new_tokens: int, continue_last: bool = False, trim: bool = True
     ) -> tuple[list[Message], int]:
         """The messages that fit the prompt budget, oldest turns dropped first (a turn starts at
         a user message), and how many messages were dropped. A binary search over where the kept
         history starts: O(log n) prompt renders, not one per dropped turn.
-        Raises ContextOverflow when the last turn alone does not fit."""
+        Raises ContextOverflow when the last turn alone does not fit, or, with `trim` False (the
+        API's default, as OpenAI's), when the whole conversation does not."""
         messages = list(messages)
         head = 1 if messages and messages[0]["role"] == "system" else 0
         last_turn = max(
             (i for i, m in enumerate(messages) if i >= head and m["role"] == "user"), default=len(messages) - 1
         )
         starts = [i for i in range(head, last_turn + 1) if i == head or messages[i]["role"] == "user"]
+        if not trim or not starts:  # nothing to trim (a system message alone), or not allowed to
+            starts = [head]
         budget = self.prompt_budget(max_new_tokens)
 
         def kept(start: int) -> list[Message]:
@@ -102,8 +120,9 @@ class ChatClient:
         low, high = 0, len(starts) - 1
         if self.engine.prompt_size(kept(starts[high]), continue_last) > budget:
             size = self.engine.prompt_size(kept(starts[high]), continue_last)
+            what = "your message is" if trim else "the conversation is"
             raise ContextOverflow(
-                f"input length is too long: your message is {size} tokens with the prompt format, and this "
+                f"input length is too long: {what} {size} tokens with the prompt format, and this "
                 f"model's context holds {budget} before the answer; shorten it"
             )
         while low < high:  # the first start whose prompt fits
@@ -118,17 +137,24 @@ class ChatClient:
         """The ids the model would read for this question (terminal --show-prompt)."""
         if self.tokenizer is None:
             raise ValueError("--show-prompt needs a local model: a remote server renders the prompt itself")
-        messages, _ = self.fit(self.messages_for(input, history, system), self.sampling.max_new_tokens)
+        messages = with_handout(self.messages_for(input, history, system), self.handout)
+        messages, _ = self.fit(messages, self.sampling.max_new_tokens)
         return self.tokenizer.render(messages)
 
     def stream(
-        self, messages: Sequence[Message], sampling: SamplingParams | None = None, continue_last: bool = False
+        self,
+        messages: Sequence[Message],
+        sampling: SamplingParams | None = None,
+        continue_last: bool = False,
+        trim: bool = True,
     ) -> Generation:
         """Typed events for one answer: Trimmed (if history was dropped), Queued while waiting,
-        Text pieces, Failed if it failed, then always one Done. `cancel()` stops it."""
+        Text pieces, Failed if it failed, then always one Done. `cancel()` stops it. With `trim`
+        False a conversation over the budget is refused (TOO_LONG) instead of trimmed."""
         sampling = sampling or self.sampling
+        messages = with_handout(messages, self.handout)
         try:
-            kept, dropped = self.fit(messages, sampling.max_new_tokens, continue_last)
+            kept, dropped = self.fit(messages, sampling.max_new_tokens, continue_last, trim)
         except ValueError as err:  # too long, or a history the template rejects
             stats = TurnStats(finish_reason=FinishReason.ERROR, error=str(err))
             kind = FailKind.TOO_LONG if isinstance(err, ContextOverflow) else FailKind.BAD_REQUEST

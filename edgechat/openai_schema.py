@@ -13,13 +13,15 @@ import math
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgechat.config import options
-from edgechat.types import FinishReason, Message, SamplingParams, TurnStats
+from edgechat.types import FinishReason, Logprob, Message, SamplingParams, TurnStats
 
 MAX_STOP = 16  # stop strings per request (OpenAI allows 4; vLLM any)
+MAX_TOP_LOGPROBS = 20  # alternatives per token, as OpenAI, vLLM and llama.cpp's server allow
 ROLE_ALIASES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -61,6 +63,8 @@ class ChatCall:
     stream: bool = False
     include_usage: bool = False
     continue_last: bool = False  # vLLM's continue_final_message: go on with the last assistant message
+    truncate: bool = False  # edgechat's own: drop the oldest turns to fit instead of a 400
+    response_format: dict[str, Any] | None = None  # json_object / json_schema, checked; None = text
     id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -92,6 +96,8 @@ def parse_chat(body: Any, defaults: SamplingParams) -> ChatCall:
         stream=stream,
         include_usage=stream and include_usage,
         continue_last=continue_last,
+        truncate=_flag(body, "truncate"),
+        response_format=_response_format(body.get("response_format")),
     )
 
 
@@ -116,7 +122,39 @@ def sampling_of(body: dict[str, Any], defaults: SamplingParams) -> SamplingParam
     seed = _integer(body, "seed")
     changes["seed"] = secrets.randbits(32) if seed is None else seed  # no seed: a new answer each time
     changes["stop"] = _stop(body.get("stop"))
+    changes["logprobs"] = _logprobs(body)
     return replace(defaults, **changes)
+
+
+def _logprobs(body: dict[str, Any]) -> int | None:
+    """OpenAI's `logprobs` (true/false) and `top_logprobs` (0..20, needs logprobs true)."""
+    wanted = _flag(body, "logprobs")
+    top = _integer(body, "top_logprobs", low=0)
+    if top is not None and top > MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"top_logprobs must be <= {MAX_TOP_LOGPROBS} (got {top})", param="top_logprobs")
+    if top is not None and not wanted:
+        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _response_format(raw: Any) -> dict[str, Any] | None:
+    """`{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema"}}`:
+    the shape checked here; whether the schema makes a grammar is the engine's converter's call."""
+    if raw is None:
+        return None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = raw.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            param = "response_format.json_schema.schema"
+            raise ApiError(400, f"{param} must be a JSON schema object", param=param)
+        return {"type": "json_schema", "schema": schema}
+    raise ApiError(400, "response_format.type must be text, json_object or json_schema", param="response_format")
 
 
 def _messages(raw: Any) -> list[Message]:
@@ -231,12 +269,27 @@ def usage(stats: TurnStats) -> dict[str, Any]:
         "completion_tokens": stats.completion_tokens,
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,
     }
-    if stats.reused_tokens:
-        body["prompt_tokens_details"] = {"cached_tokens": stats.reused_tokens}
+    if stats.reused_tokens or stats.shared_tokens:  # from the conversation's own cache or another's
+        body["prompt_tokens_details"] = {"cached_tokens": stats.reused_tokens + stats.shared_tokens}
     return body
 
 
-def completion(call: ChatCall, model: str, text: str, stats: TurnStats) -> dict[str, Any]:
+def logprobs(call: ChatCall, tokens: Sequence[Logprob]) -> dict[str, Any] | None:
+    """OpenAI's `choices[].logprobs` for these tokens; None when the request did not ask."""
+    if call.sampling.logprobs is None:
+        return None
+    content = [{**_piece(t.token, t.logprob), "top_logprobs": [_piece(b, lp) for b, lp in t.top]} for t in tokens]
+    return {"content": content, "refusal": None}
+
+
+def _piece(raw: bytes, logprob: float) -> dict[str, Any]:
+    """A token as OpenAI shows it; -inf (a token the grammar forbade) as vLLM writes it."""
+    return {"token": raw.decode("utf-8", "replace"), "logprob": max(logprob, -9999.0), "bytes": list(raw)}
+
+
+def completion(
+    call: ChatCall, model: str, text: str, stats: TurnStats, tokens: Sequence[Logprob] = ()
+) -> dict[str, Any]:
     """A whole answer (stream false)."""
     return {
         "id": call.id,
@@ -247,7 +300,7 @@ def completion(call: ChatCall, model: str, text: str, stats: TurnStats) -> dict[
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "logprobs": logprobs(call, tokens),
                 "finish_reason": finish_reason(stats.finish_reason),
             }
         ],
@@ -256,7 +309,13 @@ def completion(call: ChatCall, model: str, text: str, stats: TurnStats) -> dict[
 
 
 def chunk(
-    call: ChatCall, model: str, delta: dict[str, Any], finish: str | None = None, *, last_usage: TurnStats | None = None
+    call: ChatCall,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None = None,
+    *,
+    last_usage: TurnStats | None = None,
+    tokens: Sequence[Logprob] | None = None,
 ) -> dict[str, Any]:
     """One stream chunk; with include_usage every chunk says `usage: null` and a last one with
     no choices carries the figures, as OpenAI sends them."""
@@ -265,7 +324,8 @@ def chunk(
         out["choices"] = []
         out["usage"] = usage(last_usage)
         return out
-    out["choices"] = [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+    lp = None if tokens is None else logprobs(call, tokens)
+    out["choices"] = [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}]
     if call.include_usage:
         out["usage"] = None
     return out

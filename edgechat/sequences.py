@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from edgechat.kvcache import ParkedState
-from edgechat.types import FinishReason, RequestStats, SamplingParams, TokenEvent
+from edgechat.types import FinishReason, RequestStats, SamplingParams, TokenEvent, TokenLogprobs
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,14 @@ class Park:
 @dataclass(eq=False)
 class Admit:
     """Give a waiting request a sequence: a new one (opened in execute), or its session's idle one;
-    keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM."""
+    keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM,
+    or copying the cache of `share` (another session's sequence) first (edgechat.sharing)."""
 
     request: Request
     slot: Slot
     keep: int
     restore: ParkedState | None = None
+    share: Slot | None = None
 
 
 @dataclass(eq=False)
@@ -139,6 +141,7 @@ class Outputs:
     kept: dict[Request, int] = field(default_factory=dict)  # per admit: tokens the engine kept
     restore_failed: set[Request] = field(default_factory=set)
     tokens: dict[Request, int | None] = field(default_factory=dict)  # per feed that ran
+    logprobs: dict[Request, TokenLogprobs] = field(default_factory=dict)  # per sampled token, when asked
     failed: dict[Request, str] = field(default_factory=dict)
 
 

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -93,6 +94,31 @@ class UntrustForwardedFor:
         await self.app(scope, receive, send)
 
 
+class ProgramCors:
+    """CORS for the program paths only (the page is Streamlit's own), for operators who serve a
+    browser-based client from another origin (--cors-origins). Answered as llama.cpp's server
+    does: a preflight gets 200 with the asking origin echoed (never a bare `*`), any header and
+    the methods /v1 takes allowed. Without the flag no CORS header is sent at all."""
+
+    def __init__(self, app: Any, *, origins: list[str]) -> None:
+        self.app = app
+        anyone = "*" in origins
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=[] if anyone else origins,
+            allow_origin_regex=".*" if anyone else None,  # echo the origin rather than `*`
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            max_age=600,
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith(PROGRAM_PATHS):
+            await self.cors(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _loopback(scope: dict[str, Any]) -> bool:
     client = scope.get("client") or ("", 0)
     try:
@@ -134,6 +160,9 @@ def app_options(settings: Settings) -> dict[str, Any]:
     start, so the first visitor does not wait for it."""
     hosts = allowed_hosts(settings)
     middleware = [Middleware(LoopbackOnly), Middleware(OwnerCookieMiddleware, skip_prefixes=PROGRAM_PATHS)]
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        middleware.insert(0, Middleware(ProgramCors, origins=origins))
     if "*" not in hosts:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
     middleware.insert(0, Middleware(UntrustForwardedFor))  # first: every layer after sees the real peer

@@ -16,12 +16,15 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edgechat.errors import ConfigError
+from edgechat.reasoning import CLOSE, OPEN
 from edgechat.tokenizers import IncrementalDetokenizer, Tokenizer, decode
 from edgechat.types import ROLES, Message
 
 
 class ChatTemplate(Protocol):
     name: str
+    opens_reasoning: bool  # the prompt ends inside a `<think>` part (DeepSeek-R1's template)
+    drops_past_reasoning: bool  # earlier answers' `<think>` parts are left out of the prompt
 
     def render(self, messages: Sequence[Message]) -> list[int]:
         """Prompt ids for `messages`, ending where the assistant's answer begins."""
@@ -52,6 +55,20 @@ class JinjaChatTemplate:
         self._tokenizer = tokenizer
         self._bos_token = bos_token
         self._eos_token = eos_token
+        self.drops_past_reasoning, self.opens_reasoning = self._probe_reasoning()
+
+    def _probe_reasoning(self) -> tuple[bool, bool]:
+        """What the template does with a reasoning model's `<think>` part, asked of the template
+        itself: whether it leaves an earlier answer's think part out of the prompt (Qwen3's and
+        DeepSeek-R1's do), and whether its generation prompt opens one."""
+        answer = "<think>\nprobe-reasoning\n</think>\n\nprobe-answer"
+        turns = [("user", "probe-question"), ("assistant", answer), ("user", "probe-question")]
+        try:
+            past = self.render_text([Message(role=r, content=c) for r, c in turns])
+            prompt = self.render_text([Message(role="user", content="probe-question")])
+        except Exception:  # noqa: BLE001 — a template that refuses the probe keeps answers as they are
+            return False, False
+        return "probe-reasoning" not in past and "probe-answer" in past, prompt.rstrip().endswith(OPEN)
 
     def render_text(self, messages: Sequence[Message]) -> str:
         return self._template.render(
@@ -62,6 +79,14 @@ class JinjaChatTemplate:
         )
 
     def render(self, messages: Sequence[Message]) -> list[int]:
+        if self.drops_past_reasoning:  # as the template would, before contents become stand-ins
+            last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+            messages = [
+                Message(role=m["role"], content=m["content"].rsplit(CLOSE, 1)[-1].lstrip())
+                if m["role"] == "assistant" and i < last_user
+                else m
+                for i, m in enumerate(messages)
+            ]
         marked = [Message(role=m["role"], content=f"\ue000{i}\ue001") for i, m in enumerate(messages)]
         text = self.render_text(marked)
         ids: list[int] = []
@@ -102,6 +127,7 @@ class Baichuan2ChatTemplate:
     """
 
     name = "baichuan2"
+    opens_reasoning = drops_past_reasoning = False
     USER_ID = 195
     ASSISTANT_ID = 196
 
@@ -137,6 +163,9 @@ class ChatTokenizer:
         self.tokenizer = tokenizer
         self.template = template
         self.stop_ids = tokenizer.stop_ids
+        self.opens_reasoning = template.opens_reasoning  # answers start inside <think> (reasoning.py)
+        # a reasoning model (its template knows <think>): answers are split into reasoning + answer
+        self.reasoning = template.opens_reasoning or template.drops_past_reasoning
 
     def render(self, messages: Sequence[Message], continue_last: bool = False) -> list[int]:
         """Prompt ids ending where the assistant speaks; with `continue_last` the last message is

@@ -36,6 +36,8 @@ class SamplingParams:
     max_new_tokens: int = 512
     seed: int = 42
     stop: tuple[str, ...] = ()  # text that ends the answer (not included), as OpenAI's `stop`
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives (0..20)
+    grammar: str | None = None  # GBNF (root rule `root`) the answer must follow: structured output
 
     @property
     def greedy(self) -> bool:
@@ -67,7 +69,8 @@ class RequestStats:
     first_token_at: float | None = None
     finished_at: float | None = None
     prompt_tokens: int = 0
-    reused_tokens: int = 0
+    reused_tokens: int = 0  # from this conversation's own cache
+    shared_tokens: int = 0  # copied from another's cache (a prefix shared across sessions)
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
 
@@ -94,6 +97,7 @@ class TurnStats:
 
     prompt_tokens: int = 0
     reused_tokens: int = 0
+    shared_tokens: int = 0
     completion_tokens: int = 0
     queue_wait_s: float = 0.0
     first_token_s: float | None = None
@@ -107,6 +111,7 @@ class TurnStats:
         return cls(
             prompt_tokens=stats.prompt_tokens,
             reused_tokens=stats.reused_tokens,
+            shared_tokens=stats.shared_tokens,
             completion_tokens=stats.completion_tokens,
             queue_wait_s=stats.queue_wait_s,
             first_token_s=stats.first_token_s,
@@ -121,6 +126,7 @@ class TurnStats:
         return {
             "prompt_tokens": self.prompt_tokens,
             "reused_tokens": self.reused_tokens,
+            "shared_tokens": self.shared_tokens,
             "completion_tokens": self.completion_tokens,
             "queue_wait_s": self.queue_wait_s,
             "first_token_s": self.first_token_s,
@@ -146,10 +152,22 @@ class TurnStats:
 
 
 @dataclass(frozen=True)
+class Logprob:
+    """One generated token as the model saw it: its bytes, its log-probability, and the most likely
+    tokens at that step as (bytes, log-probability), most likely first (OpenAI's `logprobs`)."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Text:
-    """A piece of the answer, whole UTF-8 characters."""
+    """A piece of the answer, whole UTF-8 characters; with `logprobs` asked, the tokens that
+    completed it since the previous piece (a piece may be empty when held text was dropped)."""
 
     text: str
+    logprobs: tuple[Logprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -239,10 +257,20 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class TokenLogprobs:
+    """An engine's log-probability of a sampled token and the `top` (token id, log-probability)
+    alternatives, computed from the model's raw logits (before any sampling transform)."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Token:
-    """The next token of the answer."""
+    """The next token of the answer (with its log-probabilities when the request asked)."""
 
     id: int
+    logprobs: TokenLogprobs | None = None
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,11 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "0 = always the most likely word: the same question gets the same answer",
         "zh": "0 表示总选最可能的词：同一问题得到同一回答",
     },
+    "reasoning": {"en": "Reasoning", "zh": "思考过程"},
+    "sampling_fixed": {
+        "en": "This model answers greedily: temperature, top-p, top-k and the penalty are not applied.",
+        "zh": "此模型固定为贪心解码：温度、Top-p、Top-k 和重复惩罚不生效。",
+    },
     "top_p": {"en": "Top-p", "zh": "Top-p 核采样"},
     "top_k": {"en": "Top-k (0 = off)", "zh": "Top-k（0 为关闭）"},
     "repetition_penalty": {"en": "Repetition penalty (1 = off)", "zh": "重复惩罚（1 为关闭）"},
@@ -119,6 +124,11 @@ TEXT: dict[str, dict[str, str]] = {
         "zh": "生成中 {running} · 排队 {waiting} · {tps:.1f} tok/s",
     },
     "server_lan": {"en": "Others on the LAN open {url}", "zh": "局域网内其他人打开 {url}"},
+    "server_prompt": {
+        "en": "prompt tokens: {reused} reused · {shared} shared · {prefilled} read",
+        "zh": "提示 tokens：复用 {reused} · 共享 {shared} · 读取 {prefilled}",
+    },
+    "handout": {"en": "Handout for everyone in this room", "zh": "本场讲义（所有人可见）"},
     # one answer
     "queued": {"en": "queue position {position}, about {eta:.0f} s", "zh": "排队第 {position} 位，约 {eta:.0f} 秒"},
     "stat_first": {"en": "first token {s:.2f} s", "zh": "首字 {s:.2f} 秒"},

@@ -8,6 +8,17 @@
 #                                                   files beside it are tracked in git)
 #
 # Usage: scripts/download.sh [int8] [int4] [tokenizer]     (no argument: all three)
+#
+# Sophgo's LLM-TPU bmodels (sophgo/LLM-TPU models/Qwen2_5 and models/Qwen3 README.md list these
+# dfss links) with the model's config folder for --token (tokenizer.json, tokenizer_config.json,
+# generation_config.json, config.json from the Hugging Face repository the bmodel was converted
+# from; llm_convert.py copies the same files beside its bmodels):
+#
+#   scripts/download.sh qwen2.5-3b | qwen2.5-7b | qwen3-4b | qwen3-4b-8k | deepseek-r1-1.5b | deepseek-r1-7b
+#
+# into models/<item>/ (the bmodel) and models/<item>/config/; DeepSeek-R1-Distill comes from
+# Sophgo as one zip (bmodel and config), unpacked into models/<item>/. The script prints the
+# --bmodel/--token flags to use. Environment: EDGECHAT_HF_BASE (default https://huggingface.co).
 # Idempotent: a file already in place is kept (the tokenizer only if its sha256 matches), so a
 # rerun downloads only what is missing. Downloads land in a temporary folder beside the target
 # and are moved into place only when complete. Needs ~15 GB free for both bmodels.
@@ -18,6 +29,19 @@ set -euo pipefail
 ROOT="${EDGECHAT_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 PYTHON="${PYTHON:-python3}"
 DFSS_BASE="open@sophgo.com:sophon-demo/baichuan2"
+LLM_TPU_BASE="open@sophgo.com:/ext_model_information/LLM/LLM-TPU"
+HF_BASE="${EDGECHAT_HF_BASE:-https://huggingface.co}"
+CONFIG_FILES=(tokenizer.json tokenizer_config.json generation_config.json config.json)
+# item -> "bmodel-or-zip|hugging-face-repo" (sophgo/LLM-TPU READMEs, read 2026-12; no sizes or
+# hashes are published for them, so only "present and non-empty" is checked)
+declare -A LLM_TPU=(
+  [qwen2.5-3b]="qwen2.5-3b-instruct-gptq-int4_w4bf16_seq2048_bm1684x_1dev_20250620_134431.bmodel|Qwen/Qwen2.5-3B-Instruct-GPTQ-Int4"
+  [qwen2.5-7b]="qwen2.5-7b-instruct-awq_w4bf16_seq2048_bm1684x_1dev_20250616_191537.bmodel|Qwen/Qwen2.5-7B-Instruct-AWQ"
+  [qwen3-4b]="qwen3-4b-awq_w4bf16_seq512_bm1684x_1dev_20250514_161445.bmodel|Qwen/Qwen3-4B-AWQ"
+  [qwen3-4b-8k]="qwen3-4b-awq_w4bf16_seq8192_bm1684x_1dev_20250514_161732.bmodel|Qwen/Qwen3-4B-AWQ"
+  [deepseek-r1-1.5b]="deepseek-r1-distill-qwen-1-5b.zip|"
+  [deepseek-r1-7b]="deepseek-r1-distill-qwen-7b.zip|"
+)
 
 # What is known about the files. The seed publishes no sizes or hashes for its bmodels, so for
 # them only "present and non-empty" is checked (sizes/sha256 unknown; none invented here).
@@ -55,16 +79,16 @@ ensure_dfss() {
     die "cannot install dfss from PyPI (pip install dfss): no network? Nothing was downloaded."
 }
 
-# fetch NAME DIR: download NAME into a fresh temporary folder inside DIR, left in $TMP.
+# fetch NAME DIR [BASE]: download NAME into a fresh temporary folder inside DIR, left in $TMP.
 fetch() {
-  local name="$1" dir="$2"
+  local name="$1" dir="$2" base="${3:-$DFSS_BASE}"
   mkdir -p "$dir"
   TMP="$(mktemp -d "$dir/.download.XXXXXX")"
   TMP_DIRS+=("$TMP")
   echo "downloading $name with dfss ..."
-  if ! (cd "$TMP" && "$PYTHON" -m dfss --url="$DFSS_BASE/$name" >"$TMP/.dfss.log" 2>&1); then
+  if ! (cd "$TMP" && "$PYTHON" -m dfss --url="$base/$name" >"$TMP/.dfss.log" 2>&1); then
     tail -n 2 "$TMP/.dfss.log" >&2 || true
-    die "could not download $name from $DFSS_BASE: no network, or Sophgo's server is unreachable. Nothing was installed; rerun when online."
+    die "could not download $name from $base: no network, or Sophgo's server is unreachable. Nothing was installed; rerun when online."
   fi
   [ -s "$TMP/$name" ] || die "dfss reported success but $name is missing or empty; rerun to retry."
 }
@@ -107,6 +131,52 @@ PY
   echo "got token_config/tokenizer.model (sha256 checked)"
 }
 
+# get_config REPO DIR: the tokenizer and chat template of Hugging Face's REPO into DIR (no model
+# code: *.py files are never fetched, and edgechat never runs any).
+get_config() {
+  local repo="$1" dir="$2" file
+  if [ -s "$dir/tokenizer.json" ] && [ -s "$dir/tokenizer_config.json" ]; then
+    echo "have ${dir#"$ROOT"/}"
+    return
+  fi
+  mkdir -p "$dir"
+  TMP="$(mktemp -d "$dir/.download.XXXXXX")"
+  TMP_DIRS+=("$TMP")
+  for file in "${CONFIG_FILES[@]}"; do
+    echo "downloading $repo/$file ..."
+    "$PYTHON" - "$HF_BASE/$repo/resolve/main/$file" "$TMP/$file" <<'PY' ||
+import shutil, sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=60) as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+      die "could not download $file of $repo from $HF_BASE: no network? Nothing was installed; rerun when online."
+  done
+  mv "$TMP"/*.json "$dir/"
+  echo "got ${dir#"$ROOT"/} (${CONFIG_FILES[*]})"
+}
+
+get_llm_tpu() {
+  local item="$1" entry="${LLM_TPU[$1]}" dir="$ROOT/models/$1"
+  local file="${entry%%|*}" repo="${entry#*|}" bmodel token
+  if [ -z "$(find "$dir" -maxdepth 3 -name '*.bmodel' -size +0 2>/dev/null | head -n 1)" ]; then
+    ensure_dfss
+    fetch "$file" "$dir" "$LLM_TPU_BASE"
+    case "$file" in
+      *.zip)
+        "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$TMP/$file" "$dir" ||
+          die "$file is not a zip archive; rerun to retry" ;;
+      *) mv "$TMP/$file" "$dir/$file" ;;
+    esac
+    echo "got models/$item/$file (no published size or sha256 to check)"
+  else
+    echo "have models/$item bmodel"
+  fi
+  [ -z "$repo" ] || get_config "$repo" "$dir/config"
+  bmodel="$(find "$dir" -maxdepth 3 -name '*.bmodel' | head -n 1)"
+  token="$(dirname "$(find "$dir" -maxdepth 4 -name tokenizer.json | head -n 1)")"
+  echo "run: python3 baichuan2.py --bmodel ${bmodel#"$ROOT"/} --token ${token#"$ROOT"/}"
+}
+
 main() {
   local wanted=("$@")
   [ ${#wanted[@]} -gt 0 ] || wanted=(int8 int4 tokenizer)
@@ -114,7 +184,10 @@ main() {
     case "$item" in
       int8 | int4) get_bmodel "$item" ;;
       tokenizer) get_tokenizer ;;
-      *) die "unknown item '$item': choose from int8 int4 tokenizer" ;;
+      *)
+        [ -n "${LLM_TPU[$item]+x}" ] ||
+          die "unknown item '$item': choose from int8 int4 tokenizer ${!LLM_TPU[*]}"
+        get_llm_tpu "$item" ;;
     esac
   done
 }

@@ -65,6 +65,8 @@ class FakeEngine:
         self.prefill_chunk = prefill_chunk
         self.batch_prefill = batch_prefill
         self.prefix_cache = prefix_cache
+        self.logprobs = False
+        self.grammar = False
         self.pool_tokens = pool_tokens
         self.kv_bytes_per_token = kv_bytes_per_token
         self.calls: list[tuple[Any, ...]] = []
@@ -137,6 +139,15 @@ class FakeEngine:
             self._check_pool(len(restored))
             cache.extend(restored)
         return ok
+
+    def copy(self, seq: int, source: int) -> bool:
+        assert self.prefix_cache
+        cache, held = self._open(seq), self._open(source)
+        assert not cache, "copy into a sequence that holds tokens"
+        self.calls.append(("copy", seq, source, len(held)))
+        self._check_pool(len(held))
+        cache.extend(held)
+        return True
 
     def cached_tokens(self, seq: int) -> int:
         return len(self._cache.get(seq, []))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from edgechat.types import ChatRequest, Message, SamplingParams, Text
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
+JSON = {"Content-Type": "application/json"}
 
 
 class Api:
@@ -137,8 +139,12 @@ def test_the_next_turn_reads_only_what_is_new(runtime: Runtime) -> None:
         second = api.chat(messages=history, temperature=0, max_tokens=8, headers=me).json()
         cached = second["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
         assert cached >= first["usage"]["prompt_tokens"]  # at least the first prompt was not read again
+        shared_before = api.sample("edgechat:prompt_tokens_shared_total", source="api")
         stranger = api.chat(messages=history, temperature=0, max_tokens=8, headers=other).json()
-        assert "prompt_tokens_details" not in stranger["usage"]  # another address shares nothing
+        # another address has a conversation of its own: what it does not read is a copy of the
+        # same prefix from the first caller's cache (shared, never reused), and answers the same
+        copied = stranger["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+        assert api.sample("edgechat:prompt_tokens_shared_total", source="api") - shared_before == copied
         assert stranger["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
     finally:
         api.close()
@@ -172,11 +178,22 @@ def test_healthz_names_backend_and_model(api: Api, runtime: Runtime) -> None:
 
 
 def test_bad_json_missing_messages_and_bad_parameters_are_400(api: Api) -> None:
-    error_of(api.http.post("/v1/chat/completions", content=b"{not json"), 400)
+    error_of(api.http.post("/v1/chat/completions", content=b"{not json", headers=JSON), 400)
     assert error_of(api.chat(model=None), 400)["param"] == "messages"
     assert error_of(api.chat(messages=QUESTION, top_p=7), 400)["param"] == "top_p"
     deep = b"[" * 100_000 + b"]" * 100_000  # under the cap, deeper than the parser goes
-    error_of(api.http.post("/v1/chat/completions", content=deep), 400)
+    error_of(api.http.post("/v1/chat/completions", content=deep, headers=JSON), 400)
+
+
+def test_a_body_not_declared_json_is_415_as_vllm_answers(api: Api) -> None:
+    """A cross-site page may POST text/plain or a form without a CORS preflight: never parsed."""
+    body = json.dumps({"messages": QUESTION})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": kind} if kind else {}
+        assert "application/json" in error_of(api.http.post("/v1/chat/completions", content=body, headers=headers),
+                                              415)["message"]  # fmt: skip
+    r = api.http.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
 
 
 def test_a_prompt_longer_than_the_context_is_400(api: Api, runtime: Runtime) -> None:
@@ -194,7 +211,7 @@ def test_an_unknown_model_or_endpoint_is_404_and_a_wrong_method_405(api: Api) ->
 
 def test_a_body_over_the_cap_is_413(api: Api) -> None:
     body = json.dumps({"messages": [{"role": "user", "content": "x" * MAX_BODY_BYTES}]})
-    error_of(api.http.post("/v1/chat/completions", content=body), 413)
+    error_of(api.http.post("/v1/chat/completions", content=body, headers=JSON), 413)
     assert api.sample("edgechat:api_errors_total", status="413") == 1
 
 
@@ -325,5 +342,55 @@ def test_answers_in_flight_per_address_counting_the_page_too(runtime: Runtime) -
         api.close()
 
 
+def test_a_program_holding_the_server_key_is_not_limited_per_address(runtime: Runtime) -> None:
+    """Open WebUI or Dify send many people's requests from one address: the server key gives them
+    the box's capacity. The page password as a bearer is a person's: limited as the page is."""
+    for flags, keyed_status in ((("--server-api-key", "k"), 200), (("--password", "k"), 429)):
+        api = Api(runtime, "--max-in-flight", "1", "--rate-limit", "1", *flags)
+        held = api.limits.acquire("testclient")  # that address already has its one answer running
+        try:
+            r = api.chat(messages=QUESTION, max_tokens=1, headers={"Authorization": "Bearer k"})
+            assert r.status_code == keyed_status, (flags, r.text)
+            if keyed_status == 200:  # and again: no --rate-limit of 1 a minute either
+                assert (
+                    api.chat(messages=QUESTION, max_tokens=1, headers={"Authorization": "Bearer k"}).status_code == 200
+                )
+        finally:
+            held()
+            api.close()
+
+
+def test_logprobs_and_a_schema_under_penalties_in_process(api: Api) -> None:
+    """The penalties sampler sees the prompt, the grammar only the answer: both hold together."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}  # fmt: skip
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    r = api.chat(messages=QUESTION, temperature=0.7, seed=3, frequency_penalty=0.5, repetition_penalty=1.1,
+                 response_format=fmt, logprobs=True, top_logprobs=2)  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    answer = json.loads(body["choices"][0]["message"]["content"])
+    assert list(answer) == ["city"] and isinstance(answer["city"], str)
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"] and all(len(t["top_logprobs"]) == 2 for t in content)
+    assert all(t["logprob"] <= 0 for t in content)
+
+
 def test_api_off_serves_no_routes() -> None:
     assert app_options(parse_settings(["--api", "off"], env={}))["routes"] == []
+
+
+def test_api_callers_get_the_rooms_handout_only_with_handout_api(runtime: Runtime) -> None:
+    room = replace(runtime, handout="Workshop handout: every answer is about bread.")
+    with_handout = [{"role": "system", "content": room.handout}, *QUESTION]
+    sizes = {}
+    for flags in ((), ("--handout-api",)):
+        a = Api(room, *flags)
+        try:
+            r = a.chat(messages=QUESTION, temperature=0, max_tokens=1)
+            assert r.status_code == 200, r.text
+            sizes[flags] = r.json()["usage"]["prompt_tokens"]
+        finally:
+            a.close()
+    assert sizes[()] == len(runtime.tokenizer.render([Message(role="user", content=QUESTION[0]["content"])]))
+    assert sizes[("--handout-api",)] == len(runtime.tokenizer.render(with_handout))  # type: ignore[arg-type]

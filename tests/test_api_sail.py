@@ -65,3 +65,17 @@ def test_the_api_answers_from_the_tpu_backend(sail_runtime: Runtime) -> None:
         assert text == answer["choices"][0]["message"]["content"]  # the graph's argmax: same answer both ways
         assert chunks[-1]["choices"][0]["finish_reason"] == answer["choices"][0]["finish_reason"]
         assert http.get("/healthz").json()["backend"] == "sail"
+
+
+def test_the_tpu_refuses_logprobs_and_structured_output_naming_the_parameter(sail_runtime: Runtime) -> None:
+    """The bmodel's lm_head returns the argmax id only: no logits to report or to constrain."""
+    settings = parse_settings([], env={})
+    routes = api_routes(settings, runtime=lambda: sail_runtime, current=lambda: sail_runtime, metrics=ServingMetrics())
+    body = {"messages": [{"role": "user", "content": QUESTION}]}
+    asks = [({"logprobs": True, "top_logprobs": 2}, "logprobs"), ({"response_format": {"type": "json_object"}},
+            "response_format")]  # fmt: skip
+    with TestClient(Starlette(routes=routes)) as http:
+        for extra, param in asks:
+            r = http.post("/v1/chat/completions", json={**body, **extra})
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+            assert "sail" in r.json()["error"]["message"]

@@ -208,3 +208,24 @@ def test_two_registries_do_not_share_series() -> None:
     a.observe("api", TurnStats(finish_reason=FinishReason.STOP))
     assert value(a, "edgechat:requests_total", finished_reason="stop", source="api") == 1
     assert value(b, "edgechat:requests_total", finished_reason="stop", source="api") == 0
+
+
+def test_logprobs_and_top_logprobs_as_openai_takes_them() -> None:
+    assert parse().sampling.logprobs is None and parse(logprobs=False).sampling.logprobs is None
+    assert parse(logprobs=True).sampling.logprobs == 0 and parse(logprobs=True, top_logprobs=20).sampling.logprobs == 20
+    assert refused({"messages": HI, "logprobs": True, "top_logprobs": 21}).param == "top_logprobs"
+    assert refused({"messages": HI, "top_logprobs": 2}).param == "top_logprobs"  # needs logprobs: true
+    assert refused({"messages": HI, "logprobs": "yes"}).param == "logprobs"
+
+
+def test_response_format_and_truncate_are_checked() -> None:
+    assert parse().response_format is None and parse(response_format={"type": "text"}).response_format is None
+    assert parse(response_format={"type": "json_object"}).response_format == {"type": "json_object"}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    call = parse(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert call.response_format == {"type": "json_schema", "schema": schema}
+    assert refused({"messages": HI, "response_format": {"type": "yaml"}}).param == "response_format"
+    bad = {"type": "json_schema", "json_schema": {"name": "x"}}
+    assert refused({"messages": HI, "response_format": bad}).param == "response_format.json_schema.schema"
+    assert not parse().truncate and parse(truncate=True).truncate
+    assert refused({"messages": HI, "truncate": 1}).param == "truncate"

@@ -69,7 +69,34 @@ def test_system_prompt_reaches_the_model(runtime: Runtime) -> None:
     assert "SmolLM" not in prompt
 
 
+def test_the_rooms_handout_starts_every_system_prompt(runtime: Runtime) -> None:
+    sheet = "Handout: the workshop is about bread."
+    for system, expected in ((None, sheet), ("You are a pirate.", f"{sheet}\n\nYou are a pirate.")):
+        c = client(runtime, system=system, handout=sheet)
+        prompt = runtime.tokenizer.decode(c.prompt_ids("Hi"), special=True)
+        assert prompt.startswith(f"<|im_start|>system\n{expected}<|im_end|>")
+        answer = c.stream(c.messages_for("Hi", []), replace(GREEDY, max_new_tokens=1))
+        done = [e for e in answer if isinstance(e, Done)][0]
+        assert done.stats.prompt_tokens == len(c.prompt_ids("Hi"))
+
+
 def test_max_new_tokens_bounds_the_answer(runtime: Runtime) -> None:
     c = client(runtime)
     text = "".join(c.chat_stream("Write a long story about a dragon.", [], sampling=replace(GREEDY, max_new_tokens=5)))
     assert text and c.last_stats.completion_tokens == 5 and c.last_stats.finish_reason is FinishReason.LENGTH
+
+
+def test_a_conversation_of_a_system_message_alone_is_answered(runtime: Runtime) -> None:
+    c = client(runtime)
+    events = list(c.stream([Message(role="system", content="You are a pirate. Greet the user.")]))
+    assert not any(isinstance(e, Failed) for e in events) and events[-1].stats.completion_tokens > 0
+
+
+def test_without_trimming_an_over_long_conversation_is_refused_whole(runtime: Runtime) -> None:
+    """The API's default (OpenAI's 400 context_length_exceeded): nothing dropped silently."""
+    c = client(runtime)
+    history = [Message(role=r, content=f"{r} {i} " + "word " * 150) for i in range(8) for r in ("user", "assistant")]
+    messages = [*history, Message(role="user", content="Last question?")]
+    events = list(c.stream(messages, trim=False))
+    assert isinstance(events[0], Failed) and events[0].refused and "the conversation is" in events[0].message
+    assert c.fit(messages, GREEDY.max_new_tokens)[1] >= 2  # the page's way: trimmed to fit

@@ -113,3 +113,52 @@ def test_a_tokenizer_with_another_hash_is_refused(world: dict[str, Path], tmp_pa
 def test_unknown_item(world: dict[str, Path]) -> None:
     out = run(world, "fp16")
     assert out.returncode == 1 and "choose from int8 int4 tokenizer" in out.stderr
+
+
+def serve_hf(world: dict[str, Path], repo: str) -> str:
+    """A file:// stand-in for huggingface.co holding REPO's config files (made in the test)."""
+    from tests.sail.qwen_harness import write_token_config
+
+    files = write_token_config(world["server"] / "hf" / repo / "resolve" / "main")
+    (files / "config.json").write_text('{"model_type": "qwen3"}')
+    return (world["server"] / "hf").as_uri()
+
+
+def test_a_qwen_bmodel_and_its_config_folder(world: dict[str, Path]) -> None:
+    world["server"].mkdir()
+    name = "qwen3-4b-awq_w4bf16_seq512_bm1684x_1dev_20250514_161445.bmodel"
+    (world["server"] / name).write_bytes(b"bmodel qwen3")
+    hf = serve_hf(world, "Qwen/Qwen3-4B-AWQ")
+    out = run(world, "qwen3-4b", serve=True, EDGECHAT_HF_BASE=hf)
+    assert out.returncode == 0, out.stderr
+    assert calls(world) == [f"open@sophgo.com:/ext_model_information/LLM/LLM-TPU/{name}"]
+    folder = world["root"] / "models" / "qwen3-4b"
+    assert (folder / name).read_bytes() == b"bmodel qwen3"
+    assert f"--bmodel models/qwen3-4b/{name} --token models/qwen3-4b/config" in out.stdout
+
+    from edgechat.token_config import load_token_config
+
+    assert load_token_config(folder / "config").tokenizer.token_id("<|im_end|>") is not None
+    again = run(world, "qwen3-4b", EDGECHAT_HF_BASE="file:///nowhere")  # offline: nothing left to fetch
+    assert again.returncode == 0 and "have models/qwen3-4b bmodel" in again.stdout, again.stderr
+    assert len(calls(world)) == 1 and not leftovers(world["root"])
+
+
+def test_deepseek_r1_comes_as_one_zip(world: dict[str, Path]) -> None:
+    world["server"].mkdir()
+    with zipfile.ZipFile(world["server"] / "deepseek-r1-distill-qwen-1-5b.zip", "w") as z:
+        z.writestr("deepseek-r1-distill-qwen-1-5b/r1-1.5b_int4_seq512_1dev.bmodel", "bmodel r1")
+        z.writestr("deepseek-r1-distill-qwen-1-5b/config/tokenizer.json", "{}")
+    out = run(world, "deepseek-r1-1.5b", serve=True)
+    assert out.returncode == 0, out.stderr
+    where = "models/deepseek-r1-1.5b/deepseek-r1-distill-qwen-1-5b"
+    assert f"--bmodel {where}/r1-1.5b_int4_seq512_1dev.bmodel --token {where}/config" in out.stdout
+
+
+def test_a_config_download_that_fails_installs_nothing(world: dict[str, Path]) -> None:
+    world["server"].mkdir()
+    (world["server"] / "qwen2.5-7b-instruct-awq_w4bf16_seq2048_bm1684x_1dev_20250616_191537.bmodel").write_bytes(b"b")
+    out = run(world, "qwen2.5-7b", serve=True, EDGECHAT_HF_BASE=(world["server"] / "empty").as_uri())
+    assert out.returncode == 1 and "could not download tokenizer.json of Qwen/Qwen2.5-7B-Instruct-AWQ" in out.stderr
+    assert not (world["root"] / "models" / "qwen2.5-7b" / "config" / "tokenizer.json").exists()
+    assert not leftovers(world["root"])

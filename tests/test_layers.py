@@ -16,42 +16,54 @@ LAYERS: dict[str, int] = {
     "edgechat.tokenizers": 1,
     "edgechat.tokenizers.gguf": 1,
     "edgechat.tokenizers.baichuan": 2,
+    "edgechat.tokenizers.hf": 2,  # a config folder's tokenizer.json (Qwen, Llama) through `tokenizers`
     "edgechat.owner": 1,
     "edgechat.safe_markdown": 1,
+    "edgechat.reasoning": 1,  # a reasoning model's <think> part told apart from its answer
     "edgechat.ui_text": 1,
     "edgechat.access": 1,
     "edgechat.store_db": 1,
     "edgechat.templates": 3,
     "edgechat.store": 3,
+    "edgechat.token_config": 4,  # --token DIR: tokenizer + chat template of a TPU model
     "edgechat.export": 2,
     "edgechat.config": 2,
     "edgechat.metrics": 1,
     "edgechat.openai_schema": 3,
+    "edgechat.structured": 2,  # response_format -> GBNF with llama-cpp-python's converter
     "edgechat.engines": 3,
     "edgechat.engines.base": 3,
     "edgechat.engines.llamacpp": 3,
     "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
+    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
-    "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 bmodel must look like
+    "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
+    "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
+    "edgechat.engines.sail_history": 2,  # history K/V: dynamic block_kv_i prefill, park/restore
+    "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
     "edgechat.engines.remote": 3,
     "edgechat.kvcache": 1,
+    "edgechat.prefixes": 1,  # block-hash index of token prefixes
     "edgechat.sequences": 2,
-    "edgechat.policy": 3,
-    "edgechat.scheduler": 4,
-    "edgechat.backend": 5,
-    "edgechat.client": 6,
-    "edgechat.conversation": 7,
-    "edgechat.chats": 8,
-    "edgechat.runtime": 8,
-    "edgechat.api": 9,
-    "edgechat.server": 10,
-    "baichuan2": 11,
-    "edgechat.page": 12,
-    "edgechat.page.session": 12,
-    "edgechat.page.messages": 12,
-    "edgechat.page.sidebar": 13,
-    "web_demo": 14,
+    "edgechat.sharing": 3,  # prefixes shared across sessions, pinned prefixes
+    "edgechat.kvpool": 3,  # the policy's KV pool: admission by tokens, preemption
+    "edgechat.policy": 4,
+    "edgechat.scheduler": 5,
+    "edgechat.backend": 6,
+    "edgechat.client": 7,
+    "edgechat.conversation": 8,
+    "edgechat.chats": 9,
+    "edgechat.runtime": 9,
+    "edgechat.api": 10,
+    "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
+    "edgechat.server": 11,
+    "baichuan2": 12,
+    "edgechat.page": 13,
+    "edgechat.page.session": 13,
+    "edgechat.page.messages": 13,
+    "edgechat.page.sidebar": 14,
+    "web_demo": 15,
 }
 PLAIN = {"edgechat", "edgechat.types", "edgechat.errors"}  # import nothing of ours at all
 

@@ -243,3 +243,17 @@ def test_a_dead_engine_is_rebuilt_without_restarting_the_server() -> None:
     assert "6" in transcript(at)[3][1]
     ask(other, "What is 2+2?")  # another session moves to the new runtime too
     assert other.session_state.conversation.client.engine is new and "4" in transcript(other)[1][1]
+
+
+def test_the_handout_is_shown_folded_at_the_top_and_read_by_every_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # noqa: ANN001
+    sheet = tmp_path / "handout.md"
+    sheet.write_text("# Today\n\nWe bake bread with **rye** flour.\n", encoding="utf-8")
+    monkeypatch.setattr("sys.argv", ["web_demo.py", *ARGV, "--handout", str(sheet)])
+    at = ask(page(), "What flour do we use today?")
+    box = [e for e in at.expander if e.label == t("en", "handout")]
+    assert len(box) == 1 and "rye" in box[0].markdown[0].value
+    client = at.session_state.conversation.client
+    assert client.handout == sheet.read_text(encoding="utf-8").strip()
+    assert client.last_stats.prompt_tokens == len(client.prompt_ids("What flour do we use today?"))  # handout in it

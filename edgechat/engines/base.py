@@ -13,6 +13,10 @@ guess from the engine's type:
 - `prefix_cache`: a sequence's cache outlives its request, so a session's next request can keep
   the common prefix (`start(keep>0)`), and the cache can be copied to host RAM and back
   (`save`/`restore`). Without it every request prefills its whole prompt and nothing is parked.
+- `logprobs`: after a `step`, `token_logprobs(seq)` gives the sampled token's log-probability and
+  the top alternatives for sequences whose sampling asked (`SamplingParams.logprobs`).
+- `grammar`: `start` honours `SamplingParams.grammar` (GBNF), per sequence, in the same batch.
+  Engines without these flags are never given such requests (the API refuses them).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from edgechat.types import SamplingParams
+from edgechat.types import SamplingParams, TokenLogprobs
 
 # (sequence, tokens to append to its cache, whether to sample the token that follows them)
 Feed = tuple[int, Sequence[int], bool]
@@ -37,6 +41,8 @@ class Engine(Protocol):
     batch_prefill: bool  # see the module docstring
     prefix_cache: bool  # see the module docstring
     kv_bytes_per_token: int  # host RAM a parked token takes (estimates before `save`)
+    logprobs: bool  # see the module docstring
+    grammar: bool  # see the module docstring
 
     def open_sequence(self) -> int:
         """Claim a free sequence slot; raises RuntimeError when none is free."""
@@ -62,6 +68,11 @@ class Engine(Protocol):
         sequence keeps any of this step's tokens."""
         ...
 
+    def token_logprobs(self, seq: int) -> TokenLogprobs | None:
+        """(logprobs engines) The log-probabilities of the token the last step sampled for `seq`,
+        when its sampling asked for them."""
+        ...
+
     def save(self, seq: int) -> bytearray:
         """(prefix_cache engines) A copy of the sequence's cache, for `restore`."""
         ...
@@ -69,6 +80,12 @@ class Engine(Protocol):
     def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
         """(prefix_cache engines) Load a `save`d cache of `tokens` tokens into an open, empty
         sequence; False (and the sequence left empty) when the engine rejects it."""
+        ...
+
+    def copy(self, seq: int, source: int) -> bool:
+        """(prefix_cache engines) Copy `source`'s cache into the open, empty `seq` (a prompt
+        prefix shared across sessions; `start` then keeps what is common); False (and `seq` left
+        empty) when the engine cannot."""
         ...
 
     def cached_tokens(self, seq: int) -> int:

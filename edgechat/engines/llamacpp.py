@@ -5,8 +5,9 @@ with `n_seq_max` sequences, each with its own KV buffer (`kv_layout` splits the 
 step fills ONE `llama_batch` with the running sequences' next tokens and the prompt chunks of
 newcomers and calls `llama_decode` once. A greedy sequence's next token is the argmax of its
 logits row (numpy, no sampler call); other sequences use llama.cpp's sampler chain, one per
-sequence. A sequence's cache is copied to host RAM and back with
-`llama_state_seq_get_data_ext` / `llama_state_seq_set_data_ext`, as llama-server's prompt cache does.
+sequence, with its grammar sampler for structured output (edgechat.engines.sampling).
+A sequence's cache is copied to host RAM and back with `llama_state_seq_get_data_ext` /
+`llama_state_seq_set_data_ext`, as llama-server's prompt cache does.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp as lc  # noqa: E402
 import numpy as np  # noqa: E402
 
+from edgechat.engines.sampling import Samplers  # noqa: E402
 from edgechat.engines.streams import StreamMap  # noqa: E402
 from edgechat.errors import ConfigError  # noqa: E402
-from edgechat.types import SamplingParams  # noqa: E402
+from edgechat.types import SamplingParams, TokenLogprobs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,6 @@ GGUF_MAGIC = b"GGUF"
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
 UBATCH = 63  # rows per llama.cpp micro-batch: below the 64 where flash attention switches kernel
 STATE_FLAGS = 0  # llama_state_seq_*_ext flags: the whole sequence, copied to host memory
-PENALTY_LAST_N = 64
 Feed = tuple[int, Sequence[int], bool]  # edgechat.engines.base.Feed (engines import no sibling)
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
 _backend_lock = threading.Lock()
@@ -93,6 +94,8 @@ class LlamaCppEngine:
     name = "llamacpp"
     batch_prefill = True
     prefix_cache = True
+    logprobs = True
+    grammar = True
 
     def __init__(
         self,
@@ -103,10 +106,12 @@ class LlamaCppEngine:
         threads: int | None = None,
         prefill_chunk: int = 256,
         kv_budget_tokens: int | Callable[[int, int], int] | None = None,
+        ubatch: int = UBATCH,
     ) -> None:
         """`kv_budget_tokens` (or a function of the KV bytes per token and the context length,
         for a budget in MiB or a default) is split by `kv_layout` into sequences; without it every
-        sequence holds `context_length`."""
+        sequence holds `context_length`. `ubatch` above UBATCH (at most a step's rows) reads long
+        prompts faster at the price of UBATCH's bit-identical answers (--ubatch)."""
         check_gguf(model_path)
         _init_backend()
         self.model_path = str(model_path)
@@ -148,7 +153,7 @@ class LlamaCppEngine:
         # Micro-batches under 64 rows keep llama.cpp on one flash-attention kernel for every row
         # (the tiled one it takes from 64 rows on rounds differently), so a prompt's cache is the
         # same bits however it was chunked or batched: re-prefilled == reused == restored.
-        cparams.n_ubatch = UBATCH
+        cparams.n_ubatch = min(ubatch, cparams.n_batch)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
@@ -181,9 +186,8 @@ class LlamaCppEngine:
         self._streams = StreamMap(max_sequences)  # sequence handle -> llama.cpp sequence id
         self._free = set(range(max_sequences))
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
-        self._samplers: dict[int, Any] = {}  # seq -> llama.cpp chain; absent = plain greedy (argmax)
-        self._penalized: set[int] = set()  # sequences whose chain must see every token
-        self._last: dict[int, int] = {}  # seq -> the token its chain sampled last
+        self._sampling = Samplers(self.ctx, self.vocab, self.n_vocab)  # each sequence's sampler state
+        self.tokens_computed = 0  # rows through llama_decode: prompt tokens prefilled and decodes
 
     # ---- Engine contract ----
 
@@ -199,10 +203,7 @@ class LlamaCppEngine:
         keep = max(0, min(keep, self._pos[seq]))
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), keep, -1)
         self._pos[seq] = keep
-        plain = sampling.greedy and not _penalties(sampling)
-        self._set_sampler(seq, None if plain else _sampler_chain(sampling))
-        if _penalties(sampling):
-            self._penalized.add(seq)
+        self._sampling.start(seq, sampling)
         return keep
 
     def step(self, feeds: Sequence[Feed]) -> list[int | None]:
@@ -245,12 +246,13 @@ class LlamaCppEngine:
             status = lc.llama_decode(self.ctx, self._batch)
             if status != 0:
                 raise RuntimeError(f"llama_decode failed with status {status}")
+            self.tokens_computed += n
         except Exception:
             for seq, pos in before.items():  # no sequence keeps a token of a failed step
                 lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), pos, -1)
                 self._pos[seq] = pos
             raise
-        sampled = self._sample(ordered, rows, len(wanted))
+        sampled = self._sampling.sample(ordered, rows, len(wanted))
         out: list[int | None] = [None] * len(feeds)
         for i, token in zip(order, sampled, strict=True):
             out[i] = token
@@ -268,6 +270,9 @@ class LlamaCppEngine:
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
         return self.step([(seq, [token], True) for seq, token in batch])  # type: ignore[return-value]
 
+    def token_logprobs(self, seq: int) -> TokenLogprobs | None:
+        return self._sampling.token_logprobs(seq)
+
     def save(self, seq: int) -> bytearray:
         return self._save_stream(self._streams.stream(seq))
 
@@ -278,6 +283,12 @@ class LlamaCppEngine:
         self._pos[seq] = tokens
         return True
 
+    def copy(self, seq: int, source: int) -> bool:
+        """`source`'s cache into the open, empty `seq` (a prefix shared across sessions; `start`
+        then cuts it). A save and a restore: llama_memory_seq_cp between sequences with a KV buffer
+        each copies the whole buffer at the next decode, and leaves it pending until then."""
+        return self.restore(seq, self.save(source), self._pos[source])
+
     def cached_tokens(self, seq: int) -> int:
         return self._pos.get(seq, 0)
 
@@ -286,7 +297,7 @@ class LlamaCppEngine:
             return
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), -1, -1)
         del self._pos[seq]
-        self._set_sampler(seq, None)
+        self._sampling.release(seq)
         self._free.add(seq)
 
     def describe(self) -> dict[str, Any]:
@@ -303,8 +314,7 @@ class LlamaCppEngine:
         }
 
     def close(self) -> None:
-        for seq in list(self._samplers):
-            self._set_sampler(seq, None)
+        self._sampling.close()
         if self.ctx:
             lc.llama_batch_free(self._batch)
             lc.llama_free(self.ctx)
@@ -353,65 +363,6 @@ class LlamaCppEngine:
         for handle, stream, data in ((a, sb, data_a), (b, sa, data_b)):
             if data is not None and not self._restore_stream(stream, data, self._pos[handle]):
                 raise RuntimeError(f"could not move the cache of sequence {handle} to KV stream {stream}")
-
-    def _sample(self, feeds: Sequence[Feed], rows: list[int], n_out: int) -> list[int | None]:
-        """Greedy sequences take the argmax of their logits row (no sampler call per token);
-        the others run their llama.cpp chain on the row."""
-        logits = np.ctypeslib.as_array(lc.llama_get_logits(self.ctx), shape=(n_out, self.n_vocab)) if n_out else None
-        out: list[int | None] = []
-        j = 0
-        for (seq, fed, _), row in zip(feeds, rows, strict=True):
-            chain = self._samplers.get(seq)
-            if chain is not None and seq in self._penalized:
-                skip = 1 if len(fed) == 1 and self._last.get(seq) == fed[0] else 0  # a decode: seen
-                for token in fed[skip:]:
-                    lc.llama_sampler_accept(chain, token)
-            if row < 0:
-                out.append(None)
-                continue
-            if chain is None:
-                token = int(logits[j].argmax())  # type: ignore[index]
-            else:
-                token = int(lc.llama_sampler_sample(chain, self.ctx, row))
-                self._last[seq] = token
-            j += 1
-            out.append(token)
-        return out
-
-    def _set_sampler(self, seq: int, sampler: Any) -> None:
-        old = self._samplers.pop(seq, None)
-        if old is not None:
-            lc.llama_sampler_free(old)
-        self._penalized.discard(seq)
-        self._last.pop(seq, None)
-        if sampler is not None:
-            self._samplers[seq] = sampler
-
-
-def _penalties(s: SamplingParams) -> bool:
-    return s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
-
-
-def _sampler_chain(s: SamplingParams) -> Any:
-    """llama.cpp's own chain: penalties, then greedy, or top-k → top-p → temperature → seeded dist."""
-    chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    if _penalties(s):
-        # llama.h takes (last_n, repeat, freq, present); llama-cpp-python 0.3.36 still declares a
-        # leading n_vocab int, so last_n goes first and the stale int slot is passed 0 (ignored).
-        penalties = lc.llama_sampler_init_penalties(
-            PENALTY_LAST_N, 0, s.repetition_penalty, s.frequency_penalty, s.presence_penalty
-        )
-        lc.llama_sampler_chain_add(chain, penalties)
-    if s.greedy:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
-        return chain
-    if s.top_k > 0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(s.top_k))
-    if s.top_p < 1.0:
-        lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(s.top_p, 1))
-    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(s.temperature))
-    lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
-    return chain
 
 
 def _read_metadata(model: Any) -> dict[str, str]:

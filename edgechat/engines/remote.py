@@ -75,6 +75,10 @@ class RemoteEngine:
     """One OpenAI-compatible endpoint shared by every session of the process."""
 
     name = "openai"
+    # Not passed on: the server behind may lack them (the TPU's does), and its logprobs and grammar
+    # would have to be re-checked and re-shaped chunk by chunk. The API refuses them (400) instead.
+    logprobs = False
+    grammar = False
 
     def __init__(
         self,

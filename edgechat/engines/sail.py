@@ -1,32 +1,27 @@
-"""Baichuan2 bmodels on a Sophgo BM1684X TPU through `sophon.sail` (the seed's graph protocol).
-
-A sophon-demo Baichuan2 bmodel is a set of static-shape graphs (MAX_LEN = the compiled sequence
-length, H = hidden size; sophgo/sophon-demo `sample/Baichuan2/tools/export_onnx.py`):
+"""Sophgo bmodels on a BM1684X TPU through `sophon.sail`: the seed's Baichuan2 and sophgo/LLM-TPU's
+Qwen2.5 / Qwen3 / DeepSeek-R1-Distill / Llama share one graph protocol (MAX_LEN = the compiled
+sequence length, H = hidden size; sophon-demo `sample/Baichuan2/tools/export_onnx.py`, tpu-mlir
+`python/llm/LlmConverter.py`):
 
     embedding [1,MAX_LEN] ids -> [1,MAX_LEN,H]        embedding_cache [1,1] id -> [1,1,H]
     block_i   (hidden, position_ids, mask [1,1,MAX_LEN,MAX_LEN]) -> (hidden, past_k, past_v)
     block_cache_i (hidden [1,1,H], position_id, mask [1,1,1,MAX_LEN+1], past_k, past_v)
               -> (hidden, present_k, present_v)
-    lm_head   [1,H] -> next token id (argmax inside the graph)
+    lm_head   [1,H] -> next token id, or logits (sail_heads)
 
-Dtypes are read from the bmodel, never assumed: Sophgo's compiled bmodels keep hidden states, the
-mask and lm_head's input in F32 and only K/V in F16 (int8, W8F16) or BF16 (int4, W4BF16)
-(`scripts/gen_bmodel.sh`: `--quant_output_list 2,3`, `--quant_input_list 4,5`). The mask is
-additive with -1000 for masked positions. `block_i` computes the whole prompt at once, so a
-request always prefills its full prompt: `start()` keeps 0 cached tokens and `prefill_chunk` is
-None. Each decode step runs `block_cache_i` and copies the new key/value into the sequence's
-cache at row token_length-1 with `sync_d2d`.
+What differs is read from the graphs, never from the file name: dtypes (Baichuan2 keeps hidden
+states and the mask in F32, K/V in F16 or BF16; LLM-TPU bmodels carry all of them in F16 or BF16,
+masks as their bit patterns), grouped K/V heads (shapes), the heads (sail_heads) and history K/V
+(`block_kv_i`, sail_history). Without block_kv_i a request prefills its whole prompt (`start()`
+keeps 0, `prefix_cache` False); with it a follow-up turn feeds only its new tokens and an idle
+session's cache is kept, parked to host RAM and restored by the scheduler. Each decode step runs
+`block_cache_i` and copies the new key/value into the cache at row token_length-1 (`sync_d2d`).
 
-Unlike the seed, which allocated every tensor per message, each KV slot owns its per-layer K/V
-tensors, allocated once at load and reused by every request that lands on it. There are
-`--max-running` slots, not `--max-sessions`: the prefill graph recomputes the whole prompt every
-turn, so an idle session's cache is worth nothing here and only answers being generated need one.
-Before allocating, the engine checks the TPU's free memory (`sail.get_dev_stat`); after, it
-checks the allocation (sail only logs a failed one); a shortfall is one ConfigError, never a
-half-allocated engine. Scratch tensors are shared: only the scheduler thread runs the engine.
-
-Sampling: `lm_head` returns the argmax, so this backend is greedy; temperature, top-p, top-k and
-the repetition penalty of a request are ignored.
+Each KV slot owns its per-layer K/V tensors, allocated once at load (`--max-running` slots), not
+per message as in the seed; TPU memory is checked before and every allocation after (sail_memory).
+Scratch tensors are shared: only the scheduler thread runs the engine. Sampling: a bmodel with
+`sample_head` applies a request's temperature, top-p, top-k and repetition penalty; otherwise
+the argmax is taken and describe() says sampling is fixed.
 """
 
 from __future__ import annotations
@@ -34,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +38,27 @@ import numpy as np
 from edgechat.engines.sail_api import (
     GraphApi,
     Io,
+    check_dev_ids,
     detect_release,
     device_memory_mib,
     first_line,
+    import_sail,
+    masked_value,
     to_device,
 )
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
+from edgechat.engines.sail_heads import Draw, Heads
+from edgechat.engines.sail_history import HistoryPrefill, dynamic_graphs, kv_problem, restore, save
+from edgechat.engines.sail_memory import allocated, shortfall, target
 from edgechat.errors import ConfigError
-from edgechat.tokenizers.baichuan import BaichuanTokenizer
 from edgechat.types import SamplingParams
 
 log = logging.getLogger(__name__)
 
-MASKED = -1000.0
 MIB = 1 << 20
 SPARE_MIB = 16  # kept free beyond the exact need: allocator alignment and what get_dev_stat rounds away
 DEFAULT_SLOTS = 2  # --max-running unset: decode is batch 1, more slots add no speed, each costs K/V memory
 DEFAULT_PROMPT_SHARE = 0.5  # the seed keeps prompts <= MAX_LEN / 2 so answers have room
-INSTALL_HINT = (
-    "install Sophgo's sophon-sail wheel (3.8.0 as the sample pins, or >= 3.9) and libsophon "
-    "(README, section 'Running on a Sophgo TPU (BM1684X)'), or use --backend llamacpp"
-)
 
 
 @dataclass
@@ -72,63 +67,33 @@ class _Slot:
     v: list[Any]
     length: int = 0  # tokens in the cache
     busy: bool = False
+    draw: Draw = field(default_factory=Draw)  # sampling state, for a bmodel with sample_head
 
 
 def load_sail(
-    bmodel: Path | None,
-    token_dir: Path,
+    bmodel: Path,
+    vocab_size: int,
     dev_ids: Sequence[int],
     slots: int,
     max_prompt_share: float = DEFAULT_PROMPT_SHARE,
-) -> tuple[Any, SailEngine, BaichuanTokenizer]:
-    """The shared (handle, engine, tokenizer) for `--bmodel` with `slots` KV slots
-    (`--max-running`); each bad input is one ConfigError."""
-    bmodel = _check_bmodel(bmodel)
-    tokenizer = BaichuanTokenizer(token_dir)
-    tokenizer.check_chat_ids()
-    sail = _import_sail()
-    _check_dev_ids(sail, dev_ids)
+) -> tuple[Any, SailEngine]:
+    """The shared (handle, engine) for `--bmodel` (checked with `check_bmodel` first) with `slots`
+    KV slots (`--max-running`); each bad input is one ConfigError."""
+    sail = import_sail()
+    check_dev_ids(sail, dev_ids)
     handle = sail.Handle(dev_ids[0])
     try:
         net = sail.EngineLLM(str(bmodel), list(dev_ids))
     except Exception as err:  # sail's own error classes differ between versions
         raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
     try:
-        engine = SailEngine(sail, handle, net, bmodel, tokenizer.vocab_size, slots, dev_ids, max_prompt_share)
+        engine = SailEngine(sail, handle, net, bmodel, vocab_size, slots, dev_ids, max_prompt_share)
     except ConfigError as err:
         refused = str(err)
     else:
-        return handle, engine, tokenizer
+        return handle, engine
     net = handle = None  # the traceback is gone: the bmodel and any tensor leave the TPU now
     raise ConfigError(refused)
-
-
-def _check_bmodel(path: Path | None) -> Path:
-    if path is None:
-        raise ConfigError("the sail backend needs --bmodel PATH (scripts/download.sh fetches models/BM1684X/*.bmodel)")
-    if not path.is_file():
-        raise ConfigError(f"bmodel not found: {path} — run scripts/download.sh or pass --bmodel PATH")
-    return path
-
-
-def _import_sail() -> Any:
-    try:
-        import sophon.sail as sail
-    except ImportError as err:
-        raise ConfigError(f"cannot import sophon.sail ({err}): {INSTALL_HINT}") from None
-    return sail
-
-
-def _check_dev_ids(sail: Any, dev_ids: Sequence[int]) -> None:
-    """sail.Handle ends the whole process on an unknown id, so check before creating one."""
-    count = int(sail.get_available_tpu_num())
-    bad = [d for d in dev_ids if not 0 <= d < count]
-    if not dev_ids or bad:
-        have = f"TPU ids 0..{count - 1}" if count else "no TPU"
-        wanted = " ".join(map(str, dev_ids))
-        raise ConfigError(
-            f"--dev_ids {wanted}: no TPU {bad[0] if bad else ''} here; this machine has {have} (see bm-smi)"
-        )
 
 
 class SailEngine:
@@ -139,6 +104,8 @@ class SailEngine:
     prefill_chunk = None  # block_i takes the whole prompt in one call
     batch_prefill = False  # prompts go through prefill() one at a time, decodes through decode()
     prefix_cache = False  # block_i re-prefills whole prompts: no prefix to keep, nothing to park
+    logprobs = False  # the bmodel's lm_head returns the argmax id only, not the logits
+    grammar = False  # ... so nothing can mask the logits either
 
     def __init__(
         self,
@@ -151,22 +118,23 @@ class SailEngine:
         dev_ids: Sequence[int] = (0,),
         max_prompt_share: float = DEFAULT_PROMPT_SHARE,
     ) -> None:
-        self._sail = sail
-        self._handle = handle
-        self._net = net
-        self.model_path = str(bmodel)
-        self.vocab_size = vocab_size
-        self.dev_ids = tuple(dev_ids)
+        self._sail, self._handle, self._net = sail, handle, net
+        self.model_path, self.vocab_size, self.dev_ids = str(bmodel), vocab_size, tuple(dev_ids)
         self.num_layers = count_layers(net, bmodel)
         self.release_info = detect_release(net, "block_0")
         self._api = GraphApi(net, self.release_info)
-        self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0")}
+        names = set(net.get_graph_names())
+        heads = [g for g in ("greedy_head", "sample_head") if g in names]
+        self._io = {g: self._read_graph(g, bmodel) for g in (*SINGLE_GRAPHS, "block_0", "block_cache_0", *heads)}
+        self._heads = Heads(self._io)
         self._first, self._next = self._io["block_0"], self._io["block_cache_0"]
         hidden_shape = self._first[0][0].shape
         if len(hidden_shape) != 3:
             raise ConfigError(f"{bmodel} is not a sophon-demo Baichuan2 bmodel: block_0 takes {hidden_shape}")
         self.max_len, self.hidden = hidden_shape[1], hidden_shape[2]
         self._check_protocol(bmodel)
+        self._history = self._history_prefill(net, names, bmodel)
+        self.prefix_cache = self._history is not None and self._history.keeps_history  # follow-ups extend it
         self.max_sequences = slots
         # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
         self.max_prompt_len = max(1, min(self.max_len - 1, int(self.max_len * max_prompt_share)))
@@ -184,13 +152,17 @@ class SailEngine:
         raise RuntimeError(f"all {len(self._slots)} TPU KV slots are in use (--max-running)")
 
     def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
-        """Always 0 kept: block_i recomputes the whole prompt, it cannot extend a cached prefix.
-        `sampling` is ignored: lm_head argmaxes inside the graph."""
-        self._slot(seq).length = 0
-        return 0
+        """0 kept unless the bmodel has history K/V (block_kv_i): a static block_i recomputes the
+        whole prompt. `sampling` is used by a sample_head only (else the argmax is taken)."""
+        slot = self._slot(seq)
+        slot.length = min(keep, slot.length) if self.prefix_cache else 0
+        slot.draw.start(sampling, slot.length)
+        return slot.length
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:
         slot = self._slot(seq)
+        if self._history is not None:
+            return self._prefill_history(slot, tokens)
         if slot.length:
             raise RuntimeError("the TPU prefill graph computes whole prompts only: start() the sequence first")
         n = len(tokens)
@@ -198,11 +170,23 @@ class SailEngine:
             raise RuntimeError(f"prompt of {n} tokens does not fit this bmodel's {self.max_len}")
         self._run_first(slot, tokens)
         slot.length = n
+        slot.draw.ids += tokens
         self._lm_in.tensor.sync_d2d(self._hidden.tensor, (n - 1) * self.hidden, 0, self.hidden)
-        return self._lm_head()
+        return self._lm_head(slot.draw)
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
         return [self._decode_one(seq, token) for seq, token in batch]
+
+    def save(self, seq: int) -> bytearray:
+        slot = self._slot(seq)
+        return save(slot.k, slot.v, slot.length, self.kv_row)
+
+    def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
+        slot = self._slot(seq)
+        if not self.prefix_cache or slot.length or not 0 < tokens <= self.max_len:
+            return False
+        slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row) else 0
+        return slot.length > 0
 
     def cached_tokens(self, seq: int) -> int:
         return self._slot(seq).length
@@ -217,7 +201,7 @@ class SailEngine:
             "backend": self.name,
             "model": self.model_path,
             "model_name": Path(self.model_path).stem,
-            "device": f"{_target(self._handle)} TPU {list(self.dev_ids)} · {self.release_info.describe()} · K/V {kv}",
+            "device": f"{target(self._handle)} TPU {list(self.dev_ids)} · {self.release_info.describe()} · K/V {kv}",
             "sail_version": self.release_info.version,
             "context_length": self.max_len,
             "max_prompt_len": self.max_prompt_len,
@@ -227,7 +211,8 @@ class SailEngine:
             "kv_dtype": kv,
             "kv_bytes_per_session": self.kv_bytes_per_slot,
             "tpu_memory_bytes": self.device_bytes_needed,
-            "sampling": "greedy: lm_head returns the argmax on the TPU; temperature/top-p/top-k are not applied",
+            "sampling": self._heads.sampling(),
+            "sampling_fixed": self._heads.fixed,
         }
 
     def close(self) -> None:
@@ -246,8 +231,21 @@ class SailEngine:
                 f"({first_line(err)}); edgechat speaks sail 3.8 (name-keyed) and >= 3.9 (index-keyed)"
             ) from None
 
+    def _history_prefill(self, net: Any, names: set[str], bmodel: Path) -> HistoryPrefill | None:
+        dynamic, history = dynamic_graphs(net, names)
+        if not dynamic:
+            if "block_kv_0" in names:
+                log.warning("%s has block_kv graphs, but this sophon-sail cannot run them dynamic (>= 3.9 can)", bmodel)
+            return None
+        if history:
+            self._io["block_kv_0"] = self._read_graph("block_kv_0", bmodel)
+            problem = kv_problem(self._first, self._io["block_kv_0"])
+            if problem:
+                raise ConfigError(f"{bmodel}: {problem}")
+        return HistoryPrefill(self._transient, self._first, self._io.get("block_kv_0"), self.hidden, self.kv_row)
+
     def _check_protocol(self, bmodel: Path) -> None:
-        check_protocol(self._io, self.dev_ids, bmodel)
+        check_protocol(self._io, self.dev_ids, bmodel, self._heads.problem())
         self.kv_row = math.prod(self._next[1][1].shape[2:])  # elements of one token's k: heads * head_dim
 
     @property
@@ -268,15 +266,17 @@ class SailEngine:
     def _scratch_plan(self) -> list[Io]:
         (fi, _), (ni, no) = self._first, self._next
         (emb_i, emb_o), (cache_i, cache_o), (lm_i, lm_o) = (self._io[g] for g in SINGLE_GRAPHS)
-        return [emb_i[0], emb_o[0], cache_i[0], cache_o[0], lm_i[0], lm_o[0], fi[1], fi[2], ni[1], ni[2], no[1], no[2]]
+        plan = [emb_i[0], emb_o[0], cache_i[0], cache_o[0], lm_i[0], lm_o[0], fi[1], fi[2], ni[1], ni[2], no[1], no[2]]
+        return plan + self._heads.plan()
 
     def _allocate(self) -> None:
         """All device tensors, once: check the TPU can hold them, allocate, verify, or refuse."""
-        need_mib = -(-self.device_bytes_needed // MIB) + SPARE_MIB
+        transient = self._history.bytes_needed(self.max_len) if self._history is not None else 0
+        need_mib = -(-(self.device_bytes_needed + transient) // MIB) + SPARE_MIB
         dev = self.dev_ids[0]
         before = device_memory_mib(self._sail, dev)
         if before is not None and need_mib > before[0] - before[1]:
-            raise ConfigError(self._shortfall(need_mib, before[0] - before[1]))
+            raise ConfigError(shortfall(self, need_mib, before[0] - before[1]))
         plan = self._scratch_plan()
         for io in plan:
             io.tensor = self._tensor(io)
@@ -286,41 +286,27 @@ class SailEngine:
             k = [self._tensor(fo[1]) for _ in range(self.num_layers)]
             v = [self._tensor(fo[2]) for _ in range(self.num_layers)]
             self._slots.append(_Slot(k, v))
-        if not self._allocated(before):
+        tensors = [io.tensor for io in self._scratch] + [t for s in self._slots for t in (*s.k, *s.v)]
+        if not allocated(self._sail, dev, tensors, before, self.device_bytes_needed):
             after = device_memory_mib(self._sail, dev)
             self._free()
             free = "unknown" if before is None else before[0] - before[1]
-            raise ConfigError(self._shortfall(need_mib, free, after=after))
+            raise ConfigError(shortfall(self, need_mib, free, after=after))
         (fi, _), (ni, _) = self._first, self._next
         self._hidden, self._next_hidden = plan[1], plan[3]  # block_i / block_cache_i run in place on them
         self._emb_in, self._cache_in, self._lm_in, self._lm_out = plan[0], plan[2], plan[4], plan[5]
         self._positions, self._mask, self._next_position, self._next_mask = fi[1], fi[2], ni[1], ni[2]
 
-    def _allocated(self, before: tuple[int, int] | None) -> bool:
-        """sail logs a failed device allocation and returns a tensor without memory: check every
-        tensor where the wheel can tell (`is_dev_data_valid`, >= 3.9), else that the TPU's used
-        memory grew by what was asked (to get_dev_stat's MiB rounding)."""
-        tensors = [io.tensor for io in self._scratch] + [t for s in self._slots for t in (*s.k, *s.v)]
-        if tensors and getattr(tensors[0], "is_dev_data_valid", None) is not None:
-            return all(t.is_dev_data_valid() for t in tensors)
-        after = device_memory_mib(self._sail, self.dev_ids[0])
-        if before is None or after is None:
-            log.warning("this sophon-sail cannot report TPU memory: the KV allocation is not verified")
-            return True
-        return after[1] - before[1] >= self.device_bytes_needed // MIB - 1
-
-    def _shortfall(self, need_mib: int, free: int | str, after: tuple[int, int] | None = None) -> str:
-        slots = self.max_sequences
-        what = f"{need_mib} MiB of TPU memory for {slots} KV slot{'s' if slots != 1 else ''}"
-        what += f" ({self.kv_bytes_per_slot / MIB:.0f} MiB each)"
-        name, dev = Path(self.model_path).name, self.dev_ids[0]
-        advice = "lower --max-running (or give the TPU more memory, README 'SoC memory')"
-        if after is None:
-            return f"{name} needs {what}, {free} MiB free on TPU {dev}: {advice}"
-        return f"{name}: sail could not allocate {what} on TPU {dev} (it reported {free} MiB free): {advice}"
-
     def _tensor(self, io: Io) -> Any:
         return self._sail.Tensor(self._handle, io.shape, io.dtype, False, True)
+
+    def _transient(self, shape: list[int], dtype: Any) -> Any:
+        """A tensor for one prefill; refused (this request fails, others go on) when sail could
+        not allocate it. Only the >= 3.9 wheels that run dynamic graphs get here."""
+        tensor = self._sail.Tensor(self._handle, shape, dtype, False, True)
+        if not tensor.is_dev_data_valid():
+            raise RuntimeError(f"the TPU has no room for a {shape} prefill tensor now")
+        return tensor
 
     def _free(self) -> None:
         for ins, outs in self._io.values():
@@ -339,18 +325,34 @@ class SailEngine:
     def _process(self, graph: str, ins: Sequence[tuple[Io, Any]], outs: Sequence[tuple[Io, Any]]) -> None:
         self._api.process(graph, {io.key: t for io, t in ins}, {io.key: t for io, t in outs})
 
-    def _run_first(self, slot: _Slot, tokens: Sequence[int]) -> None:
-        """embedding + block_i over the whole prompt, padded to MAX_LEN; k/v land in the slot."""
-        L, n = self.max_len, len(tokens)
-        ids = np.zeros((1, L), dtype=np.int64)
-        ids[0, :n] = tokens
-        positions = np.zeros((1, L), dtype=np.int64)
-        positions[0, :n] = np.arange(n)
-        mask = np.full((L, L), MASKED)
-        mask[np.tril_indices(n)] = 0.0  # rows past the prompt stay fully masked, as the seed's
+    def _embed(self, tokens: Sequence[int]) -> None:
+        """embedding over `tokens` padded to MAX_LEN, into the shared hidden-states tensor."""
+        ids = np.zeros((1, self.max_len), dtype=np.int64)
+        ids[0, : len(tokens)] = tokens
         self._emb_in.tensor.update_data(to_device(ids, self._emb_in.dtype))
         emb_o = self._io["embedding"][1][0]
         self._process("embedding", [(self._io["embedding"][0][0], self._emb_in.tensor)], [(emb_o, self._hidden.tensor)])
+
+    def _prefill_history(self, slot: _Slot, tokens: Sequence[int]) -> int:
+        """The new tokens only, after the slot's cached ones (dynamic block_i / block_kv_i)."""
+        past, n = slot.length, len(tokens)
+        if not 0 < n or past + n > self.max_len:
+            raise RuntimeError(f"{past} cached + {n} new tokens do not fit this bmodel's {self.max_len}")
+        self._embed(tokens)
+        hidden = self._history.run(self._process, slot.k, slot.v, past, n, self._hidden.tensor)  # type: ignore[union-attr]
+        slot.length = past + n
+        slot.draw.ids += tokens
+        self._lm_in.tensor.sync_d2d(hidden, (n - 1) * self.hidden, 0, self.hidden)
+        return self._lm_head(slot.draw)
+
+    def _run_first(self, slot: _Slot, tokens: Sequence[int]) -> None:
+        """embedding + block_i over the whole prompt, padded to MAX_LEN; k/v land in the slot."""
+        L, n = self.max_len, len(tokens)
+        positions = np.zeros((1, L), dtype=np.int64)
+        positions[0, :n] = np.arange(n)
+        mask = np.full((L, L), masked_value(self._mask.dtype))
+        mask[np.tril_indices(n)] = 0.0  # rows past the prompt stay fully masked, as the seed's
+        self._embed(tokens)
         fi, fo = self._first
         hidden = self._hidden.tensor
         hidden.reshape(fi[0].shape)
@@ -372,7 +374,7 @@ class SailEngine:
         self._process("embedding_cache", [(cache_i[0], self._cache_in.tensor)], [(cache_o[0], hidden)])
         ni, no = self._next
         mask = np.zeros(self.max_len + 1)
-        mask[n - 1 : self.max_len] = MASKED
+        mask[n - 1 : self.max_len] = masked_value(self._next_mask.dtype)
         position = np.array([n - 1]).reshape(ni[1].shape)
         self._next_position.tensor.update_data(to_device(position, self._next_position.dtype))
         self._next_mask.tensor.update_data(to_device(mask.reshape(ni[2].shape), self._next_mask.dtype))
@@ -386,22 +388,15 @@ class SailEngine:
             slot.k[i].sync_d2d(k_new, 0, row, self.kv_row)
             slot.v[i].sync_d2d(v_new, 0, row, self.kv_row)
         slot.length = n
+        slot.draw.ids.append(token)
         self._lm_in.tensor.sync_d2d(hidden, 0, 0, self.hidden)
-        return self._lm_head()
+        return self._lm_head(slot.draw)
 
-    def _lm_head(self) -> int:
-        lm_i, lm_o = self._io["lm_head"]
-        self._process("lm_head", [(lm_i[0], self._lm_in.tensor)], [(lm_o[0], self._lm_out.tensor)])
-        token = int(self._lm_out.tensor.asnumpy().reshape(-1)[0])
+    def _lm_head(self, draw: Draw) -> int:
+        token = self._heads.token(self._process, draw)
         if not 0 <= token < self.vocab_size:
             raise ConfigError(
                 f"the bmodel produced token id {token}, outside the tokenizer's vocabulary of {self.vocab_size}: "
                 f"--token does not belong to --bmodel {self.model_path}"
             )
         return token
-
-
-def _target(handle: Any) -> str:
-    """The chip name (BM1684X); older sail builds lack Handle.get_target."""
-    get_target = getattr(handle, "get_target", None)
-    return str(get_target()) if get_target is not None else "Sophgo"

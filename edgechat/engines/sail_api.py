@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgechat.errors import ConfigError
 
 DTYPE_SIZES = {
     "BM_FLOAT32": 4,
@@ -39,6 +43,10 @@ DTYPE_SIZES = {
     "BM_INT8": 1,
     "BM_UINT8": 1,
 }
+INSTALL_HINT = (
+    "install Sophgo's sophon-sail wheel (3.8.0 as the sample pins, or >= 3.9) and libsophon "
+    "(README, section 'Running on a Sophgo TPU (BM1684X)'), or use --backend llamacpp"
+)
 FLOATS = ("BM_FLOAT32", "BM_FLOAT16", "BM_BFLOAT16")
 INTEGERS = ("BM_INT32", "BM_UINT32")
 
@@ -170,6 +178,15 @@ def to_device(values: np.ndarray, dtype: Any) -> np.ndarray:
     raise ValueError(f"no host encoding for {name}")
 
 
+# A masked position's additive value per mask dtype: -1000 in Baichuan2's F32 masks (the seed's);
+# 0xF0E2 (F16) and 0xC61C (BF16) in LLM-TPU's 16-bit masks, the patterns Sophgo's pipelines write.
+MASKED = {"BM_FLOAT32": -1000.0, "BM_FLOAT16": -10000.0, "BM_BFLOAT16": -9984.0}
+
+
+def masked_value(dtype: Any) -> float:
+    return MASKED[dtype_name(dtype)]
+
+
 def first_line(err: BaseException) -> str:
     """pybind11's TypeErrors run over several lines; a one-line error takes the first."""
     text = str(err).strip().splitlines()
@@ -187,3 +204,44 @@ def device_memory_mib(sail: Any, dev_id: int) -> tuple[int, int] | None:
         return int(stat[0]), int(stat[1])
     except Exception:  # noqa: BLE001 — a failed query means "unknown", not a reason to stop
         return None
+
+
+def from_device(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """What `asnumpy()` returned, as float64 values: F16/BF16 arrive as uint16 bit patterns."""
+    name = dtype_name(dtype)
+    if name == "BM_FLOAT16":
+        return values.view(np.float16).astype(np.float64)
+    if name == "BM_BFLOAT16":
+        return (values.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return values.astype(np.float64)
+
+
+# ---- what load_sail checks before the wheel can end the process ----
+
+
+def check_bmodel(path: Path | None) -> Path:
+    if path is None:
+        raise ConfigError("the sail backend needs --bmodel PATH (scripts/download.sh fetches models/BM1684X/*.bmodel)")
+    if not path.is_file():
+        raise ConfigError(f"bmodel not found: {path} — run scripts/download.sh or pass --bmodel PATH")
+    return path
+
+
+def import_sail() -> Any:
+    try:
+        import sophon.sail as sail
+    except ImportError as err:
+        raise ConfigError(f"cannot import sophon.sail ({err}): {INSTALL_HINT}") from None
+    return sail
+
+
+def check_dev_ids(sail: Any, dev_ids: Sequence[int]) -> None:
+    """sail.Handle ends the whole process on an unknown id, so check before creating one."""
+    count = int(sail.get_available_tpu_num())
+    bad = [d for d in dev_ids if not 0 <= d < count]
+    if not dev_ids or bad:
+        have = f"TPU ids 0..{count - 1}" if count else "no TPU"
+        wanted = " ".join(map(str, dev_ids))
+        raise ConfigError(
+            f"--dev_ids {wanted}: no TPU {bad[0] if bad else ''} here; this machine has {have} (see bm-smi)"
+        )

@@ -1,5 +1,7 @@
-"""What a sophon-demo Baichuan2 bmodel must look like for the sail engine: its graphs, their
-shapes, their dtypes and the TPUs they live on. Each problem is one ConfigError at load."""
+"""What a bmodel must look like for the sail engine: its graphs, their shapes, their dtypes and
+the TPUs they live on. Two layouts share these graphs: sophon-demo's Baichuan2 (F32 hidden states)
+and sophgo/LLM-TPU's Qwen2.5/Qwen3/DeepSeek-R1-Distill/Llama (F16/BF16 hidden states, grouped K/V
+heads; their heads are sail_heads). Each problem is one ConfigError at load."""
 
 from __future__ import annotations
 
@@ -15,14 +17,14 @@ SINGLE_GRAPHS = ("embedding", "embedding_cache", "lm_head")
 Graphs = dict[str, tuple[list[Io], list[Io]]]  # graph name -> (inputs, outputs)
 
 
-def check_protocol(io: Graphs, dev_ids: Sequence[int], bmodel: Path) -> None:
-    """Fail at load, in one line, on a bmodel whose graphs are not the seed's protocol."""
+def check_protocol(io: Graphs, dev_ids: Sequence[int], bmodel: Path, heads_problem: str | None = None) -> None:
+    """Fail at load, in one line, on a bmodel whose graphs are not the protocol."""
     devices = device_problem(io, dev_ids)
     if devices:
         raise ConfigError(f"{bmodel.name} {devices}")
-    problem = shape_problem(io) or dtype_problem(io)
+    problem = shape_problem(io) or dtype_problem(io) or heads_problem
     if problem:
-        raise ConfigError(f"{bmodel} is not a sophon-demo Baichuan2 bmodel: {problem}")
+        raise ConfigError(f"{bmodel} is not a sophon-demo Baichuan2 or LLM-TPU (Qwen, Llama) bmodel: {problem}")
 
 
 def count_layers(net: Any, bmodel: Path) -> int:
@@ -41,7 +43,8 @@ def count_layers(net: Any, bmodel: Path) -> int:
     if missing:
         found = ", ".join(sorted(names)[:8]) + (" ..." if len(names) > 8 else "")
         raise ConfigError(
-            f"{bmodel} lacks the graphs of a Baichuan2 bmodel: missing {', '.join(missing)} (has {found})"
+            f"{bmodel} lacks the graphs of a Baichuan2 bmodel (or an LLM-TPU Qwen/Llama one): "
+            f"missing {', '.join(missing)} (has {found})"
         )
     return layers
 
@@ -86,18 +89,19 @@ def shape_problem(io: Graphs) -> str | None:
 
 def dtype_problem(io: Graphs) -> str | None:
     """The engine copies hidden states and K/V between graphs with sync_d2d, which needs equal
-    dtypes; ids and positions are written as int32, the mask as a float."""
+    dtypes; ids and positions are written as int32, the mask as a float (F32 in Baichuan2's,
+    the half type of the hidden states in LLM-TPU's)."""
     (fi, fo), (ni, no) = io["block_0"], io["block_cache_0"]
-    (emb_i, emb_o), (cache_i, cache_o), (lm_i, lm_o) = (io[g] for g in SINGLE_GRAPHS)
+    (emb_i, emb_o), (cache_i, cache_o), (lm_i, _) = (io[g] for g in SINGLE_GRAPHS)
     hidden = {io.dtype_name for io in (emb_o[0], fi[0], fo[0], cache_o[0], ni[0], no[0], lm_i[0])}
     kv = {io.dtype_name for io in (fo[1], fo[2], ni[3], ni[4], no[1], no[2])}
     if len(hidden) != 1 or not hidden <= set(FLOATS):
         return f"hidden states cross graphs in one float dtype, found {sorted(hidden)}"
     if len(kv) != 1 or not kv <= set(FLOATS):
         return f"K/V must have one float dtype in block_0 and block_cache_0, found {sorted(kv)}"
-    ints = {io.dtype_name for io in (emb_i[0], cache_i[0], fi[1], ni[1], lm_o[0])}
+    ints = {io.dtype_name for io in (emb_i[0], cache_i[0], fi[1], ni[1])}
     if not ints <= set(INTEGERS):
-        return f"ids, positions and lm_head's token must be integers, found {sorted(ints)}"
+        return f"ids and positions must be integers, found {sorted(ints)}"
     masks = {fi[2].dtype_name, ni[2].dtype_name}
     if not masks <= set(FLOATS):
         return f"attention masks must be floats, found {sorted(masks)}"

@@ -12,19 +12,34 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from edgechat.conversation import Conversation
+from edgechat.reasoning import split_reasoning
 from edgechat.runtime import Runtime
 from edgechat.safe_markdown import plain_text, safe_markdown
 from edgechat.ui_text import stats_line, t
 
 STOPPED_MARK = " ⏹"
 CURSOR = " ▌"
+REASONING_TAIL = 300  # characters of a think part shown while the model is still thinking
 FRAME_S = 0.1  # the streaming answer is redrawn at most ~10 times a second, only when it changed
 GONE_CHECK_S = 0.2  # after a run is stopped, when to ask Streamlit whether the page is still there
 
 
+def handout_box(runtime: Runtime, lang: str) -> None:
+    """The room's --handout, folded, at the top of the page: every answer has read it."""
+    if runtime.handout:
+        with st.expander(t(lang, "handout"), icon=":material/description:"):
+            st.markdown(safe_markdown(runtime.handout))
+
+
 def message_body(record: dict[str, Any], runtime: Runtime, lang: str) -> None:
-    content = record["content"] + (STOPPED_MARK if record.get("stopped") else "")
+    chat = runtime.tokenizer  # None for a remote server
+    split = record["role"] == "assistant" and chat is not None and chat.reasoning
+    reasoning, answer = split_reasoning(record["content"], chat.opens_reasoning) if split else ("", "")
+    content = (answer if reasoning else record["content"]) + (STOPPED_MARK if record.get("stopped") else "")
     st.markdown(safe_markdown(content))
+    if reasoning:  # a reasoning model's <think> part, folded under its answer
+        with st.expander(t(lang, "reasoning"), icon=":material/psychology:"):
+            st.markdown(safe_markdown(reasoning))
     if record.get("error"):
         st.error(plain_text(record["error"], max_chars=1000))
     if record.get("interrupted"):
@@ -72,6 +87,8 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
     (tab closed, network gone), which interrupts the answer so its sequence is freed at once."""
     answer = conv.answer
     assert answer is not None
+    chat = conv.client.tokenizer  # a reasoning model's think part is shown apart while it streams
+    thinks = chat is not None and chat.reasoning
     with st.chat_message("assistant"):
         status, body = st.empty(), st.empty()
         st.button(t(lang, "stop"), key="stop", on_click=on_stop, help=t(lang, "stop_help"),
@@ -88,7 +105,11 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
                 elif text != shown:
                     if shown is None or not shown:
                         status.empty()
-                    body.markdown(safe_markdown(text) + CURSOR)
+                    reasoning, visible = split_reasoning(text, chat.opens_reasoning) if thinks else ("", text)
+                    if reasoning and not visible:  # still thinking: its last lines, quietly
+                        body.caption(plain_text(reasoning[-REASONING_TAIL:]) + CURSOR)
+                    else:
+                        body.markdown(safe_markdown(visible) + CURSOR)
                     shown = text
                     time.sleep(FRAME_S)  # at most ~10 redraws a second: each is a message and a render
         except StopException:

@@ -74,6 +74,10 @@ def server_panel(runtime: Runtime, lang: str) -> None:
     if health is not None:
         st.caption(plain_text(health))
     load_line(runtime, lang)
+    stats = runtime.backend.stats()
+    if stats.get("prompt_tokens_prefilled"):  # a local engine: where prompt tokens came from (as of this run)
+        st.caption(t(lang, "server_prompt", reused=stats["prompt_tokens_reused"],
+                     shared=stats["prompt_tokens_shared"], prefilled=stats["prompt_tokens_prefilled"]))  # fmt: skip
     url = lan_url()
     if url:
         st.caption(t(lang, "server_lan", url=url))
@@ -167,12 +171,15 @@ def _import() -> None:
     _open(chat_id)
 
 
-def answer_settings(settings: Settings, lang: str, busy: bool) -> None:
-    """Sliders from the settings' own bounds; the answer length never above the operator's flag."""
+def answer_settings(settings: Settings, lang: str, busy: bool, sampling_fixed: bool = False) -> None:
+    """Sliders from the settings' own bounds; the answer length never above the operator's flag.
+    A model that cannot sample (a TPU bmodel without sample_head) says so above the sliders."""
     opts = options()
     with st.expander(t(lang, "settings"), icon=":material/tune:"):
         st.text_area(t(lang, "system"), key="system", help=t(lang, "system_help"), disabled=busy, height=80,
                      max_chars=settings.max_input_chars)  # fmt: skip
+        if sampling_fixed:
+            st.caption(t(lang, "sampling_fixed"))
         for key in ("temperature", "top_p", "repetition_penalty"):
             o = opts[key]
             low = o.minimum if o.minimum is not None else o.page_step  # "above 0" starts one step up
@@ -207,7 +214,7 @@ def sidebar(runtime: Runtime, conv: Conversation, settings: Settings, lang: str,
     with st.sidebar:
         st.button(t(lang, "new_chat"), key="new_chat", on_click=_new_chat, icon=":material/add:", width="stretch")
         chat_list(runtime, lang, busy)
-        answer_settings(settings, lang, busy)
+        answer_settings(settings, lang, busy, sampling_fixed=bool(runtime.info.get("sampling_fixed")))
         st.subheader(t(lang, "server"))
         server_panel(runtime, lang)
         st.subheader(t(lang, "export"))

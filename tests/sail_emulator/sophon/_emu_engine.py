@@ -12,6 +12,7 @@ import numpy as np
 
 from sophon import _emu_device as dev
 from sophon._emu_model import Graph, Weights, decoder_layer, graphs, lm_head, model_weights, read_bmodel
+from sophon._emu_qwen import HALF, dynamic_shapes_problem, qwen_layer, qwen_logits, sample_head
 from sophon._emu_tensor import (
     Dtype,
     SailEngineError,
@@ -49,6 +50,7 @@ class EngineLLM:
         self._graphs = graphs(self.spec)
         self._weights: Weights | None = None  # made on first use, as a TPU loads coefficients once
         self.calls: Counter[str] = Counter()  # emulator-only: process() calls per graph kind
+        self.fed: Counter[str] = Counter()  # emulator-only: token rows layer 0 computed, per graph kind
 
     def __del__(self) -> None:
         reserved = getattr(self, "_reserved", None)
@@ -113,6 +115,11 @@ class EngineLLM:
         self._require_index_api("get_output_tensor_devid")
         return lambda graph_name, index: self._devid(graph_name, index, "output")
 
+    @property
+    def get_is_dynamic(self) -> Any:
+        self._require_index_api("get_is_dynamic")
+        return lambda graph_name: self._graph(graph_name).dynamic
+
     # ---- inference ----
 
     def process(
@@ -127,6 +134,12 @@ class EngineLLM:
         graph = self._graph(graph_name)
         ins = self._bind(graph_name, graph, graph.inputs, input, "input")
         outs = self._bind(graph_name, graph, graph.outputs, output, "output")
+        problem = graph.dynamic and dynamic_shapes_problem(
+            graph.kind, [t.shape() for t in ins], [t.shape() for t in outs]
+        )
+        if problem:
+            dev.log_error("bmrt_launch_tensor_ex fail!")
+            raise SailEngineError(f"Failed during the inference process. ({graph_name}: {problem})")
         if graph.devices > 1:
             raise NotImplementedError("the sail emulator lays out multi-device bmodels but does not run them")
         results = self._run(graph, [t._values() for t in ins])  # all computed before any write
@@ -205,7 +218,9 @@ class EngineLLM:
                 dev.fatal(
                     f"{graph_name}: {what} {name} lives on another TPU than the graph's", dev.SAIL_ERR_TENSOR_DEVMEM
                 )
-            if tensor.shape() != shape:
+            if graph.dynamic and len(tensor.shape()) == len(shape) and all(map(int.__le__, tensor.shape(), shape)):
+                pass  # a dynamic graph runs on the shapes it is given, up to its maximum
+            elif tensor.shape() != shape:
                 dev.log_error("bmrt_launch_tensor_ex fail!")
                 raise SailEngineError(f"Failed during the inference process. ({name} is {tensor.shape()}, not {shape})")
             bound.append(tensor)
@@ -225,6 +240,8 @@ class EngineLLM:
         if graph.kind in ("embedding", "embedding_cache"):
             ids = args[0].astype(np.int64)  # an id outside the vocabulary wraps: a TPU gathers garbage silently
             return [np.take(w.embed, ids, axis=0, mode="wrap").astype(np.float64)]
+        if spec.arch == "qwen2":
+            return self._run_qwen(graph, args)
         if graph.kind == "lm_head":
             return [np.array([[lm_head(spec, w, args[0][0])]], dtype=np.float64)]
         kv = Dtype[spec.kv_dtype]
@@ -232,3 +249,20 @@ class EngineLLM:
         past = None if graph.kind == "block" else (args[3][0], args[4][0])
         out, k, v = decoder_layer(spec, w.layers[graph.layer], hidden, positions, mask, past, lambda a: _round(a, kv))
         return [_round(out, Dtype.BM_FLOAT32)[None], k[None], v[None]]
+
+    def _run_qwen(self, graph: Graph, args: list[np.ndarray]) -> list[np.ndarray]:
+        """The LLM-TPU graphs (sophon._emu_qwen): half-type hidden states, masks and K/V."""
+        spec, w = self.spec, self.weights
+        if graph.kind == "lm_head":
+            logits = qwen_logits(spec, w.norm, w.lm_head, args[0][0])
+            return [np.array([[np.argmax(logits)]], dtype=np.float64) if spec.lm_head_topk else logits[None]]
+        if graph.kind == "greedy_head":
+            return [np.array([[np.argmax(args[0][0])]], dtype=np.float64)]
+        if graph.kind == "sample_head":
+            return sample_head(args, graph.outputs[0][1][1])
+        half = Dtype[HALF[spec.quant]]
+        hidden, positions, mask = args[0][0], args[1][0].astype(np.int64), args[2][0, 0]
+        past = None if graph.kind == "block" else (args[3][0], args[4][0])
+        self.fed[graph.kind] += hidden.shape[0] if graph.layer == 0 else 0
+        out, k, v = qwen_layer(spec, w.layers[graph.layer], hidden, positions, mask, past, lambda a: _round(a, half))
+        return [out[None], k[None], v[None]]

@@ -37,6 +37,7 @@ import numpy as np
 
 FORMAT = "sail-emulator-bmodel/2"
 QUANTS = ("int8", "int4")
+ARCHS = ("baichuan2", "qwen2")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class ModelSpec:
     omit_graphs: tuple[str, ...] = ()
     rope_base: float = 10000.0
     eps: float = 1e-6
+    arch: str = "baichuan2"  # "qwen2": Sophgo's LLM-TPU layout (_emu_qwen), half-type hidden states
+    kv_heads: int = 0  # qwen2: K/V heads (grouped-query attention); 0 = heads
+    lm_head_topk: bool = True  # qwen2: lm_head gives the top-1 id; False: logits [1, V]
+    extra_heads: tuple[str, ...] = ()  # qwen2: "greedy_head", "sample_head" (with logits from lm_head)
+    history_kv: bool = False  # qwen2: `block_kv_i` graphs, and block_i/block_kv_i dynamic (--use_history_kv)
+    dynamic: bool = False  # qwen2: block_i dynamic (llm_convert.py --dynamic), with or without block_kv_i
 
     @property
     def head_dim(self) -> int:
@@ -79,6 +86,7 @@ def write_bmodel(path: str | Path, **spec: Any) -> Path:
     """Write an emulator bmodel (JSON) for tests; keys are ModelSpec fields. No pickle."""
     data = asdict(ModelSpec(**spec))
     data["omit_graphs"] = list(data["omit_graphs"])
+    data["extra_heads"] = list(data["extra_heads"])
     path = Path(path)
     path.write_text(json.dumps({"format": FORMAT, **data}))
     return path
@@ -90,10 +98,17 @@ def read_bmodel(path: str | Path) -> ModelSpec:
         if data.pop("format") != FORMAT:
             raise ValueError("format")
         data["omit_graphs"] = tuple(data.get("omit_graphs", ()))
+        data["extra_heads"] = tuple(data.get("extra_heads", ()))
         spec = ModelSpec(**data)
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
         raise RuntimeError(f"Load bmodel {path} failed ({err})") from None
     if spec.hidden % spec.heads or spec.head_dim % 2 or spec.quant not in QUANTS or spec.heads % spec.devices:
+        raise RuntimeError(f"Load bmodel {path} failed (inconsistent sizes)")
+    if (
+        spec.arch not in ARCHS
+        or spec.heads % (spec.kv_heads or spec.heads)
+        or set(spec.extra_heads) - {"greedy_head", "sample_head"}
+    ):
         raise RuntimeError(f"Load bmodel {path} failed (inconsistent sizes)")
     return spec
 
@@ -108,6 +123,7 @@ class Graph:
     kind: str
     layer: int = -1
     devices: int = 1
+    dynamic: bool = False  # inputs/outputs may be smaller than their shapes at run time
     names_in: list[str] = field(default_factory=list)
     names_out: list[str] = field(default_factory=list)
 
@@ -116,12 +132,18 @@ def graphs(spec: ModelSpec) -> dict[str, Graph]:
     L, H, D = spec.max_len, spec.hidden, spec.devices
     nh, hd, kv = spec.heads // D, spec.head_dim, spec.kv_dtype
     f32, i32 = "BM_FLOAT32", "BM_INT32"
-    table: dict[str, tuple[list, list, str, int]] = {
-        "embedding": ([("input_ids", [1, L], i32)], [("input_embed", [1, L, H], f32)], "embedding", -1),
-        "embedding_cache": ([("input_ids", [1, 1], i32)], [("input_embed", [1, 1, H], f32)], "embedding_cache", -1),
-        "lm_head": ([("hidden_states", [1, H], f32)], [("token", [1, 1], i32)], "lm_head", -1),
-    }
-    for i in range(spec.layers):
+    from sophon._emu_qwen import qwen_table  # the LLM-TPU layout builds on this module's numerics
+
+    table: dict[str, tuple[list, list, str, int]] = (
+        qwen_table(spec)
+        if spec.arch == "qwen2"
+        else {
+            "embedding": ([("input_ids", [1, L], i32)], [("input_embed", [1, L, H], f32)], "embedding", -1),
+            "embedding_cache": ([("input_ids", [1, 1], i32)], [("input_embed", [1, 1, H], f32)], "embedding_cache", -1),
+            "lm_head": ([("hidden_states", [1, H], f32)], [("token", [1, 1], i32)], "lm_head", -1),
+        }
+    )
+    for i in range(spec.layers if spec.arch == "baichuan2" else 0):
         table[f"block_{i}"] = (
             [("input_states", [1, L, H], f32), ("position_ids", [1, L], i32), ("attention_mask", [1, 1, L, L], f32)],
             [("hidden_states", [1, L, H], f32), ("past_k", [1, L, nh, hd], kv), ("past_v", [1, L, nh, hd], kv)],
@@ -147,7 +169,9 @@ def graphs(spec: ModelSpec) -> dict[str, Graph]:
         if D > 1:  # one group of inputs/outputs per device, as tpu-mlir lays out --num_device N
             ins = [(f"{n}_dev{d}", s, t) for d in range(D) for n, s, t in ins]
             outs = [(f"{n}_dev{d}", s, t) for d in range(D) for n, s, t in outs]
-        graph = Graph(ins, outs, kind, layer, D)
+        graph = Graph(
+            ins, outs, kind, layer, D, dynamic=(spec.history_kv or spec.dynamic) and kind in ("block", "block_kv")
+        )
         graph.names_in = [n for n, _, _ in ins]
         graph.names_out = [n for n, _, _ in outs]
         out[name] = graph
@@ -170,6 +194,10 @@ def model_weights(spec: ModelSpec) -> Weights:
     """Deterministic random weights for `spec` (shared by the emulator and test references);
     cached, since drawing a 125696-token vocabulary's tables takes a good part of a second."""
     rng = np.random.default_rng(spec.seed)
+    if spec.arch == "qwen2":
+        from sophon._emu_qwen import qwen_weights
+
+        return Weights(*qwen_weights(spec, rng))
     h, inter = spec.hidden, spec.intermediate
     embed = rng.standard_normal((spec.vocab, h)).astype(np.float16)
     layers = []

@@ -3,7 +3,13 @@
 It exists so edgechat's sail backend can be proven without a BM1684X, and it is meant to be as
 strict as the real wheel, never kinder. It offers only what sophon-demo's Baichuan2 sample and
 edgechat use: `Handle`, `Tensor`, `Dtype`, `EngineLLM`, `get_available_tpu_num`, `get_dev_stat`,
-and runs the graphs of `_emu_model` (a tiny random Baichuan2-style model stored as JSON).
+and runs the graphs of `_emu_model` (a tiny random Baichuan2-style model stored as JSON) or, with
+`arch="qwen2"`, of `_emu_qwen`: sophgo/LLM-TPU's layout (Qwen2.5/Qwen3/DeepSeek-R1-Distill) with
+F16/BF16 hidden states and masks, grouped K/V heads, lm_head giving the id or logits, optional
+`greedy_head` / `sample_head`, and optional dynamic `block_kv_i` graphs (history K/V): a dynamic
+graph runs on the tensors' own shapes up to its maximum, which must agree on T new and P history
+rows, and `get_is_dynamic(graph)` exists from 3.9 on. `EngineLLM.fed` counts the token rows the
+prefill graphs computed (emulator-only, for tests and bench/tpu_history.py).
 
 Which sail it is (selectable per test):
 - API generation: the version of the distribution it is installed as (`install_as(dir, "3.8.0")`

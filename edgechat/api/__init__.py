@@ -6,58 +6,46 @@
     GET  /healthz                200 + {alive, backend, model, loaded_at}, 503 when the engine died
 
 Every answer goes through a ChatClient over the shared runtime's backend, exactly as a page
-session's does: same queue, same history fitting, same figures. A request's life: auth, body
-(capped), checked parameters (edgechat.openai_schema), per-address limits, then the first event
-of the answer decides the status (a refusal is a 429/400/503, anything else is a 200 that
-streams). A client that hangs up cancels its answer within a scheduler step.
+session's does: same queue, same figures. A request's life: auth, body (capped, JSON only),
+checked parameters (edgechat.openai_schema), what the backend can do (logprobs, structured
+output: edgechat.structured), per-address limits (not for programs holding --server-api-key),
+then edgechat.api.answer: the first event of the answer decides the status (a refusal is a
+429/400/503, anything else is a 200 that streams). A client that hangs up cancels its answer
+within a scheduler step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from itertools import chain
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgechat import openai_schema as schema
+from edgechat import structured
 from edgechat.access import ClientLimits, client_address, password_ok, shared_limits
-from edgechat.client import ChatClient
+from edgechat.api.answer import BUSY_RETRY_AFTER_S, Answer, Session
 from edgechat.config import Settings
 from edgechat.errors import ConfigError
 from edgechat.metrics import ServingMetrics, process_metrics
 from edgechat.openai_schema import ApiError, ChatCall
 from edgechat.runtime import Runtime, current_runtime, shared_runtime
-from edgechat.types import (
-    ChatEvent,
-    Done,
-    Failed,
-    FailKind,
-    Generation,
-    Message,
-    Queued,
-    Text,
-    Tick,
-    Trimmed,
-    TurnStats,
-)
+from edgechat.types import Message
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1 << 20  # a long conversation is ~100 KB; more is a mistake or an attack
 DRAIN_BODY_BYTES = 16 << 20  # an oversized body is read this far so the client sees the 413
-BUSY_RETRY_AFTER_S = 2  # the queue moves every answer; ask again soon
-KEEPALIVE = b": waiting\n\n"  # an SSE comment while queued: clients ignore it, a hang-up shows
 LOCKED_ADDRESSES = 1024  # addresses locked out for wrong keys, remembered at once
 
 
@@ -109,6 +97,7 @@ class OpenAIApi:
         self.metrics = metrics
         self.limits = limits
         self.key = settings.server_api_key or settings.password  # None: /v1 is open
+        self.program_key = settings.server_api_key  # its holders are programs serving many people
         self.started = int(time.time())
         self._locked_until: dict[str, float] = {}  # address -> when its wrong-key lockout ends
         self._sessions_in_flight: set[str] = set()  # touched on the event loop only
@@ -159,7 +148,7 @@ class OpenAIApi:
 
     async def chat(self, request: Request) -> Response:
         try:
-            self._authorize(request)
+            program = self._authorize(request)
             call = schema.parse_chat(await self._json(request), self.settings.sampling)
             rt = await self._runtime()
             if call.model is not None and call.model not in served_names(rt):
@@ -167,10 +156,13 @@ class OpenAIApi:
                 raise ApiError(
                     404, f"model {call.model!r} does not exist: {served}", param="model", code="model_not_found"
                 )
-            address, release = self._admit(request)
+            call = await self._constrained(call, rt)
+            address, release = self._admit(request, program)
         except ApiError as err:
             return self._error(err)
-        answer = _Answer(self, rt, call, release, self._session_for(address, call))
+        session = self._session_for(address, call)
+        handout = rt.handout if self.settings.handout_api else None  # the room's handout, if the operator shares it
+        answer = Answer(rt, model_id(rt), call, release, session, self._error, self.metrics, handout)
         try:
             return await answer.respond(request)
         except Exception as err:  # a bug of ours: the caller still gets OpenAI's shape, the log the trace
@@ -183,12 +175,13 @@ class OpenAIApi:
 
     # ---- steps of a request ----
 
-    def _authorize(self, request: Request) -> None:
-        """Bearer KEY (--server-api-key, else --password). Wrong keys spend the address's password
-        tries, the same the page's form spends, and then lock it out for a while: even the right
-        key is refused until then, so a guesser learns nothing from the answer."""
+    def _authorize(self, request: Request) -> bool:
+        """Bearer KEY (--server-api-key, else --password); True when the caller holds the
+        --server-api-key (a program, exempt from per-address limits). Wrong keys spend the
+        address's password tries, the same the page's form spends, and then lock it out for a
+        while: even the right key is refused until then, so a guesser learns nothing."""
         if not self.key:
-            return
+            return False
         address = address_of(request, self.settings)
         now = time.monotonic()
         locked = self._locked_until.get(address, 0.0) - now
@@ -196,7 +189,7 @@ class OpenAIApi:
             raise _locked_out(math.ceil(locked))
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and password_ok(token.strip(), self.key):
-            return
+            return self.program_key is not None
         wait = self.limits.password_try(address)
         if wait:
             if len(self._locked_until) >= LOCKED_ADDRESSES:
@@ -207,6 +200,11 @@ class OpenAIApi:
         raise ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     async def _json(self, request: Request) -> Any:
+        """The body as JSON, declared as such: a `text/plain` or form body is what a web page
+        may send across sites without asking (no CORS preflight), so it is refused (vLLM: 415)."""
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            raise ApiError(415, f"Content-Type must be application/json (got {media or 'none'!r})")
         declared = request.headers.get("content-length", "")
         too_big = ApiError(413, f"the request body is over {MAX_BODY_BYTES >> 20} MiB")
         if declared.isdigit() and int(declared) > DRAIN_BODY_BYTES:
@@ -235,10 +233,32 @@ class OpenAIApi:
             raise ApiError(503, "the engine is down; try again in a moment", code="engine_down")
         return rt
 
-    def _admit(self, request: Request) -> tuple[str, Callable[[], None]]:
+    async def _constrained(self, call: ChatCall, rt: Runtime) -> ChatCall:
+        """Refuse what the backend cannot do (400 naming the parameter); turn `response_format`
+        into the grammar its engine samples with."""
+        backend = rt.backend
+        if call.sampling.logprobs is not None and not backend.logprobs:
+            why = f"the {backend.name} backend cannot report token log-probabilities"
+            raise ApiError(400, f"logprobs: {why} (see README, The API)", param="logprobs")
+        if call.response_format is None:
+            return call
+        if not backend.grammar:
+            why = f"the {backend.name} backend cannot constrain its output (json_object, json_schema)"
+            raise ApiError(400, f"response_format: {why} (see README, The API)", param="response_format")
+        try:
+            grammar = await anyio.to_thread.run_sync(structured.grammar_for, call.response_format)
+        except ValueError as err:
+            raise ApiError(400, f"response_format: {err}", param="response_format") from None
+        return dataclasses.replace(call, sampling=dataclasses.replace(call.sampling, grammar=grammar))
+
+    def _admit(self, request: Request, program: bool) -> tuple[str, Callable[[], None]]:
         """Count the question against the address's --rate-limit and take one of its
-        --max-in-flight slots (page tabs and API calls of one address share them)."""
+        --max-in-flight slots (page tabs and API calls of one address share them). A program
+        holding --server-api-key (Open WebUI, Dify: many people behind one address) is not
+        limited per address: the queue bound and --max-running protect the box from it."""
         address = address_of(request, self.settings)
+        if program:
+            return address, lambda: None
         wait = self.limits.question(address)
         if wait:
             message = (
@@ -254,7 +274,7 @@ class OpenAIApi:
             raise ApiError(429, message, code="rate_limit_exceeded", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
         return address, release
 
-    def _session_for(self, address: str, call: ChatCall) -> _Session:
+    def _session_for(self, address: str, call: ChatCall) -> Session:
         """The KV-cache key of this conversation, so its next turn reuses what this one read.
         An API call carries its whole history, and the history's start (system prompt and first
         question) stays the same from turn to turn, so that start and the caller's address name
@@ -269,184 +289,18 @@ class OpenAIApi:
         digest = hashlib.sha256(json.dumps([address, head], ensure_ascii=False).encode()).hexdigest()
         key = "api:" + digest[:32]
         if key in self._sessions_in_flight:
-            return _Session(self, "api-once:" + uuid.uuid4().hex, keep=False)
+            return Session(self._sessions_in_flight, "api-once:" + uuid.uuid4().hex, keep=False)
         self._sessions_in_flight.add(key)
-        return _Session(self, key, keep=True)
+        return Session(self._sessions_in_flight, key, keep=True)
 
     def _error(self, err: ApiError) -> JSONResponse:
         self.metrics.api_error(err.status)
         return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-class _Answer:
-    """One admitted chat completion: its ChatClient, its events, and the clean-up that runs
-    exactly once however the request ends (answered, refused, hung up)."""
-
-    def __init__(
-        self, api: OpenAIApi, rt: Runtime, call: ChatCall, release: Callable[[], None], session: _Session
-    ) -> None:
-        self.api = api
-        self.rt = rt
-        self.call = call
-        self.release = release
-        self.session = session
-        self.model = model_id(rt)
-        self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api")
-        self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
-        self._finished = False
-
-    def start(self) -> None:
-        """Fit the history and submit (templates and tokenizing: kept off the event loop)."""
-        self.generation = self.client.stream(self.call.messages, self.call.sampling, self.call.continue_last)
-
-    async def respond(self, request: Request) -> Response:
-        await anyio.to_thread.run_sync(self.start)
-        first = await self._watching(request, self._first)
-        if first and isinstance(first[-1], Failed):  # refused, or broke before its first word: a status says why
-            await self.finish()
-            return self.api._error(self._failure_error(first[-1]))
-        if self.call.stream:
-            return _Stream(self._sse(first), self.finish, self.generation.cancel)
-        rest = await self._watching(request, lambda: list(self.generation))
-        await self.finish()
-        events = [*first, *rest]
-        failed = next((e for e in events if isinstance(e, Failed)), None)
-        done = next((e for e in events if isinstance(e, Done)), None)
-        if failed is not None:
-            return self.api._error(self._failure_error(failed))
-        stats = done.stats if done is not None else TurnStats()
-        text = "".join(e.text for e in events if isinstance(e, Text))
-        return JSONResponse(schema.completion(self.call, self.model, text, stats))
-
-    def _first(self) -> list[ChatEvent]:
-        """Events up to the first that tells accepted from refused (anything but Trimmed)."""
-        seen: list[ChatEvent] = []
-        for event in self.generation:
-            seen.append(event)
-            if not isinstance(event, Trimmed):
-                break
-        return seen
-
-    async def _watching(self, request: Request, work: Callable[[], list[ChatEvent]]) -> list[ChatEvent]:
-        """`work` in a thread while watching for the client hanging up, which cancels the answer
-        (the work then ends within a step, with the answer's Done)."""
-        async with anyio.create_task_group() as group:
-
-            async def watch() -> None:
-                while (await request.receive())["type"] != "http.disconnect":
-                    pass
-                self.generation.cancel()
-
-            group.start_soon(watch)
-            result = await anyio.to_thread.run_sync(work)
-            group.cancel_scope.cancel()
-        return result
-
-    async def _sse(self, first: list[ChatEvent]) -> AsyncIterator[bytes]:
-        call, model = self.call, self.model
-        yield _sse(schema.chunk(call, model, {"role": "assistant", "content": ""}))
-        failed: Failed | None = None
-        stats = TurnStats()
-        async for event in iterate_in_threadpool(chain(first, self.generation)):
-            if isinstance(event, Text):
-                yield _sse(schema.chunk(call, model, {"content": event.text}))
-            elif isinstance(event, (Queued, Tick)):
-                yield KEEPALIVE
-            elif isinstance(event, Failed):
-                failed = event
-            elif isinstance(event, Done):
-                stats = event.stats
-        if failed is not None:
-            err = self._failure_error(failed)
-            self.api.metrics.api_error(err.status)
-            yield _sse(err.body())
-        else:
-            yield _sse(schema.chunk(call, model, {}, schema.finish_reason(stats.finish_reason)))
-            if call.include_usage:
-                yield _sse(schema.chunk(call, model, {}, last_usage=stats))
-        yield b"data: [DONE]\n\n"
-
-    def _failure_error(self, failed: Failed) -> ApiError:
-        kind = FailKind.UNAVAILABLE if not self.rt.alive else failed.kind
-        if kind is FailKind.BUSY:
-            return ApiError(429, failed.message, code="server_busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
-        if kind is FailKind.TOO_LONG:
-            return ApiError(400, failed.message, param="messages", code="context_length_exceeded")
-        if kind is FailKind.BAD_REQUEST:
-            return ApiError(400, failed.message, param="messages")
-        if kind is FailKind.UNAVAILABLE:
-            return ApiError(503, failed.message, code="engine_down")
-        return ApiError(500, failed.message)
-
-    async def finish(self) -> None:
-        """Cancel (a no-op once ended), read the answer to its Done so it is counted, give back
-        the session key and the address's slot. Shielded: it runs to the end even when the
-        request was cancelled."""
-        if self._finished:
-            return
-        self._finished = True
-        with anyio.CancelScope(shield=True):
-            self.generation.cancel()
-            await anyio.to_thread.run_sync(_drain, self.generation)
-            self.session.end(self.rt)
-            self.release()
-
-
-class _Session:
-    """A conversation's cache key while one answer uses it."""
-
-    def __init__(self, api: OpenAIApi, key: str, keep: bool) -> None:
-        self.api, self.key, self.keep = api, key, keep
-
-    def end(self, rt: Runtime) -> None:
-        if self.keep:
-            self.api._sessions_in_flight.discard(self.key)
-        else:
-            rt.backend.forget_session(self.key)
-
-
-class _Stream(StreamingResponse):
-    """An SSE answer whose clean-up runs however the response ends: Starlette cancels the body
-    on a client disconnect, and may never start it if the client left before the headers."""
-
-    def __init__(self, body: AsyncIterator[bytes], finish: Callable[[], Any], hung_up: Callable[[], None]) -> None:
-        super().__init__(
-            body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-        self._finish = finish
-        self._hung_up = hung_up
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, self._watch(receive), send)
-        finally:
-            await self._finish()
-
-    def _watch(self, receive: Any) -> Any:
-        """`receive` that cancels the answer the moment the client hangs up, not when the body
-        iterator next wakes (that waits for the next token)."""
-
-        async def watched() -> dict[str, Any]:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self._hung_up()
-            return message
-
-        return watched
-
-
 def _locked_out(wait: int) -> ApiError:
     message = "too many wrong API keys from this address; wait and try again"
     return ApiError(429, message, code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
-
-
-def _sse(body: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _drain(events: Iterable[ChatEvent]) -> None:
-    for _ in events:
-        pass
 
 
 def model_id(rt: Runtime) -> str:
