@@ -31,7 +31,7 @@ from edgechat.ui_text import LANG_NAMES, t
 
 def load_settings() -> Settings:
     try:
-        return parse_settings(sys.argv[1:], prog="web_demo.py")
+        return session.page_settings(sys.argv[1:])
     except ConfigError as err:
         st.error(str(err))
         st.stop()
@@ -144,7 +144,8 @@ def main() -> None:
         conv.dropped = 0
     for kind, text in ss.flash:
         getattr(st, kind)(text)
-    ss.flash = []
+    if not busy:  # a busy run ends in a rerun (follow_answer), whose page would no longer show them
+        ss.flash = []
     st.chat_input(t(lang, "ask"), key="prompt", disabled=busy, max_chars=settings.max_input_chars,
                   on_submit=lambda: act("ask", st.session_state.prompt))  # fmt: skip
     context_meter(conv, lang)

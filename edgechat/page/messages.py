@@ -9,8 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
-from streamlit import runtime as streamlit_runtime
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from edgechat.conversation import Conversation
@@ -122,13 +120,12 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
 def interrupt_if_gone(conv: Conversation) -> None:
     """A stopped run is a rerun or a page that went away; Streamlit drops a closed page's session
     from its active ones right after stopping its run, so ask a moment later."""
-    ctx = get_script_run_ctx()
-    if ctx is None or not streamlit_runtime.exists():
+    alive = conv.alive
+    if alive is None:
         return
-    session, instance = ctx.session_id, streamlit_runtime.get_instance()
 
     def check() -> None:
-        if not instance.is_active_session(session):
+        if not alive():
             conv.stop(interrupted=True)
 
     threading.Timer(GONE_CHECK_S, check).start()
