@@ -89,7 +89,7 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
         status, body = st.empty(), st.empty()
         st.button(t(lang, "stop"), key="stop", on_click=on_stop, help=t(lang, "stop_help"),
                   icon=":material/stop_circle:")  # fmt: skip
-        shown, title, state = None, st.sidebar.empty(), ""
+        shown, title, state, mounts = None, st.sidebar.empty(), "", 0
         try:
             while answer.running:
                 answer.touch()
@@ -97,8 +97,8 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
                 st.session_state.get("conversation")  # sends nothing; where Stop or a closed tab ends this run
                 text = answer.record["content"]
                 if state != (now := "queued" if answer.queued is not None and not text else "answering"):
-                    tab_title(title, now, lang, id(answer))  # the tab says it, for someone in another tab
-                    state = now
+                    tab_title(title, now, lang, id(answer), mounts)  # the tab says it, for someone in another tab
+                    state, mounts = now, mounts + 1
                 if answer.queued is not None and not text:
                     status.caption(t(lang, "queued", position=answer.queued.position, eta=answer.queued.eta_s))
                 elif text != shown:

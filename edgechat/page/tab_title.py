@@ -53,12 +53,14 @@ export default function ({ data }) {
 _component = st.components.v2.component("edgechat_tab_title", js=JS)
 
 
-def tab_title(where: Any, state: str, lang: str, answer_id: int) -> None:
+def tab_title(where: Any, state: str, lang: str, answer_id: int, mount: int = 0) -> None:
     """Mount the title keeper for `state` in `where` (a container or an st.empty placeholder).
     `answer_id` names the conversation's latest answer: the browser runs a component's code again
-    only when its data changes, so "idle" after an answer must differ from "idle" before it."""
+    only when its data changes, so "idle" after an answer must differ from "idle" before it.
+    `mount` tells apart the mounts of one run: an answer can go answering -> queued -> answering
+    (its first frame comes before the queue's first word), and a key used twice in a run is an error."""
     assert state in STATES
     labels = {k: t(lang, f"title_{k}") for k in ("queued", "answering", "answered")}
     data = {"state": state, "answer": answer_id, "base": "edgechat", **labels}
     with where:
-        _component(key=f"tab_title_{state}", data=data, width="content")
+        _component(key=f"tab_title_{state}_{mount}", data=data, width="content")
