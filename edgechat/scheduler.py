@@ -137,7 +137,7 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._rate = TokenRate()
         self._rate_lock = threading.Lock()
-        self._snapshot = self._policy.snapshot()
+        self._snapshot = self._publish()
         self._worker: threading.Thread | None = None
         if start:
             self._worker = threading.Thread(target=self._run, name="edgechat-scheduler", daemon=True)
@@ -253,9 +253,17 @@ class Scheduler:
             if produced:
                 with self._rate_lock:
                     self._rate.add(produced, now)
-        self._snapshot = self._policy.snapshot()
+        self._snapshot = self._publish()
         self._policy.deliver()
         return not plan.empty()
+
+    def _publish(self) -> dict[str, Any]:
+        """The policy's figures, and the per-TPU load of an engine over several chips."""
+        snapshot = self._policy.snapshot()
+        chip_load = getattr(self.engine, "chip_load", None)
+        if chip_load is not None:
+            snapshot["chips"] = chip_load()
+        return snapshot
 
     # ---- execute: every engine call ----
 
@@ -321,7 +329,11 @@ class Scheduler:
         if decodes:
             try:
                 tokens = self.engine.decode([(f.request.slot.seq, f.tokens[0]) for f in decodes])  # type: ignore[union-attr]
-                out.tokens.update(zip((f.request for f in decodes), tokens, strict=True))
+                for feed, token in zip(decodes, tokens, strict=True):
+                    if isinstance(token, Exception):  # that sequence alone failed (one TPU of several)
+                        out.failed[feed.request] = _describe(token)
+                    else:
+                        out.tokens[feed.request] = token
             except Exception as err:  # noqa: BLE001
                 if len(decodes) == 1:
                     out.failed[decodes[0].request] = _describe(err)

@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_history": 2,  # history K/V: dynamic block_kv_i prefill, park/restore
     "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
+    "edgechat.engines.sail_chips": 4,  # one SailEngine per TPU of --dev_ids, as one engine
     "edgechat.engines.remote": 3,
     "edgechat.kvcache": 1,
     "edgechat.sequences": 2,

@@ -58,8 +58,10 @@ class Engine(Protocol):
         """Append prompt tokens to the sequence's cache; return the token sampled after them."""
         ...
 
-    def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
-        """One step for several sequences: feed each its last token, return each next token."""
+    def decode(self, batch: Sequence[tuple[int, int]]) -> list[int | Exception]:
+        """One step for several sequences: feed each its last token, return each next token. An
+        engine over several devices may return, for a sequence whose device failed, the error
+        instead: that sequence alone fails, the others' tokens stand."""
         ...
 
     def step(self, feeds: Sequence[Feed]) -> list[int | None]:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgechat.engines.sail_api import (
+    ChipError,
     GraphApi,
     Io,
     check_dev_ids,
@@ -85,7 +86,7 @@ def load_sail(
     try:
         net = sail.EngineLLM(str(bmodel), list(dev_ids))
     except Exception as err:  # sail's own error classes differ between versions
-        raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
+        raise ChipError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
     try:
         engine = SailEngine(sail, handle, net, bmodel, vocab_size, slots, dev_ids, max_prompt_share)
     except ConfigError as err:

@@ -57,6 +57,8 @@ def server_panel(runtime: Runtime, lang: str) -> None:
     stats = runtime.backend.stats()
     running = stats["running"] + stats["prefilling"]
     st.caption(t(lang, "server_load", running=running, waiting=stats["waiting"], tps=stats["aggregate_tps"]))
+    if stats.get("chips"):  # a TPU box serving on several chips: each chip's slots in use
+        st.caption(" · ".join(t(lang, "server_chip" if c["alive"] else "server_chip_out", **c) for c in stats["chips"]))
     url = lan_url()
     if url:
         st.caption(t(lang, "server_lan", url=url))

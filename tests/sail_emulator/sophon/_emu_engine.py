@@ -41,6 +41,9 @@ class EngineLLM:
         except RuntimeError as err:
             dev.log_error(str(err))
             raise SailEngineError("EngineLLM related error!") from None
+        if any(dev.broken(d) or d in dev.DEAD for d in dev_ids):
+            dev.log_error(f"Load bmodel {bmodel_path} failed: bm_dev_request failed on TPU {dev_ids}")
+            raise SailEngineError("EngineLLM related error!")
         if len(dev_ids) < self.spec.devices or not dev.reserve(dev_ids[0], self.spec.device_bytes()):
             dev.log_error(f"Load bmodel {bmodel_path} failed")
             raise SailEngineError("EngineLLM related error!")
@@ -132,6 +135,9 @@ class EngineLLM:
         if self._api < (3, 9) and core_list is not None:
             raise _pybind_type_error("process", "(self, graph_name: str, input: dict, output: dict)")
         graph = self._graph(graph_name)
+        if any(d in dev.DEAD for d in self._dev_ids):
+            dev.log_error("bmrt_launch_tensor_ex fail!")
+            raise SailEngineError(f"Failed during the inference process. ({graph_name}: TPU {self._dev_ids} died)")
         ins = self._bind(graph_name, graph, graph.inputs, input, "input")
         outs = self._bind(graph_name, graph, graph.outputs, output, "output")
         problem = graph.dynamic and dynamic_shapes_problem(
