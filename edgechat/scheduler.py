@@ -309,8 +309,14 @@ class Scheduler:
     def _run_batch(self, feeds: list[Feed], out: Outputs) -> None:
         try:
             tokens = self.engine.step([(f.request.slot.seq, f.tokens, f.sample) for f in feeds])  # type: ignore[union-attr]
-            out.tokens.update(zip((f.request for f in feeds), tokens, strict=True))
+            for feed, token in zip(feeds, tokens, strict=True):
+                if isinstance(token, Exception):  # that sequence alone failed (one TPU of several)
+                    out.failed[feed.request] = _describe(token)
+                else:
+                    out.tokens[feed.request] = token
             for feed in feeds:
+                if feed.request in out.failed:
+                    continue
                 if feed.sample and feed.request.sampling.logprobs is not None:
                     found = self.engine.token_logprobs(feed.request.slot.seq)  # type: ignore[union-attr]
                     if found is not None:

@@ -64,10 +64,11 @@ class Engine(Protocol):
         instead: that sequence alone fails, the others' tokens stand."""
         ...
 
-    def step(self, feeds: Sequence[Feed]) -> list[int | None]:
+    def step(self, feeds: Sequence[Feed]) -> list[int | None | Exception]:
         """(batch_prefill engines) Append every feed's tokens in one forward pass; return, per
         feed, the sampled next token, or None where the feed did not ask for one. On failure no
-        sequence keeps any of this step's tokens."""
+        sequence keeps any of this step's tokens; an engine over several devices may instead
+        return a failed entry's error in its place (the others' tokens stand)."""
         ...
 
     def token_logprobs(self, seq: int) -> TokenLogprobs | None:

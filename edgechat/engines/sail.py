@@ -47,6 +47,7 @@ from edgechat.engines.sail_api import (
     masked_value,
     to_device,
 )
+from edgechat.engines.sail_batch import copy_rows, decode_batches
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
 from edgechat.engines.sail_heads import Draw, Heads
 from edgechat.engines.sail_history import HistoryPrefill, dynamic_graphs, kv_problem, restore, save
@@ -67,6 +68,7 @@ class _Slot:
     k: list[Any]  # per layer, [1, MAX_LEN, heads, head_dim] on the device
     v: list[Any]
     length: int = 0  # tokens in the cache
+    row: int = 0  # its sequence in k/v: 0, or its row of a batch-N bmodel's shared [N, MAX_LEN, ...] tensors
     busy: bool = False
     draw: Draw = field(default_factory=Draw)  # sampling state, for a bmodel with sample_head
 
@@ -136,7 +138,10 @@ class SailEngine:
         self._check_protocol(bmodel)
         self._history = self._history_prefill(net, names, bmodel)
         self.prefix_cache = self._history is not None and self._history.keeps_history  # follow-ups extend it
-        self.max_sequences = slots
+        self.max_batch = self.batch = self._next[0][0].shape[0]  # sequences one decode step takes
+        if self.batch > 1 and self._history is not None:
+            raise ConfigError(f"{bmodel}: a batch-{self.batch} bmodel with dynamic/history graphs is not supported")
+        self.max_sequences = -(-slots // self.batch) * self.batch  # whole batches
         # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
         self.max_prompt_len = max(1, min(self.max_len - 1, int(self.max_len * max_prompt_share)))
         self._slots: list[_Slot] = []
@@ -176,6 +181,8 @@ class SailEngine:
         return self._lm_head(slot.draw)
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
+        if self.batch > 1:
+            return decode_batches(self, [(self._slot(seq), token) for seq, token in batch])
         return [self._decode_one(seq, token) for seq, token in batch]
 
     def save(self, seq: int) -> bytearray:
@@ -268,7 +275,8 @@ class SailEngine:
         (fi, _), (ni, no) = self._first, self._next
         (emb_i, emb_o), (cache_i, cache_o), (lm_i, lm_o) = (self._io[g] for g in SINGLE_GRAPHS)
         plan = [emb_i[0], emb_o[0], cache_i[0], cache_o[0], lm_i[0], lm_o[0], fi[1], fi[2], ni[1], ni[2], no[1], no[2]]
-        return plan + self._heads.plan()
+        prefill_kv = list(self._first[1][1:]) if self.batch > 1 else []  # block_i's K/V, copied to a batch row
+        return plan + self._heads.plan() + prefill_kv
 
     def _allocate(self) -> None:
         """All device tensors, once: check the TPU can hold them, allocate, verify, or refuse."""
@@ -282,13 +290,13 @@ class SailEngine:
         for io in plan:
             io.tensor = self._tensor(io)
         self._scratch = plan
-        _, fo = self._first
-        for _ in range(self.max_sequences):
-            k = [self._tensor(fo[1]) for _ in range(self.num_layers)]
-            v = [self._tensor(fo[2]) for _ in range(self.num_layers)]
-            self._slots.append(_Slot(k, v))
+        kv = self._next[0][3:5] if self.batch > 1 else self._first[1][1:]  # [N, MAX_LEN, ...] or [1, ...]
+        for _ in range(self.max_sequences // self.batch):
+            k = [self._tensor(kv[0]) for _ in range(self.num_layers)]
+            v = [self._tensor(kv[1]) for _ in range(self.num_layers)]
+            self._slots += [_Slot(k, v, row=row) for row in range(self.batch)]
         tensors = [io.tensor for io in self._scratch] + [t for s in self._slots for t in (*s.k, *s.v)]
-        if not allocated(self._sail, dev, tensors, before, self.device_bytes_needed):
+        if not allocated(self._sail, dev, list({id(t): t for t in tensors}.values()), before, self.device_bytes_needed):
             after = device_memory_mib(self._sail, dev)
             self._free()
             free = "unknown" if before is None else before[0] - before[1]
@@ -361,7 +369,11 @@ class SailEngine:
         self._mask.tensor.update_data(to_device(mask.reshape(fi[2].shape), self._mask.dtype))
         ins = [(fi[0], hidden), (fi[1], self._positions.tensor), (fi[2], self._mask.tensor)]
         for i in range(self.num_layers):
-            self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], slot.k[i]), (fo[2], slot.v[i])])
+            if self.batch == 1:
+                self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], slot.k[i]), (fo[2], slot.v[i])])
+            else:  # block_i fills one sequence's K/V; it goes to the slot's row of the batch tensors
+                self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], fo[1].tensor), (fo[2], fo[2].tensor)])
+                copy_rows(slot, i, fo[1].tensor, fo[2].tensor, n, L * self.kv_row, self.kv_row)
 
     def _decode_one(self, seq: int, token: int) -> int:
         """embedding_cache + block_cache_i for one token at row `length`; returns the next id."""
@@ -394,7 +406,9 @@ class SailEngine:
         return self._lm_head(slot.draw)
 
     def _lm_head(self, draw: Draw) -> int:
-        token = self._heads.token(self._process, draw)
+        return self._checked(self._heads.token(self._process, draw))
+
+    def _checked(self, token: int) -> int:
         if not 0 <= token < self.vocab_size:
             raise ConfigError(
                 f"the bmodel produced token id {token}, outside the tokenizer's vocabulary of {self.vocab_size}: "

@@ -18,6 +18,7 @@ chips left. A failed graph is read as a dead chip when the chip no longer answer
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class ChipsEngine:
 
     name = "sail"
     prefill_chunk = None
-    batch_prefill = False
+    batch_prefill = True  # step(): every chip's prompts and decodes of a step, the chips at the same time
     logprobs = False
     grammar = False
 
@@ -119,6 +120,7 @@ class ChipsEngine:
         self.max_sequences = len(self._where)
         self.max_batch = sum(c.engine.max_batch for c in live if c.engine is not None)
         self._pool = ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="edgechat-tpu")
+        self._fresh: set[int] = set()  # started sequences whose next feed is their prompt
 
     # ---- the Engine contract ----
 
@@ -136,7 +138,39 @@ class ChipsEngine:
 
     def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
         chip, local = self._live(seq)
-        return self._call(chip, lambda: chip.engine.start(local, sampling, keep))  # type: ignore[union-attr]
+        kept = self._call(chip, lambda: chip.engine.start(local, sampling, keep))  # type: ignore[union-attr]
+        self._fresh.add(seq)
+        return kept
+
+    def step(self, feeds: Sequence[tuple[int, Sequence[int], bool]]) -> list[int | None | Exception]:
+        """A scheduler step: each chip decodes its running sequences in one call and then reads its
+        new prompts, the chips at the same time, so a prompt on one chip does not hold up the
+        others. An entry fails alone (its error in its place); the others' tokens stand."""
+        groups: dict[int, list[int]] = {}
+        for i, (seq, _, _) in enumerate(feeds):
+            groups.setdefault(self._where[seq][0].dev_id, []).append(i)
+        prompts = {i for i, (seq, _, _) in enumerate(feeds) if seq in self._fresh}
+        self._fresh -= {feeds[i][0] for i in prompts}
+
+        def run(indices: list[int]) -> dict[int, int | Exception]:
+            out: dict[int, int | Exception] = {}
+            decodes = [i for i in indices if i not in prompts]
+            if decodes:
+                tokens = ChipsEngine.decode(self, [(feeds[i][0], feeds[i][1][0]) for i in decodes])
+                out.update(zip(decodes, tokens, strict=True))
+            for i in indices:
+                if i in prompts:
+                    try:
+                        out[i] = ChipsEngine.prefill(self, feeds[i][0], feeds[i][1])
+                    except Exception as err:  # noqa: BLE001 — this request fails, the chip goes on
+                        out[i] = err
+            return out
+
+        results: dict[int, int | Exception] = {}
+        futures = [self._pool.submit(run, indices) for indices in groups.values()]
+        for future in futures:
+            results.update(future.result())
+        return [r if isinstance(r, Exception) or feeds[i][2] else None for i, r in sorted(results.items())]
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:
         chip, local = self._live(seq)
@@ -149,6 +183,7 @@ class ChipsEngine:
         for i, (seq, _) in enumerate(batch):
             groups.setdefault(self._where[seq][0].dev_id, []).append(i)
         results: list[int | Exception] = [RuntimeError("not decoded")] * len(batch)
+        on_pool = threading.current_thread().name.startswith("edgechat-tpu")  # from step(): one chip
 
         def run(indices: list[int]) -> list[int]:
             chip = self._where[batch[indices[0]][0]][0]
@@ -156,7 +191,7 @@ class ChipsEngine:
             self._live(batch[indices[0]][0])
             return self._call(chip, lambda: chip.engine.decode(pairs))  # type: ignore[union-attr]
 
-        if len(groups) == 1:
+        if len(groups) == 1 or on_pool:
             futures = {dev: None for dev in groups}
         else:
             futures = {dev: self._pool.submit(run, indices) for dev, indices in groups.items()}
@@ -188,6 +223,7 @@ class ChipsEngine:
         """Host bookkeeping only (no graph runs), so a dead chip's sequences are freed too."""
         chip, local = self._where[seq]
         chip.busy.discard(local)
+        self._fresh.discard(seq)
         if chip.engine is not None:
             chip.engine.release(local)
 

@@ -18,7 +18,8 @@ from edgechat.errors import ConfigError
 from edgechat.metrics import ServingMetrics
 from edgechat.runtime import Runtime
 from edgechat.scheduler import Scheduler
-from edgechat.types import Failed, Finished, SamplingParams, Token
+from edgechat.types import Failed, Finished, Message, SamplingParams, Token
+from tests.baichuan_tokenizer_model import REPO
 from tests.sail.harness import GREEDY, chat, load_error, open_runtime, sail
 from tests.sail.qwen_harness import QwenReference, Variant, write_qwen_bmodel, write_token_config
 
@@ -172,3 +173,26 @@ def test_each_chip_is_checked_for_memory_before_its_kv(bmodel: Path, cfg: Path) 
 def test_a_config_error_is_not_a_chip_error(bmodel: Path, cfg: Path) -> None:
     with pytest.raises(ConfigError, match="names a TPU twice"):
         load_engines(bmodel, 400, [0, 0], 1)
+
+
+def test_the_page_serves_on_three_chips(bmodel: Path, cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`streamlit run web_demo.py -- --bmodel ... --dev_ids 0 1 2`: the page answers as the reference
+    and its server panel shows each chip's load."""
+    from streamlit.testing.v1 import AppTest
+
+    flags = ["--bmodel", str(bmodel), "--token", str(cfg), *CHIPS, "--max-new-tokens", "16", "--temperature", "0"]
+    monkeypatch.setattr("sys.argv", ["web_demo.py", *flags])
+    at = AppTest.from_file(str(REPO / "web_demo.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    question = "What is a TPU?"
+    at.chat_input[0].set_value(question).run()
+    assert not at.exception, at.exception
+    tok = at.session_state.conversation.client.tokenizer
+    prompt = tok.render([Message(role="user", content=question)])
+    expected = tok.decode(QwenReference(bmodel).generate(prompt, 16, tok.stop_ids))
+    assert at.session_state.conversation.records[-1]["content"] == expected
+    at.run()
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "1, 2" in captions and "(one engine each)" in captions
+    assert "TPU 0: 1/2 · TPU 1: 0/2 · TPU 2: 0/2" in captions, captions

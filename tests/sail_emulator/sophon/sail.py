@@ -53,6 +53,8 @@ Behaviour of the real wheel mirrored (see `_emu_device` for the source lines):
   `kill(dev_id)` makes a TPU stop answering mid-run (its process() raises SailEngineError, as a
   failed bmrt_launch_tensor_ex does; get_dev_stat raises). What a real dead chip does (an error,
   a hang, the process ending) is not known here: the emulator takes the error.
+- Timing (emulator-only, off by default): `set_timing(Timing(ftl_s, tok_s))` makes each graph
+  call add a simulated latency to `BUSY[dev_id]` (`_emu_timing` states the model).
 - Live device tensors are counted in `DEVICE`; memory returns when the last reference goes.
 """
 
@@ -72,3 +74,4 @@ from sophon._emu_tensor import (  # noqa: F401
     get_available_tpu_num,
     get_dev_stat,
 )
+from sophon._emu_timing import BUSY, Timing, set_timing  # noqa: F401 — emulator-only timing model
