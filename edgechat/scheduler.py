@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from edgechat.engines.base import Engine
@@ -263,6 +264,10 @@ class Scheduler:
         chip_load = getattr(self.engine, "chip_load", None)
         if chip_load is not None:
             snapshot["chips"] = chip_load()
+            live = self.engine.live_sequences  # type: ignore[attr-defined]
+            if live < self._policy.engine.max_sequences:  # a TPU went out: fewer answers at once
+                self._policy.engine = replace(self._policy.engine, max_sequences=live)
+                self._policy.max_running = min(self._policy.max_running, live)
         return snapshot
 
     # ---- execute: every engine call ----

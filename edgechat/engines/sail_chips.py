@@ -115,9 +115,10 @@ class ChipsEngine:
         self.model_path, self.vocab_size, self.max_len = first.model_path, first.vocab_size, first.max_len
         self.max_prompt_len, self.prefix_cache = first.max_prompt_len, first.prefix_cache
         self.kv_bytes_per_token = first.kv_bytes_per_token
-        self._where: list[tuple[Chip, int]] = [(c, s) for c in live for s in range(c.slots)]
-        self._seq: dict[tuple[int, int], int] = {(c.dev_id, s): i for i, (c, s) in enumerate(self._where)}
-        self.max_sequences = len(self._where)
+        # An open sequence id -> (chip, that engine's sequence): placed when opened, and placed again
+        # on a chip still in service when its chip goes out while it holds an idle cache.
+        self._where: dict[int, tuple[Chip, int]] = {}
+        self.max_sequences = sum(c.slots for c in live)
         self.max_batch = sum(c.engine.max_batch for c in live if c.engine is not None)
         self._pool = ThreadPoolExecutor(max_workers=len(live), thread_name_prefix="edgechat-tpu")
         self._fresh: set[int] = set()  # started sequences whose next feed is their prompt
@@ -131,13 +132,32 @@ class ChipsEngine:
             out = [c.dev_id for c in self.chips if not c.alive]
             gone = f"TPU {' '.join(map(str, out))} out of service; " if out else ""
             raise RuntimeError(f"{gone}all {self.max_sequences} TPU KV slots are in use (--max-running per TPU)")
+        seq = min(set(range(self.max_sequences)) - set(self._where))
+        self._where[seq] = self._place(free)
+        return seq
+
+    @property
+    def live_sequences(self) -> int:
+        """Slots on the chips still in service (the scheduler admits no more answers than this)."""
+        return sum(c.slots for c in self.chips if c.alive)
+
+    def _place(self, free: list[Chip]) -> tuple[Chip, int]:
         chip = min(free, key=lambda c: len(c.busy))
         local = self._call(chip, chip.engine.open_sequence)  # type: ignore[union-attr]
         chip.busy.add(local)
-        return self._seq[(chip.dev_id, local)]
+        return chip, local
 
     def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
-        chip, local = self._live(seq)
+        """A sequence whose chip went out while it was idle moves to a chip in service, its cache
+        lost: 0 kept, the whole prompt is read again."""
+        chip, local = self._where[seq]
+        if not chip.alive:
+            free = [c for c in self.chips if c.alive and len(c.busy) < c.slots]
+            if not free:
+                raise RuntimeError(f"TPU {chip.dev_id} is out of service and the other TPUs' KV slots are in use")
+            chip.busy.discard(local)
+            self._where[seq] = chip, local = self._place(free)
+            keep = 0
         kept = self._call(chip, lambda: chip.engine.start(local, sampling, keep))  # type: ignore[union-attr]
         self._fresh.add(seq)
         return kept
@@ -221,7 +241,7 @@ class ChipsEngine:
 
     def release(self, seq: int) -> None:
         """Host bookkeeping only (no graph runs), so a dead chip's sequences are freed too."""
-        chip, local = self._where[seq]
+        chip, local = self._where.pop(seq)
         chip.busy.discard(local)
         self._fresh.discard(seq)
         if chip.engine is not None:
@@ -256,8 +276,8 @@ class ChipsEngine:
     # ---- chips in and out of service ----
 
     def _live(self, seq: int) -> tuple[Chip, int]:
-        if not 0 <= seq < len(self._where):
-            raise RuntimeError(f"no sequence slot {seq}")
+        if seq not in self._where:
+            raise RuntimeError(f"no open sequence {seq}")
         chip, local = self._where[seq]
         if not chip.alive:
             raise RuntimeError(f"TPU {chip.dev_id} is out of service ({chip.problem})")

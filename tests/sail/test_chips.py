@@ -196,3 +196,52 @@ def test_the_page_serves_on_three_chips(bmodel: Path, cfg: Path, monkeypatch: py
     captions = " ".join(c.value for c in at.sidebar.caption)
     assert "1, 2" in captions and "(one engine each)" in captions
     assert "TPU 0: 1/2 · TPU 1: 0/2 · TPU 2: 0/2" in captions, captions
+
+
+def finish(scheduler: Scheduler, handles: list) -> list[list]:
+    """Step by hand until every handle has ended; the events of each."""
+    events: list[list] = [[] for _ in handles]
+    for _ in range(200):
+        if all(ev and isinstance(ev[-1], (Finished, Failed)) for ev in events):
+            return events
+        scheduler.step()
+        for ev, h in zip(events, handles, strict=True):
+            ev += h.poll()
+    raise AssertionError("answers did not end")
+
+
+def test_after_a_chip_dies_its_idle_sessions_move_and_the_room_waits_for_fewer_slots(bmodel: Path, cfg: Path) -> None:
+    from edgechat.tokenizers.hf import HfTokenizer
+
+    _, engine = load_engines(bmodel, HfTokenizer(cfg).vocab_size, [0, 1, 2], 2)
+    scheduler = Scheduler(engine, start=False)
+    ref = QwenReference(bmodel)
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=6)
+    try:
+        sessions = {name: [20 + i, 21, 22] for i, name in enumerate("ABC")}
+        for name, prompt in sessions.items():  # one idle cached session on each chip
+            assert isinstance(
+                finish(scheduler, [scheduler.submit(prompt, sampling, frozenset(), session=name)])[0][-1], Finished
+            )
+        assert [c["busy"] for c in engine.chip_load()] == [1, 1, 1]
+        running = [scheduler.submit([30 + i, 31], sampling, frozenset()) for i in range(3)]
+        scheduler.step()
+        on = [engine._where[h._request.slot.seq][0].dev_id for h in running]
+        assert sorted(on) == [0, 1, 2]
+        sail.kill(1)
+        ends = finish(scheduler, running)
+        assert [isinstance(ev[-1], Failed) for ev in ends] == [chip == 1 for chip in on]
+        assert engine.live_sequences == 4 and scheduler._policy.max_running == 4
+        # B's cache was on TPU 1: its next turn moves to a chip in service and reads its prompt again
+        follow = sessions["B"] + [40, 41]
+        ev = finish(scheduler, [scheduler.submit(follow, sampling, frozenset(), session="B")])[0]
+        assert isinstance(ev[-1], Finished) and [e.id for e in ev if isinstance(e, Token)] == ref.generate(
+            follow, 6, frozenset()
+        )
+        # five answers at once on the four slots left: the fifth waits, none fails
+        five = [scheduler.submit([50 + i, 51, 52], sampling, frozenset()) for i in range(5)]
+        assert all(isinstance(ev[-1], Finished) for ev in finish(scheduler, five))
+    finally:
+        sail.revive(1)
+        scheduler.close()
+        engine.close()
