@@ -139,8 +139,6 @@ class SailEngine:
         self._history = self._history_prefill(net, names, bmodel)
         self.prefix_cache = self._history is not None and self._history.keeps_history  # follow-ups extend it
         self.max_batch = self.batch = self._next[0][0].shape[0]  # sequences one decode step takes
-        if self.batch > 1 and self._history is not None:
-            raise ConfigError(f"{bmodel}: a batch-{self.batch} bmodel with dynamic/history graphs is not supported")
         self.max_sequences = -(-slots // self.batch) * self.batch  # whole batches
         # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
         self.max_prompt_len = max(1, min(self.max_len - 1, int(self.max_len * max_prompt_share)))
@@ -187,13 +185,13 @@ class SailEngine:
 
     def save(self, seq: int) -> bytearray:
         slot = self._slot(seq)
-        return save(slot.k, slot.v, slot.length, self.kv_row)
+        return save(slot.k, slot.v, slot.length, self.kv_row, self._base(slot))
 
     def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
         slot = self._slot(seq)
         if not self.prefix_cache or slot.length or not 0 < tokens <= self.max_len:
             return False
-        slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row) else 0
+        slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row, self._base(slot)) else 0
         return slot.length > 0
 
     def cached_tokens(self, seq: int) -> int:
@@ -348,11 +346,15 @@ class SailEngine:
         if not 0 < n or past + n > self.max_len:
             raise RuntimeError(f"{past} cached + {n} new tokens do not fit this bmodel's {self.max_len}")
         self._embed(tokens)
-        hidden = self._history.run(self._process, slot.k, slot.v, past, n, self._hidden.tensor)  # type: ignore[union-attr]
+        hidden = self._history.run(self._process, slot.k, slot.v, past, n, self._hidden.tensor, self._base(slot))  # type: ignore[union-attr]
         slot.length = past + n
         slot.draw.ids += tokens
         self._lm_in.tensor.sync_d2d(hidden, (n - 1) * self.hidden, 0, self.hidden)
         return self._lm_head(slot.draw)
+
+    def _base(self, slot: _Slot) -> int:
+        """Where the slot's sequence starts in its K/V tensors (a batch-N bmodel's row)."""
+        return slot.row * self.max_len * self.kv_row
 
     def _run_first(self, slot: _Slot, tokens: Sequence[int]) -> None:
         """embedding + block_i over the whole prompt, padded to MAX_LEN; k/v land in the slot."""

@@ -85,3 +85,44 @@ def test_a_batch_bmodel_reports_its_batch_and_whole_batches_of_slots(bmodels: tu
         assert engine.device_bytes_needed >= 8 * engine.kv_bytes_per_slot
     finally:
         engine.close()
+
+
+def test_batch_4_with_history_kv_keeps_parks_and_restores_each_row(tmp_path: Path, bmodels: tuple[Path, Path]) -> None:
+    """Six sessions on one batch of four rows (history K/V): follow-ups feed only new tokens from
+    their row, caches parked to host RAM come back into another row, answers stay the reference's."""
+    from edgechat.engines.sail import load_sail
+
+    spec = sail.read_bmodel(bmodels[0])
+    path = sail.write_bmodel(tmp_path / "qwen2-b4-history.bmodel", **{**spec.__dict__, "batch": 4, "history_kv": True})
+    ref = QwenReference(path)
+    _, engine = load_sail(path, spec.vocab, [0], 4)
+    scheduler = Scheduler(engine, start=False)
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=6)
+    history = {f"s{i}": [5 + i, 6, 7] for i in range(6)}
+    reused: dict[str, int] = {}
+    try:
+        assert engine.prefix_cache and engine.max_batch == 4
+        for turn in range(2):
+            handles = {}
+            for name, tokens in history.items():
+                prompt = tokens + [30 + turn, 31]
+                handles[name] = (prompt, scheduler.submit(prompt, sampling, frozenset(), session=name))
+            events = {name: [] for name in handles}
+            for _ in range(300):
+                if all(ev and isinstance(ev[-1], Finished) for ev in events.values()):
+                    break
+                scheduler.step()
+                for name, (_, h) in handles.items():
+                    events[name] += h.poll()
+            for name, (prompt, h) in handles.items():
+                answer = [e.id for e in events[name] if isinstance(e, Token)]
+                assert answer == ref.generate(prompt, 6, frozenset()), (name, turn)
+                if turn:
+                    reused[name] = h.stats.reused_tokens
+                history[name] = prompt + answer
+        stats = scheduler.stats()
+        assert stats["turns_restored"] > 0, (stats, reused)  # parked rows came back into other rows
+        assert sum(v > 0 for v in reused.values()) == stats["turns_reused"] + stats["turns_restored"], (stats, reused)
+    finally:
+        scheduler.close()
+        engine.close()

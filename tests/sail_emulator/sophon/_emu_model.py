@@ -110,7 +110,7 @@ def read_bmodel(path: str | Path) -> ModelSpec:
         or spec.heads % (spec.kv_heads or spec.heads)
         or set(spec.extra_heads) - {"greedy_head", "sample_head"}
         or spec.batch < 1
-        or (spec.batch > 1 and (spec.arch != "qwen2" or spec.extra_heads or spec.history_kv or spec.dynamic))
+        or (spec.batch > 1 and (spec.arch != "qwen2" or spec.extra_heads))
     ):
         raise RuntimeError(f"Load bmodel {path} failed (inconsistent sizes)")
     return spec
