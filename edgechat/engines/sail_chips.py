@@ -7,12 +7,14 @@ fairness, the queue) and everything above them stay as they are, one queue for t
 a person waits for the first free slot on any chip instead of behind one chip's queue. A
 sequence id names a chip's slot; a session's idle sequence (history K/V bmodels) is reused by the
 policy, so the session stays on the chip that holds its cache, and a new sequence goes to the
-least loaded chip. Decode steps of different chips run at the same time (one worker thread per
-chip, each chip touched by one thread at a time); prefills come one at a time from the scheduler.
+least loaded chip. It is a `batch_prefill` engine: in each scheduler step every chip decodes its
+answers and reads its new prompts, the chips at the same time (one worker thread per chip, each
+chip touched by one thread at a time), so one chip's prefill does not hold up the others.
 
 A chip that fails to load, or stops answering mid-answer, is taken out with one log line: its
-answers fail (decode returns their errors, the others' tokens stand) and new sequences go to the
-chips left. A failed graph is read as a dead chip when the chip no longer answers `get_dev_stat`.
+answers fail (step/decode return their errors, the others' tokens stand), new sequences go to the
+chips left, and an idle cache on it is re-read on a chip in service at its session's next turn.
+A failed graph is read as a dead chip when the chip no longer answers `get_dev_stat`.
 """
 
 from __future__ import annotations
