@@ -47,7 +47,7 @@ from edgechat.engines.sail_api import (
     masked_value,
     to_device,
 )
-from edgechat.engines.sail_batch import copy_rows, decode_batches
+from edgechat.engines.sail_batch import copy_rows, decode_batches, decode_one
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
 from edgechat.engines.sail_heads import Draw, Heads
 from edgechat.engines.sail_history import HistoryPrefill, dynamic_graphs, kv_problem, restore, save
@@ -181,7 +181,7 @@ class SailEngine:
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
         if self.batch > 1:
             return decode_batches(self, [(self._slot(seq), token) for seq, token in batch])
-        return [self._decode_one(seq, token) for seq, token in batch]
+        return [decode_one(self, self._slot(seq), token) for seq, token in batch]
 
     def save(self, seq: int) -> bytearray:
         slot = self._slot(seq)
@@ -376,36 +376,6 @@ class SailEngine:
             else:  # block_i fills one sequence's K/V; it goes to the slot's row of the batch tensors
                 self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], fo[1].tensor), (fo[2], fo[2].tensor)])
                 copy_rows(slot, i, fo[1].tensor, fo[2].tensor, n, L * self.kv_row, self.kv_row)
-
-    def _decode_one(self, seq: int, token: int) -> int:
-        """embedding_cache + block_cache_i for one token at row `length`; returns the next id."""
-        slot = self._slot(seq)
-        n = slot.length + 1  # the seed's token_length: tokens in the cache once this one is in
-        if slot.length == 0 or n > self.max_len:
-            raise RuntimeError(f"sequence {seq} holds {slot.length} of {self.max_len} tokens: cannot decode")
-        self._cache_in.tensor.update_data(to_device(np.array([[token]]), self._cache_in.dtype))
-        cache_i, cache_o = self._io["embedding_cache"]
-        hidden = self._next_hidden.tensor
-        self._process("embedding_cache", [(cache_i[0], self._cache_in.tensor)], [(cache_o[0], hidden)])
-        ni, no = self._next
-        mask = np.zeros(self.max_len + 1)
-        mask[n - 1 : self.max_len] = masked_value(self._next_mask.dtype)
-        position = np.array([n - 1]).reshape(ni[1].shape)
-        self._next_position.tensor.update_data(to_device(position, self._next_position.dtype))
-        self._next_mask.tensor.update_data(to_device(mask.reshape(ni[2].shape), self._next_mask.dtype))
-        hidden.reshape(ni[0].shape)
-        k_new, v_new = self._next[1][1].tensor, self._next[1][2].tensor
-        ins_common = [(ni[0], hidden), (ni[1], self._next_position.tensor), (ni[2], self._next_mask.tensor)]
-        row = (n - 1) * self.kv_row
-        for i in range(self.num_layers):
-            ins = [*ins_common, (ni[3], slot.k[i]), (ni[4], slot.v[i])]
-            self._process(f"block_cache_{i}", ins, [(no[0], hidden), (no[1], k_new), (no[2], v_new)])
-            slot.k[i].sync_d2d(k_new, 0, row, self.kv_row)
-            slot.v[i].sync_d2d(v_new, 0, row, self.kv_row)
-        slot.length = n
-        slot.draw.ids.append(token)
-        self._lm_in.tensor.sync_d2d(hidden, 0, 0, self.hidden)
-        return self._lm_head(slot.draw)
 
     def _lm_head(self, draw: Draw) -> int:
         return self._checked(self._heads.token(self._process, draw))

@@ -1,8 +1,9 @@
-"""Batched decode for bmodels whose decode graphs take N sequences (`llm_convert.py -b N`; sophgo/
-LLM-TPU `models/Qwen3_VL/python_demo_multibatch`): N is block_cache_0's input dim 0, read from
-the shapes. Each layer's K/V is one [N, MAX_LEN, kv_heads, head_dim] tensor shared by N slots
-(one row each); prefill stays one sequence at a time (block_i is batch 1) and its K/V is copied
-into the slot's row. A decode step runs embedding_cache, every block_cache_i and lm_head once for
+"""Decode steps of the sail engine: one sequence per call (batch 1), and batched decode for
+bmodels whose decode graphs take N sequences (`llm_convert.py -b N`; sophgo/LLM-TPU
+`models/Qwen3_VL/python_demo_multibatch`): N is block_cache_0's input dim 0, read from the shapes.
+Each layer's K/V is one [N, MAX_LEN, kv_heads, head_dim] tensor shared by N slots (one row each);
+prefill stays one sequence at a time (block_i is batch 1) and its K/V is copied into the slot's
+row. A decode step runs embedding_cache, every block_cache_i and lm_head once for
 up to N running sequences of one batch; rows without a running sequence are padded (token 0 at
 position 0, everything but its own token masked) and their outputs are not kept.
 """
@@ -23,6 +24,37 @@ def copy_rows(slot: Any, layer: int, k: Any, v: Any, rows: int, row_stride: int,
     offset = slot.row * row_stride
     slot.k[layer].sync_d2d(k, 0, offset, rows * kv_row)
     slot.v[layer].sync_d2d(v, 0, offset, rows * kv_row)
+
+
+def decode_one(e: Any, slot: Any, token: int) -> int:
+    """Batch 1: embedding_cache + block_cache_i for one token at row `length` of the slot's own
+    K/V; the next id through the bmodel's heads (greedy or its sample_head)."""
+    n = slot.length + 1  # the seed's token_length: tokens in the cache once this one is in
+    if slot.length == 0 or n > e.max_len:
+        raise RuntimeError(f"a sequence holds {slot.length} of {e.max_len} tokens: cannot decode")
+    e._cache_in.tensor.update_data(to_device(np.array([[token]]), e._cache_in.dtype))
+    cache_i, cache_o = e._io["embedding_cache"]
+    hidden = e._next_hidden.tensor
+    e._process("embedding_cache", [(cache_i[0], e._cache_in.tensor)], [(cache_o[0], hidden)])
+    ni, no = e._next
+    mask = np.zeros(e.max_len + 1)
+    mask[n - 1 : e.max_len] = masked_value(e._next_mask.dtype)
+    position = np.array([n - 1]).reshape(ni[1].shape)
+    e._next_position.tensor.update_data(to_device(position, e._next_position.dtype))
+    e._next_mask.tensor.update_data(to_device(mask.reshape(ni[2].shape), e._next_mask.dtype))
+    hidden.reshape(ni[0].shape)
+    k_new, v_new = e._next[1][1].tensor, e._next[1][2].tensor
+    ins_common = [(ni[0], hidden), (ni[1], e._next_position.tensor), (ni[2], e._next_mask.tensor)]
+    row = (n - 1) * e.kv_row
+    for i in range(e.num_layers):
+        ins = [*ins_common, (ni[3], slot.k[i]), (ni[4], slot.v[i])]
+        e._process(f"block_cache_{i}", ins, [(no[0], hidden), (no[1], k_new), (no[2], v_new)])
+        slot.k[i].sync_d2d(k_new, 0, row, e.kv_row)
+        slot.v[i].sync_d2d(v_new, 0, row, e.kv_row)
+    slot.length = n
+    slot.draw.ids.append(token)
+    e._lm_in.tensor.sync_d2d(hidden, 0, 0, e.hidden)
+    return e._lm_head(slot.draw)
 
 
 def decode_batches(engine: Any, feeds: Sequence[tuple[Any, int]]) -> list[int]:
