@@ -49,6 +49,7 @@ def client_for(runtime: Runtime, settings: Settings, session: str | None = None,
         system=settings.system,
         session=session,
         source=source,
+        handout=runtime.handout,
     )
 
 
@@ -97,7 +98,7 @@ def stats_line(stats: TurnStats) -> str:
     tps = "-" if stats.decode_tps is None else f"{stats.decode_tps:.1f} token/s"
     return (
         f"FTL: {ftl}  TPS: {tps}  tokens: {stats.completion_tokens}  prompt: {stats.prompt_tokens}"
-        f" (reused {stats.reused_tokens})  queued: {stats.queue_wait_s:.2f} s"
+        f" (reused {stats.reused_tokens}, shared {stats.shared_tokens})  queued: {stats.queue_wait_s:.2f} s"
     )
 
 

@@ -11,6 +11,11 @@ two 50-second runs of the same flags differed by 8–16 % on this shared 2-core 
   c  tight: KV for 8 full contexts, U people             --kv-budget 8*ctx
   d  2U people on the tight KV                            --kv-budget 8*ctx
   c8 (shown, no target) the tight KV as 8 full contexts  --kv-budget 8*ctx --max-running 8
+  e  a room that shares its context (issue 25): E people join 0.75 s apart, every system prompt
+     the same 600-word handout, 2 turns x 64 tokens, defaults; run with prompt prefixes shared
+     across sessions and without (a bench-only switch), then the prefix lookup's cost with 200
+     cached sessions. Targets: turn-1 first-token p50 <= 0.3 x sharing off; prompt tokens
+     prefilled in total <= 1.2 x (the handout once + everyone's own tokens).
 
 `--backend sail-emulated` instead sizes a TPU box in simulated time (issue 28): 30 people x 5 turns
 on 1 chip, 3 chips and a batch-4 bmodel, with and without history K/V (harness/sail_room.py).
@@ -46,10 +51,17 @@ from edgechat.config import parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
 from harness.memory import rss_mib  # noqa: E402
-from harness.room import SYSTEM, question, room_backend, run_room  # noqa: E402
+from edgechat.sequences import common_prefix  # noqa: E402
+from edgechat.sharing import Sharing  # noqa: E402
+from edgechat.kvcache import ParkedState  # noqa: E402
+from harness.room import SYSTEM, handout, question, room_backend, run_room  # noqa: E402
 
 CONTEXT = 2048
-TARGETS = {"b_vs_a": 0.95, "c_vs_a": 0.95, "c_turn_last_ftl_vs_a": 1.5, "d_reused_share": 0.8, "overhead": 0.05}
+TARGETS = {
+    "b_vs_a": 0.95, "c_vs_a": 0.95, "c_turn_last_ftl_vs_a": 1.5, "d_reused_share": 0.8, "overhead": 0.05,
+    "e_turn1_ftl_vs_off": 0.3, "e_prefilled_vs_ideal": 1.2,
+}  # fmt: skip
+AT_LEAST = ("b_vs_a", "c_vs_a", "d_reused_share")
 
 
 def configurations(people: int) -> dict[str, tuple[int, list[str]]]:
@@ -72,6 +84,64 @@ def one_configuration(flags: list[str], people: int, turns: int, tokens: int) ->
         runtime.close()
     result["flags"] = " ".join(flags) or "(defaults)"
     return result
+
+
+# ---- issue 25: a room that shares its context ----
+
+
+def shared_room(people: int, words: int, gap: float, turns: int, tokens: int) -> dict:
+    """Configuration e with prefix sharing on, then off; each on a runtime of its own, defaults."""
+    text = handout(words)
+    out: dict = {"room": f"{people} people joining {gap} s apart, {words}-word handout, {turns} x {tokens} tokens"}
+    for name, share in (("sharing_on", True), ("sharing_off", False)):
+        runtime = load_runtime(parse_settings([], env={}), share_prefixes=share)
+        try:
+            if name == "sharing_on":
+                a, b = (
+                    runtime.tokenizer.render([Message(role="system", content=text), Message(role="user", content=q)])  # type: ignore[union-attr]
+                    for q in ("a", "b")
+                )
+                out["handout_tokens"] = common_prefix(a, b)
+            out[name] = run_room(runtime, people, turns, tokens, system=text, join_gap_s=gap)
+        finally:
+            runtime.close()
+        print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
+    on = out["sharing_on"]
+    out["ideal_prefilled"] = (
+        out["handout_tokens"]
+        + on["prompt_tokens_turn1"]
+        - people * out["handout_tokens"]
+        + on["later_turns_new_tokens"]
+    )
+    return out
+
+
+def lookup_cost(sessions: int, words: int, lookups: int = 200) -> dict:
+    """Microseconds to find the longest shared prefix for a new prompt among `sessions` parked
+    caches that all start with the handout, through the block index, against a scan of them all."""
+    base = list(range(1000, 1000 + words * 3 // 2))  # the handout's ~1.5 tokens a word
+    sharing = Sharing()
+    records = [
+        ParkedState(f"s{i}", [*base, *range(i * 100, i * 100 + 300)], bytearray(1), 0.0) for i in range(sessions)
+    ]
+    for record in records:
+        sharing.record_added(record)
+    prompt = [*base, *range(10**6, 10**6 + 40)]
+    began = time.perf_counter()
+    for _ in range(lookups):
+        found = sharing.find(prompt, set())
+    indexed = (time.perf_counter() - began) / lookups
+    began = time.perf_counter()
+    for _ in range(max(1, lookups // 10)):
+        max(common_prefix(r.tokens, prompt) for r in records)
+    scanned = (time.perf_counter() - began) / max(1, lookups // 10)
+    assert found is not None and found.tokens == len(base)
+    return {
+        "cached_sessions": sessions,
+        "prompt_tokens": len(prompt),
+        "index_lookup_us": round(indexed * 1e6, 1),
+        "scan_all_us": round(scanned * 1e6, 1),
+    }
 
 
 # ---- issue 11 item 5: what client + scheduler cost per token at U sequences ----
@@ -236,7 +306,13 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=16, help="U: people in configurations a-c (d has 2U)")
     parser.add_argument("--turns", type=int, default=5, help="T: questions per person")
     parser.add_argument("--tokens", type=int, default=96, help="N: tokens per answer")
-    parser.add_argument("--configs", default="a,b,c,d,c8", help="which configurations to run, in order")
+    parser.add_argument("--configs", default="a,b,c,d,c8,e", help="which configurations to run, in order")
+    parser.add_argument("--e-people", type=int, default=24, help="people in configuration e")
+    parser.add_argument("--e-words", type=int, default=600, help="words of configuration e's handout")
+    parser.add_argument("--e-gap", type=float, default=0.75, help="seconds between people joining in e")
+    parser.add_argument("--e-turns", type=int, default=2, help="turns per person in e")
+    parser.add_argument("--e-tokens", type=int, default=64, help="tokens per answer in e")
+    parser.add_argument("--parking", type=int, default=1, help="the restore vs re-prefill measure (0 = skip)")
     parser.add_argument("--passes", type=int, default=2, help="runs of every configuration, interleaved; best kept")
     parser.add_argument("--overhead-rounds", type=int, default=3, help="raw vs served measurements (0 = skip)")
     parser.add_argument("--backend", choices=["llamacpp", "sail-emulated"], default="llamacpp",
@@ -259,17 +335,22 @@ def main() -> None:
     }
     configs = configurations(args.people)
     runs: dict[str, list[dict]] = {}
+    names = args.configs.split(",")
     for _ in range(args.passes):  # interleaved passes, best of each: the box drifts between runs
-        for name in args.configs.split(","):
+        for name in (n for n in names if n != "e"):
             people, flags = configs[name]
             runs.setdefault(name, []).append(one_configuration(flags, people, args.turns, args.tokens))
             print(json.dumps({name: runs[name][-1]}), file=sys.stderr, flush=True)  # a long run's progress
     for name, passes in runs.items():
         result[name] = max(passes, key=lambda run: run["aggregate_tps"])
         result[name]["aggregate_tps_passes"] = [run["aggregate_tps"] for run in passes]
+    if "e" in names:
+        result["e"] = shared_room(args.e_people, args.e_words, args.e_gap, args.e_turns, args.e_tokens)
+        result["e"]["lookup"] = lookup_cost(200, args.e_words)
     if args.overhead_rounds:
         result["overhead"] = overhead(args.people, args.tokens, args.overhead_rounds)
-    result["parking"] = parking(args.turns, args.tokens)
+    if args.parking:
+        result["parking"] = parking(args.turns, args.tokens)
     result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["ratios"], result["targets_met"] = judge(result)
     print(json.dumps(result, indent=2))
@@ -289,12 +370,20 @@ def judge(result: dict) -> tuple[dict, dict]:
         ratios["d_reused_share"] = result["d"]["reused_share"]
     if "overhead" in result:
         ratios["overhead"] = result["overhead"]["overhead"]
+    if "e" in result:
+        on, off = result["e"]["sharing_on"], result["e"]["sharing_off"]
+        ratios["e_turn1_ftl_vs_off"] = round(on["per_turn"][0]["ftl_p50_s"] / off["per_turn"][0]["ftl_p50_s"], 3)
+        ratios["e_prefilled_vs_ideal"] = round(
+            on["engine"]["prompt_tokens_prefilled"] / result["e"]["ideal_prefilled"], 3
+        )
     met = {}
     for key, value in ratios.items():
-        at_least = key in ("b_vs_a", "c_vs_a", "d_reused_share")
+        at_least = key in AT_LEAST
         met[key] = value >= TARGETS[key] if at_least else value <= TARGETS[key]
     if "d" in result:
         met["d_no_errors"] = result["d"]["errors"] == 0
+    if "e" in result:
+        met["e_no_errors"] = result["e"]["sharing_on"]["errors"] == result["e"]["sharing_off"]["errors"] == 0
     return ratios, met
 
 

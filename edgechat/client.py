@@ -34,6 +34,18 @@ BLANK_INPUT_HINT = "Type a question first: empty input is ignored."
 ANSWER_SHARE = 4
 
 
+def with_handout(messages: Sequence[Message], handout: str | None) -> list[Message]:
+    """The room's handout (--handout) at the start of the system prompt, before the conversation's
+    own: the same first tokens in every conversation, so the room reads them once (edgechat.sharing)."""
+    messages = list(messages)
+    if not handout:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        own = messages[0]["content"].strip()
+        return [Message(role="system", content=f"{handout}\n\n{own}" if own else handout), *messages[1:]]
+    return [Message(role="system", content=handout), *messages]
+
+
 class ContextOverflow(ValueError):
     """The newest question (with the system prompt) alone does not fit the context."""
 
@@ -51,8 +63,11 @@ class ChatClient:
         system: str | None = None,
         session: str | None = None,
         source: str = "page",
+        handout: str | None = None,
     ) -> None:
+        """`handout`: the room's --handout, put at the start of every prompt's system message."""
         self.engine = engine
+        self.handout = handout
         self.source = source  # who asks, for /metrics: "page", "api" or "terminal"
         self.tokenizer = tokenizer  # for --show-prompt; None when a remote server tokenizes
         self.sampling = sampling or SamplingParams()
@@ -122,7 +137,8 @@ class ChatClient:
         """The ids the model would read for this question (terminal --show-prompt)."""
         if self.tokenizer is None:
             raise ValueError("--show-prompt needs a local model: a remote server renders the prompt itself")
-        messages, _ = self.fit(self.messages_for(input, history, system), self.sampling.max_new_tokens)
+        messages = with_handout(self.messages_for(input, history, system), self.handout)
+        messages, _ = self.fit(messages, self.sampling.max_new_tokens)
         return self.tokenizer.render(messages)
 
     def stream(
@@ -136,6 +152,7 @@ class ChatClient:
         Text pieces, Failed if it failed, then always one Done. `cancel()` stops it. With `trim`
         False a conversation over the budget is refused (TOO_LONG) instead of trimmed."""
         sampling = sampling or self.sampling
+        messages = with_handout(messages, self.handout)
         try:
             kept, dropped = self.fit(messages, sampling.max_new_tokens, continue_last, trim)
         except ValueError as err:  # too long, or a history the template rejects

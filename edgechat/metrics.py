@@ -55,6 +55,7 @@ STATS_GAUGES: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
     ("generation_tokens_per_second", ("aggregate_tps",), 1, "Tokens generated per second over the last 5 s."),
     ("max_running", ("max_running",), 1, "Most requests generating at once (--max-running)."),
     ("max_queue", ("max_queue",), 1, "Most requests waiting (--max-queue)."),
+    ("pinned_prefix_tokens", ("pinned_tokens",), 1, "Tokens of the room's pinned prefixes (--system, --handout)."),
 )  # fmt: skip
 # Monotonic stats() keys, exported as counters (the name gets _total).
 STATS_COUNTERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -63,7 +64,10 @@ STATS_COUNTERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("turns_restored", ("turns_restored",), "Turns whose KV cache was restored from host RAM instead of re-read."),
     ("turns_reprefilled", ("turns_reprefilled",), "Turns of a known conversation that re-read their whole prompt."),
     ("sessions_dropped", ("sessions_dropped",), "Parked KV caches dropped for room (their next turn re-reads)."),
-)
+    ("turns_shared", ("turns_shared",), "Turns that started from a copy of another conversation's prompt prefix."),
+    ("engine_prompt_tokens_prefilled", ("prompt_tokens_prefilled",),
+     "Prompt tokens the engine read (prefilled), pinned prefixes included; the rest came from a cache."),
+)  # fmt: skip
 INFO_KEYS = ("backend", "model_name", "template", "context_length")  # never a path, URL or key
 
 
@@ -84,6 +88,9 @@ class ServingMetrics:
                                      registry=r)  # fmt: skip
         self.reused_tokens = Counter(PREFIX + "prompt_tokens_reused", "Prompt tokens served from a kept KV cache.",
                                      by_source, registry=r)  # fmt: skip
+        self.shared_tokens = Counter(PREFIX + "prompt_tokens_shared",
+                                     "Prompt tokens copied from another conversation's KV cache (a shared prefix).",
+                                     by_source, registry=r)  # fmt: skip
         self.generation_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated.", by_source, registry=r)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds", "Time from submission to the first token.",
                               by_source, buckets=TTFT_BUCKETS, registry=r)  # fmt: skip
@@ -94,8 +101,8 @@ class ServingMetrics:
         for source in SOURCES:  # every series exists from the start, so rates work from the first scrape
             for reason in FinishReason:
                 self.requests.labels(reason.value, source)
-            for metric in (self.errors, self.prompt_tokens, self.reused_tokens, self.generation_tokens, self.ttft,
-                           self.queue_time):  # fmt: skip
+            for metric in (self.errors, self.prompt_tokens, self.reused_tokens, self.shared_tokens,
+                           self.generation_tokens, self.ttft, self.queue_time):  # fmt: skip
                 metric.labels(source)
 
     def bind(
@@ -118,6 +125,7 @@ class ServingMetrics:
             self.errors.labels(source).inc()
         self.prompt_tokens.labels(source).inc(stats.prompt_tokens)
         self.reused_tokens.labels(source).inc(stats.reused_tokens)
+        self.shared_tokens.labels(source).inc(stats.shared_tokens)
         self.generation_tokens.labels(source).inc(stats.completion_tokens)
         if stats.first_token_s is not None:
             self.ttft.labels(source).observe(stats.first_token_s)

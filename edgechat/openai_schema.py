@@ -269,8 +269,8 @@ def usage(stats: TurnStats) -> dict[str, Any]:
         "completion_tokens": stats.completion_tokens,
         "total_tokens": stats.prompt_tokens + stats.completion_tokens,
     }
-    if stats.reused_tokens:
-        body["prompt_tokens_details"] = {"cached_tokens": stats.reused_tokens}
+    if stats.reused_tokens or stats.shared_tokens:  # from the conversation's own cache or another's
+        body["prompt_tokens_details"] = {"cached_tokens": stats.reused_tokens + stats.shared_tokens}
     return body
 
 

@@ -17,7 +17,10 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from edgechat.kvcache import MIB, HostCache, ParkedState
+from edgechat.kvpool import KvPool
+from edgechat.prefixes import MIN_SHARED_TOKENS, is_pin
 from edgechat.sequences import Admit, EngineFacts, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
+from edgechat.sharing import Sharing
 from edgechat.types import Failed, Finished, FinishReason, Queued, Token, TokenEvent, TokenLogprobs
 
 log = logging.getLogger(__name__)
@@ -26,7 +29,7 @@ ANSWER_ROOM = 16  # KV tokens a request must find free beyond its prompt to be a
 SEEN_SESSIONS = 4096  # sessions remembered to count re-prefilled turns
 
 
-class Policy:
+class Policy(KvPool):
     """Decide / update for one engine; see the module docstring."""
 
     def __init__(
@@ -37,6 +40,7 @@ class Policy:
         kv_budget_tokens: int,
         host: HostCache | None,
         session_ttl_s: float,
+        share_prefixes: bool = True,
     ) -> None:
         self.engine = engine
         self.max_running = max_running
@@ -44,11 +48,16 @@ class Policy:
         self.pool_limited = kv_budget_tokens < engine.max_sequences * engine.max_len
         self.session_ttl_s = session_ttl_s
         self.host = host
+        self.sharing = Sharing(enabled=share_prefixes and engine.prefix_cache)
+        if host is not None:
+            host.listener = self.sharing.record_changed
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []  # PREFILL or RUNNING, in admission order (last = youngest)
         self.resident: list[Slot] = []  # every slot holding (or about to hold) an engine sequence
         self.idle: OrderedDict[str, Slot] = OrderedDict()  # session -> its idle slot, LRU first
         self.to_release: list[Slot] = []  # freed by update; released by the next execute
+        self._placed: set[Slot] = set()  # this step's: see decide
+        self._sources: set[Slot] = set()
         self._seen: OrderedDict[str, None] = OrderedDict()  # sessions that completed a turn
         self._rr = 0  # round-robin offset for engines that batch fewer than all running
         self.counts = dict.fromkeys(("completed", "cancelled", "errors", "preemptions", "parks", "restore_failures"), 0)
@@ -90,12 +99,19 @@ class Policy:
                 self._finish(request, request.cancel_reason, now, plan)
             elif request.deadline is not None and now > request.deadline:
                 self._finish(request, FinishReason.TIMEOUT, now, plan)
+        self._placed: set[Slot] = set()  # sequences that get their cache this step: no source yet
+        self._sources: set[Slot] = set()  # sequences copied from this step: parked if evicted
+        waiting_for_prefix: list[Request] = []  # stay in line while someone prefills their prefix
         while self.waiting and len(self.active) < self.max_running:
+            if self._waits_for_prefix(self.waiting[0]):
+                waiting_for_prefix.append(self.waiting.popleft())
+                continue
             admit = self._place(self.waiting[0], now, plan)
             if admit is None:
                 break  # FIFO: nobody overtakes the head of the queue
             self.waiting.popleft()
             plan.admits.append(admit)
+        self.waiting.extendleft(reversed(waiting_for_prefix))
         self._report_queue()
         self._plan_feeds(plan)
         if self.pool_limited:
@@ -111,6 +127,11 @@ class Policy:
         parked = request.resume
         if idle is None and parked is None and session is not None and self.host is not None:
             parked = self.host.take(session)
+        # Before any eviction: the least recently used cache may be the best source (then its
+        # parked copy is the source: the scheduler saves it before this admit runs).
+        source = self.sharing.find(target, self._placed) if idle is None and request.resume is None else None
+        if source is not None and source.slot is not None:
+            self._sources.add(source.slot)
         if idle is None and not self._free_sequence(plan):
             if parked is not None and parked is not request.resume:
                 self.host.put(parked)  # type: ignore[union-attr] — not this step: back it goes
@@ -126,6 +147,13 @@ class Policy:
                 slot, restore = Slot(), None
         else:
             slot, restore, keep, kind = Slot(), None, 0, "fresh"
+        if source is not None and keep < MIN_SHARED_TOKENS and source.tokens > keep:
+            if parked is not None:
+                self.host.put(parked)  # type: ignore[union-attr] — its own record had less to give
+                parked = None
+            slot, restore, keep, kind = Slot(tokens=list(source.held)), source.record, source.tokens, "shared"
+        else:
+            source = None
         claim = len(target) + min(ANSWER_ROOM, request.max_new_tokens)
         if not self._pool_room(claim, plan, exclude=idle):
             if idle is not None:
@@ -134,20 +162,35 @@ class Policy:
             elif parked is not None and parked is not request.resume:
                 self.host.put(parked)  # type: ignore[union-attr]
             return None
-        if request.resume is None and session is not None:
+        if source is not None and source.slot is not None and source.slot not in self.resident:
+            if not any(park.slot is source.slot for park in plan.parks):  # evicted and dropped
+                slot, keep, kind, source = Slot(), 0, "fresh", None
+        if request.resume is None and session is not None and kind != "shared":
             self._count_turn(kind if keep else "fresh", session)
         request.resume = None
         slot.session, slot.request, slot.last_used = session, request, now
         if slot not in self.resident:
             self.resident.append(slot)
         del slot.tokens[keep:]
+        self.sharing.cut(slot)
+        self._placed.add(slot)
         request.slot = slot
-        request.stats.reused_tokens = keep if request.stats.started_at is None else request.stats.reused_tokens
         if request.stats.started_at is None:
             request.stats.started_at = now
+            request.stats.reused_tokens = 0 if source else keep
+            request.stats.shared_tokens = keep if source else 0
         self.active.append(request)
         request.settle()
-        return Admit(request, slot, keep, restore)
+        self.sharing.promise(request)
+        return Admit(request, slot, keep, restore, share=source.slot if source else None)
+
+    def _waits_for_prefix(self, request: Request) -> bool:
+        own = request.resume is not None or request.session in self.idle or request.session in (self.host or ())
+        return not own and self.sharing.should_wait(request, self._placed)
+
+    def _unresident(self, slot: Slot) -> None:
+        self.resident.remove(slot)
+        self.sharing.untrack(slot)
 
     def _count_turn(self, kind: str, session: str) -> None:
         if kind != "fresh":
@@ -165,11 +208,14 @@ class Policy:
         return True
 
     def _evict(self, session: str, plan: Plan) -> None:
-        """Free an idle slot: park its cache in host RAM when it will be kept, else drop it."""
+        """Free an idle slot: park its cache in host RAM when it will be kept, else drop it. A
+        pinned prefix, and the source of a copy this step (the copy is made from the parked
+        bytes: parks run first), are always parked."""
         slot = self.idle.pop(session)
-        self.resident.remove(slot)
+        self._unresident(slot)
         est = len(slot.tokens) * self.engine.kv_bytes_per_token
-        if self.host is not None and slot.tokens and self.host.can_take(est):
+        kept = self.host is not None and slot.tokens and self.host.can_take(est)
+        if is_pin(session) or slot in self._sources or kept:
             plan.parks.append(Park(slot, list(slot.tokens), session=session))
         else:
             plan.releases.append(slot)
@@ -177,7 +223,7 @@ class Policy:
     def _drop_session(self, session: str, plan: Plan, forgotten: bool = False) -> None:
         slot = self.idle.pop(session, None)
         if slot is not None:
-            self.resident.remove(slot)
+            self._unresident(slot)
             plan.releases.append(slot)
         if self.host is not None:
             self.host.drop(session)
@@ -186,7 +232,7 @@ class Policy:
 
     def _expire(self, now: float, plan: Plan) -> None:
         """Idle and parked caches unused for longer than the session TTL are dropped."""
-        old = [s for s, slot in self.idle.items() if now - slot.last_used > self.session_ttl_s]
+        old = [s for s, slot in self.idle.items() if now - slot.last_used > self.session_ttl_s and not is_pin(s)]
         for session in old:
             self._drop_session(session, plan)
         if self.host is not None:
@@ -216,58 +262,6 @@ class Policy:
             if not self.engine.batch_prefill:
                 break  # one prompt per step on engines that prefill alone
 
-    # ---- the KV pool (engines whose sequences share fewer tokens than they could hold) ----
-
-    def _kv_used(self) -> int:
-        return sum(len(s.tokens) for s in self.resident)
-
-    def _kv_claimed(self, exclude: Slot | None) -> int:
-        """Tokens held, counting a request in service at its whole prompt so far (admission)."""
-        return sum(
-            len(s.tokens) if s.request is None else max(len(s.tokens), s.request.target_len())
-            for s in self.resident
-            if s is not exclude
-        )
-
-    def _pool_room(self, tokens: int, plan: Plan, exclude: Slot | None = None, claimed: bool = True) -> bool:
-        """Whether `tokens` more fit the KV budget, evicting idle caches (LRU) for them."""
-        if not self.pool_limited:
-            return True
-        while (self._kv_claimed(exclude) if claimed else self._kv_used()) + tokens > self.kv_budget_tokens:
-            if not self.idle:
-                return False
-            self._evict(next(iter(self.idle)), plan)
-        return True
-
-    def _fit_pool(self, plan: Plan, now: float) -> None:
-        """The KV filled up: this step's feeds must fit. Evict idle caches, then hold back the
-        youngest prompt chunks, then preempt the youngest running requests (parked to host RAM
-        to resume where they were, or recomputed), never failing anyone."""
-        while plan.feeds and not self._pool_room(sum(len(f.tokens) for f in plan.feeds), plan, claimed=False):
-            feed = plan.feeds[-1]
-            if feed.request.status is Status.PREFILL and len(plan.feeds) > 1:
-                plan.feeds.pop()
-                continue
-            victim = self.active[-1]
-            plan.feeds = [f for f in plan.feeds if f.request is not victim]
-            plan.admits = [a for a in plan.admits if a.request is not victim]
-            self._preempt(victim, plan)
-
-    def _preempt(self, request: Request, plan: Plan) -> None:
-        slot = request.slot
-        assert slot is not None
-        self.active.remove(request)
-        self.resident.remove(slot)
-        est = len(slot.tokens) * self.engine.kv_bytes_per_token
-        if self.host is not None and slot.tokens and self.host.can_take(est) and slot.seq >= 0:
-            plan.parks.append(Park(slot, list(slot.tokens), request=request))
-        elif slot.seq >= 0:
-            plan.releases.append(slot)
-        request.slot, request.status = None, Status.WAITING
-        self.waiting.appendleft(request)
-        self.counts["preemptions"] += 1
-        log.info("KV full: request %d preempted (%d tokens)", request.id, len(slot.tokens))
-
     # ---- update ----
 
     def update(self, plan: Plan, out: Outputs, now: float) -> int:
@@ -277,19 +271,30 @@ class Policy:
             if park.request is not None:
                 if data is not None:
                     park.request.resume = ParkedState(park.request.session or "", park.tokens, data, now)
-            elif data is not None and self.host.put(ParkedState(park.session, park.tokens, data, now)):  # type: ignore[union-attr, arg-type]
+            elif is_pin(park.session):
+                if data is not None:
+                    self.sharing.pin(ParkedState(park.session, park.tokens, data, now))  # type: ignore[arg-type]
+            elif (
+                data is not None
+                and self.host is not None
+                and self.host.put(ParkedState(park.session, park.tokens, data, now))
+            ):  # type: ignore[arg-type]
                 self.counts["parks"] += 1
         for admit in plan.admits:
             request = admit.request
             if request in out.failed:
                 continue
             del admit.slot.tokens[out.kept[request] :]
+            self.sharing.cut(admit.slot)
             if request in out.restore_failed:
                 self.counts["restore_failures"] += 1
-                self.turns["restored"] -= 1
-                self.turns["reprefilled"] += 1
+                if not request.stats.shared_tokens:  # a shared record is not the session's turn
+                    self.turns["restored"] -= 1
+                    self.turns["reprefilled"] += 1
                 log.warning("restoring a parked cache failed: request %d re-prefills", request.id)
             request.stats.reused_tokens = min(request.stats.reused_tokens, len(admit.slot.tokens))
+            request.stats.shared_tokens = min(request.stats.shared_tokens, len(admit.slot.tokens))
+            self.sharing.count(request)
             request.settle()
         for request, message in out.failed.items():
             log.error("request %d failed: %s", request.id, message)
@@ -299,9 +304,13 @@ class Policy:
             request = feed.request
             if request not in out.tokens or request.status is Status.FINISHED:
                 continue
+            if request.status is Status.PREFILL:
+                self.sharing.tokens["prefilled"] += len(feed.tokens)
             request.slot.tokens.extend(feed.tokens)  # type: ignore[union-attr]
+            self.sharing.track(request.slot)  # type: ignore[arg-type]
             token = out.tokens[request]
             if token is not None:
+                self.sharing.settled(request)
                 if request.stats.first_token_at is None:
                     request.stats.first_token_at = now
                 request.status = Status.RUNNING
@@ -330,6 +339,7 @@ class Policy:
     ) -> None:
         if request.status is Status.FINISHED:
             return
+        self.sharing.settled(request)
         was_waiting = request.status is Status.WAITING
         if was_waiting:
             self.waiting.remove(request)
@@ -342,7 +352,7 @@ class Policy:
                 if request.session is not None and reason.keeps_cache and self.engine.prefix_cache:
                     self._keep_idle(slot, request.session, now, plan)
                 else:
-                    self.resident.remove(slot)
+                    self._unresident(slot)
                     (plan.releases if plan is not None else self.to_release).append(slot)
         request.status = Status.FINISHED
         stats = request.stats
@@ -350,7 +360,7 @@ class Policy:
         stats.finish_reason = reason
         if reason is FinishReason.CANCELLED:
             self.counts["cancelled"] += 1
-        elif reason is not FinishReason.ERROR:
+        elif reason is not FinishReason.ERROR and not is_pin(request.session):  # a pin is no answer
             self.counts["completed"] += 1
         if not was_waiting and stats.started_at is not None:
             self.service_s = 0.8 * self.service_s + 0.2 * (now - stats.started_at)
@@ -360,7 +370,7 @@ class Policy:
     def _keep_idle(self, slot: Slot, session: str, now: float, plan: Plan | None) -> None:
         old = self.idle.pop(session, None)
         if old is not None:  # two requests of one session: the newer cache wins
-            self.resident.remove(old)
+            self._unresident(old)
             (plan.releases if plan is not None else self.to_release).append(old)
         if self.host is not None:
             self.host.drop(session)
@@ -401,6 +411,7 @@ class Policy:
             "turns_reused": self.turns["reused"],
             "turns_restored": self.turns["restored"],
             "turns_reprefilled": self.turns["reprefilled"],
+            **self.sharing.figures([slot for session, slot in self.idle.items() if is_pin(session)]),
             **self.counts,
         }
 

@@ -16,11 +16,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edgechat.backend import Backend, LocalBackend
-from edgechat.config import Settings, default_model_path, options, parse_host_cache, parse_kv_budget
+from edgechat.client import with_handout
+from edgechat.config import Settings, default_model_path, options, parse_host_cache, parse_kv_budget, read_handout
 from edgechat.errors import ConfigError
 from edgechat.kvcache import MIB, meminfo_bytes
-from edgechat.scheduler import Scheduler
+from edgechat.prefixes import MIN_SHARED_TOKENS
+from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.sequences import common_prefix
 from edgechat.templates import ChatTokenizer
+from edgechat.types import Message
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ class Runtime:
     tokenizer: ChatTokenizer | None  # None for a remote server: it renders and tokenizes
     settings: Settings
     info: dict[str, Any] = field(default_factory=dict)  # backend, model, device, context length
+    handout: str | None = None  # --handout's text: every conversation's system prompt starts with it
     loaded_at: float = field(default_factory=time.time)  # /healthz shows it: a reload is visible
 
     @property
@@ -51,12 +56,17 @@ builds = 0  # how many runtimes this process built: a test proves clients cannot
 
 
 RUNTIME_GROUPS = ("model", "serving", "remote")  # the settings a runtime is built from
+ROOM_PREFIX = ("system", "handout")  # ... and those of the prefix it pins (pin_room_prefix)
 
 
 def runtime_key(settings: Settings) -> Settings:
     """`settings` with everything that does not shape the runtime (page, answer defaults,
     terminal) at its default, so two callers with the same engine flags share one runtime."""
-    loose = {name: getattr(Settings(), name) for name, o in options().items() if o.group not in RUNTIME_GROUPS}
+    loose = {
+        name: getattr(Settings(), name)
+        for name, o in options().items()
+        if o.group not in RUNTIME_GROUPS and name not in ROOM_PREFIX
+    }
     return replace(settings, **loose)
 
 
@@ -85,19 +95,47 @@ def current_runtime() -> Runtime | None:
     return _shared
 
 
-def load_runtime(settings: Settings) -> Runtime:
-    """A new runtime; only tests and the singleton above call this directly."""
+def load_runtime(settings: Settings, share_prefixes: bool = True) -> Runtime:
+    """A new runtime; only tests and the singleton above call this directly (benches compare
+    `share_prefixes=False`: no prompt prefix shared across sessions, nothing pinned)."""
     backend = settings.resolved_backend
-    if backend == "llamacpp":
-        return _load_llamacpp(settings)
-    if backend == "sail":
-        return _load_sail(settings)
-    if backend == "openai":
-        return _load_remote(settings)
-    raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
+    loaders = {"llamacpp": _load_llamacpp, "sail": _load_sail, "openai": _load_remote}
+    if backend not in loaders:
+        raise ConfigError(f"unknown backend {backend!r}: use --backend auto, sail, llamacpp or openai")
+    runtime = loaders[backend](settings, share_prefixes)  # type: ignore[operator]
+    try:
+        runtime.handout = read_handout(settings.handout) if settings.handout is not None else None
+        pin_room_prefix(runtime)
+    except ConfigError:
+        runtime.close()
+        raise
+    return runtime
 
 
-def _scheduler(engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None) -> Scheduler:
+def pin_room_prefix(runtime: Runtime) -> RequestHandle | None:
+    """Prefill the room's system prompt (--handout, then --system) once and pin it, so every new
+    conversation copies it instead of reading it (edgechat.sharing): the tokens two conversations
+    with that system prompt have in common, up to where their first questions begin."""
+    system = with_handout([Message(role="system", content=runtime.settings.system or "")], runtime.handout)
+    if not system[0]["content"] or runtime.tokenizer is None or not isinstance(runtime.backend, LocalBackend):
+        return None
+    a, b = (runtime.tokenizer.render([*system, Message(role="user", content=q)]) for q in ("a", "b"))
+    prefix = a[: common_prefix(a, b)]
+    room = runtime.backend.max_len // 2
+    if len(prefix) > room:
+        what = "--handout" if runtime.handout else "--system"
+        raise ConfigError(
+            f"{what} takes {len(prefix)} tokens of the prompt, more than half of the {runtime.backend.max_len}-token "
+            "context every conversation has; shorten it or raise --context-length"
+        )
+    if len(prefix) < MIN_SHARED_TOKENS:
+        return None
+    return runtime.backend.scheduler.pin(prefix)
+
+
+def _scheduler(
+    engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None, share_prefixes: bool = True
+) -> Scheduler:
     return Scheduler(
         engine,
         max_running=max_running,
@@ -106,6 +144,7 @@ def _scheduler(engine: Any, settings: Settings, max_running: int | None, kv_budg
         request_timeout_s=settings.request_timeout,
         host_cache_bytes=None if settings.host_cache is None else parse_host_cache(settings.host_cache),
         session_ttl_s=settings.session_ttl,
+        share_prefixes=share_prefixes,
     )
 
 
@@ -134,17 +173,18 @@ def _local(
     settings: Settings,
     max_running: int | None = None,
     kv_budget: int | None = None,
+    share_prefixes: bool = True,
 ) -> Runtime:
     info = {**engine.describe(), "template": chat.template.name}
     try:
-        scheduler = _scheduler(engine, settings, max_running, kv_budget)
+        scheduler = _scheduler(engine, settings, max_running, kv_budget, share_prefixes)
     except ConfigError:
         engine.close()
         raise
     return Runtime(handle, LocalBackend(scheduler, chat, info), chat, settings, info)
 
 
-def _load_llamacpp(settings: Settings) -> Runtime:
+def _load_llamacpp(settings: Settings, share_prefixes: bool = True) -> Runtime:
     from edgechat.engines.llamacpp import LlamaCppEngine
     from edgechat.templates import template_for_gguf
     from edgechat.tokenizers.gguf import GgufTokenizer
@@ -156,6 +196,7 @@ def _load_llamacpp(settings: Settings) -> Runtime:
         context_length=settings.context_length,
         max_sequences=running,
         threads=settings.threads,
+        ubatch=settings.ubatch,
         kv_budget_tokens=lambda bytes_per_token, context: _kv_budget_tokens(
             settings, bytes_per_token, context, running
         ),
@@ -173,10 +214,10 @@ def _load_llamacpp(settings: Settings) -> Runtime:
         )  # fmt: skip
     tokenizer = GgufTokenizer(engine.model)
     chat = ChatTokenizer(tokenizer, template_for_gguf(engine.metadata, tokenizer))
-    return _local(None, engine, chat, settings, max_running=running)
+    return _local(None, engine, chat, settings, max_running=running, share_prefixes=share_prefixes)
 
 
-def _load_sail(settings: Settings) -> Runtime:
+def _load_sail(settings: Settings, share_prefixes: bool = True) -> Runtime:
     from edgechat.engines.sail import DEFAULT_SLOTS
     from edgechat.engines.sail_api import check_bmodel
     from edgechat.engines.sail_chips import load_engines
@@ -192,7 +233,7 @@ def _load_sail(settings: Settings) -> Runtime:
     return _local(handle, engine, chat, settings)
 
 
-def _load_remote(settings: Settings) -> Runtime:
+def _load_remote(settings: Settings, share_prefixes: bool = True) -> Runtime:
     from edgechat.engines.remote import RemoteEngine
 
     assert settings.base_url is not None  # config checks --backend openai has one

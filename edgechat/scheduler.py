@@ -37,7 +37,8 @@ from edgechat.engines.base import Engine
 from edgechat.errors import RequestError
 from edgechat.kvcache import HostCache, default_host_cache_bytes, meminfo_bytes
 from edgechat.policy import Policy
-from edgechat.sequences import EngineFacts, Feed, Outputs, Plan, Request, Status
+from edgechat.prefixes import pin_key
+from edgechat.sequences import EngineFacts, Feed, Outputs, Plan, Request, Slot, Status
 from edgechat.types import Failed, Finished, FinishReason, RequestStats, SamplingParams, Tick, TokenEvent, TokenRate
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,13 @@ class Scheduler:
         session_ttl_s: float = DEFAULT_SESSION_TTL_S,
         clock: Callable[[], float] = time.monotonic,
         available_ram: Callable[[], int | None] = lambda: meminfo_bytes("MemAvailable"),
+        share_prefixes: bool = True,
         start: bool = True,
     ) -> None:
         """`kv_budget_tokens` below what the engine's sequences hold makes a shared pool (idle
         caches are parked and the youngest answer preempted to stay within it); `clock` and
-        `available_ram` are injectable for tests; `start=False` leaves the stepping to the caller."""
+        `available_ram` are injectable for tests; `share_prefixes=False` turns off prompt prefixes
+        shared across sessions (benches compare); `start=False` leaves the stepping to the caller."""
         self.engine = engine
         self.max_running = min(max_running or engine.max_sequences, engine.max_sequences)
         self.max_queue = max_queue
@@ -134,7 +137,9 @@ class Scheduler:
             kv_budget_tokens=self.kv_budget_tokens,
             host=host,
             session_ttl_s=session_ttl_s,
+            share_prefixes=share_prefixes,
         )
+        self._pins = itertools.count(1)
         self._ids = itertools.count(1)
         self._rate = TokenRate()
         self._rate_lock = threading.Lock()
@@ -188,6 +193,16 @@ class Scheduler:
             self._inbox.append(request)
             self._cond.notify()
         return RequestHandle(request, self)
+
+    def pin(self, prompt: Sequence[int]) -> RequestHandle | None:
+        """Prefill `prompt` (the room's system prompt and handout, up to where conversations part)
+        once and keep its cache as a pinned prefix every new conversation may copy: resident while
+        a sequence is free, then in host RAM, never dropped for room or age. None on engines
+        without a prefix cache, or with prefix sharing off."""
+        if not self._policy.sharing.enabled:
+            return None
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=1)
+        return self.submit(prompt, greedy, frozenset(), session=pin_key(next(self._pins)))
 
     def forget_session(self, session: str) -> None:
         """Drop a session's cache, in KV or parked (New chat, a closed tab): its next request
@@ -284,6 +299,7 @@ class Scheduler:
         for slot in plan.releases:
             engine.release(slot.seq)
         planned: dict[Request, int] = {}
+        saved = {park.slot: data for park, data in out.saved.items()}  # a source evicted this step
         for admit in plan.admits:
             request, slot = admit.request, admit.slot
             planned[request] = admit.keep
@@ -295,6 +311,8 @@ class Scheduler:
                 if restore is not None and not engine.restore(slot.seq, restore.data, len(restore.tokens)):
                     out.restore_failed.add(request)
                     keep = 0
+                if admit.share is not None and not self._copy(slot.seq, admit.share, saved):
+                    keep = 0  # the newcomer prefills its whole prompt
                 out.kept[request] = engine.start(slot.seq, request.sampling, keep)
             except Exception as err:  # noqa: BLE001 — this request fails, the step goes on
                 out.failed[request] = _describe(err)
@@ -310,6 +328,13 @@ class Scheduler:
             else:
                 self._run_in_turns(feeds, out)
         return out
+
+    def _copy(self, seq: int, source: Slot, saved: dict[Slot, bytearray]) -> bool:
+        """A prefix shared across sessions: the source sequence's cache, or its copy saved when it
+        was parked this step (its sequence may be this very one now)."""
+        if source in saved:
+            return self.engine.restore(seq, saved[source], len(source.tokens))
+        return source.seq >= 0 and self.engine.copy(seq, source.seq)
 
     def _run_batch(self, feeds: list[Feed], out: Outputs) -> None:
         try:

@@ -101,12 +101,14 @@ class Park:
 @dataclass(eq=False)
 class Admit:
     """Give a waiting request a sequence: a new one (opened in execute), or its session's idle one;
-    keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM."""
+    keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM,
+    or copying the cache of `share` (another session's sequence) first (edgechat.sharing)."""
 
     request: Request
     slot: Slot
     keep: int
     restore: ParkedState | None = None
+    share: Slot | None = None
 
 
 @dataclass(eq=False)

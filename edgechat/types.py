@@ -69,7 +69,8 @@ class RequestStats:
     first_token_at: float | None = None
     finished_at: float | None = None
     prompt_tokens: int = 0
-    reused_tokens: int = 0
+    reused_tokens: int = 0  # from this conversation's own cache
+    shared_tokens: int = 0  # copied from another's cache (a prefix shared across sessions)
     completion_tokens: int = 0
     finish_reason: FinishReason | None = None
 
@@ -96,6 +97,7 @@ class TurnStats:
 
     prompt_tokens: int = 0
     reused_tokens: int = 0
+    shared_tokens: int = 0
     completion_tokens: int = 0
     queue_wait_s: float = 0.0
     first_token_s: float | None = None
@@ -109,6 +111,7 @@ class TurnStats:
         return cls(
             prompt_tokens=stats.prompt_tokens,
             reused_tokens=stats.reused_tokens,
+            shared_tokens=stats.shared_tokens,
             completion_tokens=stats.completion_tokens,
             queue_wait_s=stats.queue_wait_s,
             first_token_s=stats.first_token_s,
@@ -123,6 +126,7 @@ class TurnStats:
         return {
             "prompt_tokens": self.prompt_tokens,
             "reused_tokens": self.reused_tokens,
+            "shared_tokens": self.shared_tokens,
             "completion_tokens": self.completion_tokens,
             "queue_wait_s": self.queue_wait_s,
             "first_token_s": self.first_token_s,

@@ -126,6 +126,11 @@ TEXT: dict[str, dict[str, str]] = {
         "zh": "生成中 {running} · 排队 {waiting} · {tps:.1f} tok/s",
     },
     "server_lan": {"en": "Others on the LAN open {url}", "zh": "局域网内其他人打开 {url}"},
+    "server_prompt": {
+        "en": "prompt tokens: {reused} reused · {shared} shared · {prefilled} read",
+        "zh": "提示 tokens：复用 {reused} · 共享 {shared} · 读取 {prefilled}",
+    },
+    "handout": {"en": "Handout for everyone in this room", "zh": "本场讲义（所有人可见）"},
     # one answer
     "queued": {"en": "queue position {position}, about {eta:.0f} s", "zh": "排队第 {position} 位，约 {eta:.0f} 秒"},
     "stat_first": {"en": "first token {s:.2f} s", "zh": "首字 {s:.2f} 秒"},

@@ -35,7 +35,27 @@ FOLLOW_UPS = [
     "Summarize what you told me in one sentence.",
     "What else should I know?",
 ]
-ENGINE_COUNTERS = ("parks", "turns_reused", "turns_restored", "turns_reprefilled", "restore_failures", "preemptions")
+
+
+def handout(words: int = 600) -> str:
+    """A workshop handout of `words` words (issue 25's room: every system prompt starts with it)."""
+    parts = ["Workshop handout. Read this before you ask anything, and use it in your answers where it helps."]
+    n = 0
+    while sum(len(p.split()) for p in parts) < words:
+        topic = TOPICS[n % len(TOPICS)]
+        parts.append(
+            f"Section {n + 1}, on {topic}: people have studied {topic} for a long time, and the notes for this "
+            f"part list three facts about {topic}, two open questions and one small exercise that each group "
+            "should try in ten minutes before the break."
+        )
+        n += 1
+    return " ".join(" ".join(parts).split()[:words])
+
+
+ENGINE_COUNTERS = (
+    "parks", "turns_reused", "turns_restored", "turns_reprefilled", "restore_failures", "preemptions", "turns_shared",
+    "prompt_tokens_reused", "prompt_tokens_shared", "prompt_tokens_prefilled",
+)  # fmt: skip
 
 
 def question(person: int, turn: int) -> str:
@@ -62,8 +82,17 @@ def room_backend(runtime: Runtime) -> LocalBackend:
     return LocalBackend(runtime.backend.scheduler, chat, runtime.info)  # type: ignore[attr-defined]
 
 
-def run_room(runtime: Runtime, people: int, turns: int, tokens: int, timeout_s: float = 1800) -> dict[str, Any]:
-    """Everyone starts together; returns the room's figures (see bench/room.py for their meaning)."""
+def run_room(
+    runtime: Runtime,
+    people: int,
+    turns: int,
+    tokens: int,
+    timeout_s: float = 1800,
+    system: str = SYSTEM,
+    join_gap_s: float = 0.0,
+) -> dict[str, Any]:
+    """Everyone starts together, or person i `join_gap_s` x i seconds after the first; returns the
+    room's figures (see bench/room.py for their meaning)."""
     backend = room_backend(runtime)
     scheduler = runtime.backend.scheduler  # type: ignore[attr-defined]
     before = scheduler.stats()
@@ -74,9 +103,10 @@ def run_room(runtime: Runtime, people: int, turns: int, tokens: int, timeout_s: 
     def person(i: int) -> None:
         me = results[i]
         sampling = SamplingParams(temperature=0.0, max_new_tokens=tokens)
-        client = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        client = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=system)
         history: list[Message] = []
         start.wait(timeout_s)
+        time.sleep(i * join_gap_s)
         try:
             for turn in range(turns):
                 q = question(i, turn)
@@ -114,10 +144,10 @@ def summarize(
     results: list[Person], turns: int, wall: float, hung: int, before: dict, after: dict, rss: float
 ) -> dict[str, Any]:
     per_turn = []
+    later = [(p.prompt_tokens[t], p.reused_tokens[t]) for p in results for t in range(1, len(p.prompt_tokens))]
     for turn in range(turns):
         ftl = sorted(p.ftl[turn] for p in results if len(p.ftl) > turn and p.ftl[turn] is not None)
         per_turn.append({"ftl_p50_s": _pct(ftl, 0.5), "ftl_p95_s": _pct(ftl, 0.95), "answers": len(ftl)})
-    later = [(p.prompt_tokens[t], p.reused_tokens[t]) for p in results for t in range(1, len(p.prompt_tokens))]
     errors = [e for p in results for e in p.errors]
     return {
         "people": len(results),
@@ -128,6 +158,8 @@ def summarize(
         # prompt tokens of turns 2.. that came from the person's cache (turn 1 has nothing to reuse)
         "reused_share": round(sum(r for _, r in later) / max(1, sum(n for n, _ in later)), 3),
         "turns_without_reuse": sum(r == 0 for _, r in later),
+        "prompt_tokens_turn1": sum(p.prompt_tokens[0] for p in results if p.prompt_tokens),
+        "later_turns_new_tokens": sum(n - r for n, r in later),  # what a later turn must read, at best
         "errors": len(errors) + hung,
         "error_samples": errors[:3],
         "engine": {k: after.get(k, 0) - before.get(k, 0) for k in ENGINE_COUNTERS},

@@ -61,6 +61,19 @@ class Server:
         self.stop()
         raise RuntimeError(f"streamlit did not start within {START_TIMEOUT_S:.0f} s: {output[-2000:]}")
 
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the server's /metrics (`edgechat:requests_total`, finished_reason=...); None
+        when there is no such sample."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
+
     def output(self) -> str:
         self.log.flush()
         self.log.seek(0)
@@ -79,6 +92,15 @@ class Server:
             Path(self.log.name).unlink(missing_ok=True)
         if self._own_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def hook_env(folder: str, **env: str) -> dict[str, str]:
+    """Environment for a Server that loads harness/FOLDER/sitecustomize.py (a trace, slow runs), with
+    that hook's own variables."""
+    import os
+
+    path = os.pathsep.join(p for p in (str(REPO / "harness" / folder), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, **env}
 
 
 def _environ() -> dict[str, str]:

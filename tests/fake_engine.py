@@ -140,6 +140,15 @@ class FakeEngine:
             cache.extend(restored)
         return ok
 
+    def copy(self, seq: int, source: int) -> bool:
+        assert self.prefix_cache
+        cache, held = self._open(seq), self._open(source)
+        assert not cache, "copy into a sequence that holds tokens"
+        self.calls.append(("copy", seq, source, len(held)))
+        self._check_pool(len(held))
+        cache.extend(held)
+        return True
+
     def cached_tokens(self, seq: int) -> int:
         return len(self._cache.get(seq, []))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from edgechat.api import MAX_BODY_BYTES, api_routes
 from edgechat.config import parse_settings
 from edgechat.metrics import ServingMetrics
 from edgechat.runtime import Runtime, load_runtime
-from edgechat.server import app_options
+from edgechat.server import LOAD_PATH, app_options
 from edgechat.types import ChatRequest, Message, SamplingParams, Text
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
@@ -138,8 +139,12 @@ def test_the_next_turn_reads_only_what_is_new(runtime: Runtime) -> None:
         second = api.chat(messages=history, temperature=0, max_tokens=8, headers=me).json()
         cached = second["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
         assert cached >= first["usage"]["prompt_tokens"]  # at least the first prompt was not read again
+        shared_before = api.sample("edgechat:prompt_tokens_shared_total", source="api")
         stranger = api.chat(messages=history, temperature=0, max_tokens=8, headers=other).json()
-        assert "prompt_tokens_details" not in stranger["usage"]  # another address shares nothing
+        # another address has a conversation of its own: what it does not read is a copy of the
+        # same prefix from the first caller's cache (shared, never reused), and answers the same
+        copied = stranger["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+        assert api.sample("edgechat:prompt_tokens_shared_total", source="api") - shared_before == copied
         assert stranger["choices"][0]["message"]["content"] == second["choices"][0]["message"]["content"]
     finally:
         api.close()
@@ -371,5 +376,23 @@ def test_logprobs_and_a_schema_under_penalties_in_process(api: Api) -> None:
     assert all(t["logprob"] <= 0 for t in content)
 
 
-def test_api_off_serves_no_routes() -> None:
-    assert app_options(parse_settings(["--api", "off"], env={}))["routes"] == []
+def test_api_off_serves_no_program_routes() -> None:
+    """--api off leaves only the page's own load line (edgechat.server's LOAD_PATH)."""
+    paths = [route.path for route in app_options(parse_settings(["--api", "off"], env={}))["routes"]]
+    assert paths == [LOAD_PATH]
+
+
+def test_api_callers_get_the_rooms_handout_only_with_handout_api(runtime: Runtime) -> None:
+    room = replace(runtime, handout="Workshop handout: every answer is about bread.")
+    with_handout = [{"role": "system", "content": room.handout}, *QUESTION]
+    sizes = {}
+    for flags in ((), ("--handout-api",)):
+        a = Api(room, *flags)
+        try:
+            r = a.chat(messages=QUESTION, temperature=0, max_tokens=1)
+            assert r.status_code == 200, r.text
+            sizes[flags] = r.json()["usage"]["prompt_tokens"]
+        finally:
+            a.close()
+    assert sizes[()] == len(runtime.tokenizer.render([Message(role="user", content=QUESTION[0]["content"])]))
+    assert sizes[("--handout-api",)] == len(runtime.tokenizer.render(with_handout))  # type: ignore[arg-type]

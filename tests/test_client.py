@@ -69,6 +69,17 @@ def test_system_prompt_reaches_the_model(runtime: Runtime) -> None:
     assert "SmolLM" not in prompt
 
 
+def test_the_rooms_handout_starts_every_system_prompt(runtime: Runtime) -> None:
+    sheet = "Handout: the workshop is about bread."
+    for system, expected in ((None, sheet), ("You are a pirate.", f"{sheet}\n\nYou are a pirate.")):
+        c = client(runtime, system=system, handout=sheet)
+        prompt = runtime.tokenizer.decode(c.prompt_ids("Hi"), special=True)
+        assert prompt.startswith(f"<|im_start|>system\n{expected}<|im_end|>")
+        answer = c.stream(c.messages_for("Hi", []), replace(GREEDY, max_new_tokens=1))
+        done = [e for e in answer if isinstance(e, Done)][0]
+        assert done.stats.prompt_tokens == len(c.prompt_ids("Hi"))
+
+
 def test_max_new_tokens_bounds_the_answer(runtime: Runtime) -> None:
     c = client(runtime)
     text = "".join(c.chat_stream("Write a long story about a dragon.", [], sampling=replace(GREEDY, max_new_tokens=5)))

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from edgechat.config import default_model_path, parse_settings
+from edgechat.config import HANDOUT_MAX_BYTES, default_model_path, parse_settings
 from edgechat.errors import ConfigError
 
 
@@ -35,6 +35,7 @@ def test_seed_flags_choose_the_tpu_backend() -> None:
     [
         (["--temperature", "-1"], {}, "--temperature"),
         (["--top-p", "0"], {}, "--top-p"),
+        (["--ubatch", "600"], {}, "--ubatch"),
         (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
         ([], {"EDGECHAT_TOP_K": "many"}, "EDGECHAT_TOP_K"),
         ([], {"EDGECHAT_BACKEND": "gpu"}, "EDGECHAT_BACKEND"),
@@ -61,3 +62,16 @@ def test_kv_budget_smaller_than_one_session_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="less than one session's context"):
         load_runtime(parse_settings(["--kv-budget", "1MiB", "--context-length", "1024", "--max-sessions", "1"], env={}))
+
+
+def test_a_handout_that_is_missing_or_too_big_is_one_clear_line(tmp_path: Path) -> None:
+    big = tmp_path / "big.md"
+    big.write_text("word " * (HANDOUT_MAX_BYTES // 4), encoding="utf-8")
+    for path, needle in ((tmp_path / "none.md", "no such file"), (big, "more than the")):
+        with pytest.raises(ConfigError) as err:
+            parse_settings(["--handout", str(path)], env={})
+        assert "--handout" in str(err.value) and needle in str(err.value) and "\n" not in str(err.value)
+        assert err.value.exit_code == 2
+    fine = tmp_path / "fine.md"
+    fine.write_text("# Today\nBring a pen.\n", encoding="utf-8")
+    assert parse_settings(["--handout", str(fine)], env={}).handout == fine

@@ -46,23 +46,26 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_chips": 4,  # one SailEngine per TPU of --dev_ids, as one engine
     "edgechat.engines.remote": 3,
     "edgechat.kvcache": 1,
+    "edgechat.prefixes": 1,  # block-hash index of token prefixes
     "edgechat.sequences": 2,
-    "edgechat.policy": 3,
-    "edgechat.scheduler": 4,
-    "edgechat.backend": 5,
-    "edgechat.client": 6,
-    "edgechat.conversation": 7,
-    "edgechat.chats": 8,
-    "edgechat.runtime": 8,
-    "edgechat.api": 9,
-    "edgechat.api.answer": 9,  # one admitted chat completion (the package's routes admit it)
-    "edgechat.server": 10,
-    "baichuan2": 11,
-    "edgechat.page": 12,
-    "edgechat.page.session": 12,
-    "edgechat.page.messages": 12,
-    "edgechat.page.sidebar": 13,
-    "web_demo": 14,
+    "edgechat.sharing": 3,  # prefixes shared across sessions, pinned prefixes
+    "edgechat.kvpool": 3,  # the policy's KV pool: admission by tokens, preemption
+    "edgechat.policy": 4,
+    "edgechat.scheduler": 5,
+    "edgechat.backend": 6,
+    "edgechat.client": 7,
+    "edgechat.conversation": 8,
+    "edgechat.chats": 9,
+    "edgechat.runtime": 9,
+    "edgechat.api": 10,
+    "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
+    "edgechat.server": 11,
+    "baichuan2": 12,
+    "edgechat.page": 13,
+    "edgechat.page.session": 13,
+    "edgechat.page.messages": 13,
+    "edgechat.page.sidebar": 14,
+    "web_demo": 15,
 }
 PLAIN = {"edgechat", "edgechat.types", "edgechat.errors"}  # import nothing of ours at all
 

@@ -334,11 +334,14 @@ def test_stats_report_kv_use_and_the_keys_the_page_reads(fake) -> None:  # noqa:
     assert stats["kv_tokens_used"] == 17 and stats["kv_tokens_budget"] == 4 * 256 and stats["alive"] is True
 
 
+@pytest.mark.parametrize("head", [0, 64])
 @pytest.mark.parametrize("seed", range(12))
-def test_random_traffic_keeps_every_cache_record_exact(seed: int) -> None:
+def test_random_traffic_keeps_every_cache_record_exact(seed: int, head: int) -> None:
     """Questions, follow-ups that share some or none of the cache, Stop, New chat and expiry in a
     random order: after every step the scheduler's record of each sequence equals what the engine
-    holds, so every keep, park and restore is planned on the truth."""
+    holds, so every keep, park and restore is planned on the truth. With `head`, every new chat
+    starts with the same tokens (a room's system prompt): sources are copied, parked, restored and
+    rewritten too, and every answer is still the one its prompt gets alone."""
     rng = random.Random(seed)
     sched, engine, clock = build(FakeEngine(max_sequences=3, max_len=400, prefill_chunk=16), session_ttl_s=30)
     history: dict[str, list[int]] = {f"s{i}": [] for i in range(6)}
@@ -349,7 +352,7 @@ def test_random_traffic_keeps_every_cache_record_exact(seed: int) -> None:
         if session not in live and roll < 0.3:
             past = history[session][-200:]
             past = past[: rng.randint(len(past) // 2, len(past))]  # an edited or regenerated turn
-            ids = past + prompt(rng.randint(3, 12), rng.randrange(50))
+            ids = (past or list(range(900, 900 + head))) + prompt(rng.randint(3, 12), rng.randrange(50))
             n = rng.randint(1, 20)
             live[session] = (
                 sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=n), NO_STOP, session),
@@ -374,3 +377,53 @@ def test_random_traffic_keeps_every_cache_record_exact(seed: int) -> None:
                 history[name] = ids + got
                 del live[name]
     assert sched.stats()["errors"] == 0 and sched.stats()["restore_failures"] == 0
+    assert (sched.stats()["turns_shared"] > 0) == (head > 0)
+
+
+# ---- prompt prefixes shared across sessions (issue 25) ----
+
+HEAD = list(range(900, 964))  # a room's system prompt: 64 tokens every chat starts with
+
+
+def test_a_newcomer_waits_for_the_prefix_being_prefilled_and_copies_it() -> None:
+    sched, engine, _ = build(FakeEngine(prefill_chunk=16))
+    first, second, other = HEAD + prompt(5, 1), HEAD + prompt(5, 2), prompt(6, 9)
+    a = sched.submit(first, GREEDY, NO_STOP, session="a")
+    b = sched.submit(second, GREEDY, NO_STOP, session="b")
+    c = sched.submit(other, GREEDY, NO_STOP, session="c")  # shares nothing: goes ahead of the waiting b
+    sched.step()
+    assert a.stats.started_at is not None and c.stats.started_at is not None and b.stats.started_at is None
+    run(sched)
+    assert [answer(h) for h in (a, b, c)] == [expected_answer(p, 8) for p in (first, second, other)]
+    assert b.stats.shared_tokens == len(HEAD)
+    assert any(call[0] == "copy" for call in engine.calls)
+    stats = sched.stats()
+    assert stats["prompt_tokens_prefilled"] == len(first) + 5 + len(other) and stats["turns_shared"] == 1
+
+
+def test_the_only_sequences_idle_owner_is_parked_and_its_copy_is_the_source() -> None:
+    sched, engine, _ = build(FakeEngine(max_sequences=1))
+    first, second = HEAD + prompt(5, 1), HEAD + prompt(5, 2)
+    reply = answer_of(sched, first, "a")
+    handle = sched.submit(second, GREEDY, NO_STOP, session="b")
+    run(sched)
+    assert answer(handle) == expected_answer(second, 8) and handle.stats.shared_tokens == len(HEAD)
+    follow = first + reply + prompt(3, 7)  # the owner comes back: its own parked cache, whole
+    again = sched.submit(follow, GREEDY, NO_STOP, session="a")
+    run(sched)
+    assert answer(again) == expected_answer(follow, 8) and again.stats.reused_tokens == len(first) + len(reply) - 1
+    assert sched.stats()["turns_restored"] == 1 and sched.stats()["restore_failures"] == 0
+
+
+def test_a_source_evicted_by_a_later_newcomer_of_the_same_step_is_copied_from_its_saved_bytes() -> None:
+    """No host cache (nothing is kept parked): the source is still saved for the copy made from it
+    in that step, and then dropped."""
+    sched, engine, _ = build(FakeEngine(max_sequences=2), host_cache_bytes=0)
+    answer_of(sched, prompt(6, 9), "z")  # the least recently used idle cache
+    answer_of(sched, HEAD + prompt(5, 1), "a")  # the source
+    second, other = HEAD + prompt(5, 2), prompt(7, 11)
+    b = sched.submit(second, GREEDY, NO_STOP, session="b")  # copies a; z is evicted for it
+    c = sched.submit(other, GREEDY, NO_STOP, session="c")  # a is evicted for it, in the same step
+    run(sched)
+    assert answer(b) == expected_answer(second, 8) and b.stats.shared_tokens == len(HEAD)
+    assert answer(c) == expected_answer(other, 8) and sched.stats()["errors"] == 0

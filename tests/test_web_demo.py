@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -219,7 +221,9 @@ def test_server_panel_shows_the_model_and_load() -> None:
     panel = [c.value for c in at.sidebar.caption]
     assert "model file SmolLM2-135M-Instruct.Q4_1.gguf" in panel
     assert any("context 1024 tokens" in c for c in panel)
-    assert any(c.startswith("generating 0 · waiting 0 · ") and c.endswith(" tok/s") for c in panel)
+    load = [h.proto.body for h in at.sidebar.get("html")]
+    assert len(load) == 1 and re.search(r">generating 0 · waiting 0 · [\d.]+ tok/s</p>", load[0])
+    assert 'data-edgechat-load="generating {running} · waiting {waiting} · {tps} tok/s"' in load[0]
 
 
 def test_server_panel_shows_the_lan_address_to_share(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,3 +243,17 @@ def test_a_dead_engine_is_rebuilt_without_restarting_the_server() -> None:
     assert "6" in transcript(at)[3][1]
     ask(other, "What is 2+2?")  # another session moves to the new runtime too
     assert other.session_state.conversation.client.engine is new and "4" in transcript(other)[1][1]
+
+
+def test_the_handout_is_shown_folded_at_the_top_and_read_by_every_answer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # noqa: ANN001
+    sheet = tmp_path / "handout.md"
+    sheet.write_text("# Today\n\nWe bake bread with **rye** flour.\n", encoding="utf-8")
+    monkeypatch.setattr("sys.argv", ["web_demo.py", *ARGV, "--handout", str(sheet)])
+    at = ask(page(), "What flour do we use today?")
+    box = [e for e in at.expander if e.label == t("en", "handout")]
+    assert len(box) == 1 and "rye" in box[0].markdown[0].value
+    client = at.session_state.conversation.client
+    assert client.handout == sheet.read_text(encoding="utf-8").strip()
+    assert client.last_stats.prompt_tokens == len(client.prompt_ids("What flour do we use today?"))  # handout in it

@@ -161,7 +161,8 @@ class OpenAIApi:
         except ApiError as err:
             return self._error(err)
         session = self._session_for(address, call)
-        answer = Answer(rt, model_id(rt), call, release, session, self._error, self.metrics)
+        handout = rt.handout if self.settings.handout_api else None  # the room's handout, if the operator shares it
+        answer = Answer(rt, model_id(rt), call, release, session, self._error, self.metrics, handout)
         try:
             return await answer.respond(request)
         except Exception as err:  # a bug of ours: the caller still gets OpenAI's shape, the log the trace

@@ -53,7 +53,9 @@ class Answer:
         session: Session,
         error: Callable[[ApiError], JSONResponse],
         metrics: ServingMetrics,
+        handout: str | None = None,
     ) -> None:
+        """`handout`: the room's --handout, when the operator shares it with the API (--handout-api)."""
         self.rt = rt
         self.call = call
         self.release = release
@@ -61,7 +63,9 @@ class Answer:
         self.error = error
         self.metrics = metrics
         self.model = model
-        self.client = ChatClient(rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api")
+        self.client = ChatClient(
+            rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api", handout=handout
+        )
         self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
 

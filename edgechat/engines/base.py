@@ -85,6 +85,12 @@ class Engine(Protocol):
         sequence; False (and the sequence left empty) when the engine rejects it."""
         ...
 
+    def copy(self, seq: int, source: int) -> bool:
+        """(prefix_cache engines) Copy `source`'s cache into the open, empty `seq` (a prompt
+        prefix shared across sessions; `start` then keeps what is common); False (and `seq` left
+        empty) when the engine cannot."""
+        ...
+
     def cached_tokens(self, seq: int) -> int:
         """How many tokens the sequence's cache holds now."""
         ...

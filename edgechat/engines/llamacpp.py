@@ -106,10 +106,12 @@ class LlamaCppEngine:
         threads: int | None = None,
         prefill_chunk: int = 256,
         kv_budget_tokens: int | Callable[[int, int], int] | None = None,
+        ubatch: int = UBATCH,
     ) -> None:
         """`kv_budget_tokens` (or a function of the KV bytes per token and the context length,
         for a budget in MiB or a default) is split by `kv_layout` into sequences; without it every
-        sequence holds `context_length`."""
+        sequence holds `context_length`. `ubatch` above UBATCH (at most a step's rows) reads long
+        prompts faster at the price of UBATCH's bit-identical answers (--ubatch)."""
         check_gguf(model_path)
         _init_backend()
         self.model_path = str(model_path)
@@ -151,7 +153,7 @@ class LlamaCppEngine:
         # Micro-batches under 64 rows keep llama.cpp on one flash-attention kernel for every row
         # (the tiled one it takes from 64 rows on rounds differently), so a prompt's cache is the
         # same bits however it was chunked or batched: re-prefilled == reused == restored.
-        cparams.n_ubatch = UBATCH
+        cparams.n_ubatch = min(ubatch, cparams.n_batch)
         cparams.n_threads = self.threads
         cparams.n_threads_batch = self.threads
         cparams.no_perf = True
@@ -185,6 +187,7 @@ class LlamaCppEngine:
         self._free = set(range(max_sequences))
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
         self._sampling = Samplers(self.ctx, self.vocab, self.n_vocab)  # each sequence's sampler state
+        self.tokens_computed = 0  # rows through llama_decode: prompt tokens prefilled and decodes
 
     # ---- Engine contract ----
 
@@ -243,6 +246,7 @@ class LlamaCppEngine:
             status = lc.llama_decode(self.ctx, self._batch)
             if status != 0:
                 raise RuntimeError(f"llama_decode failed with status {status}")
+            self.tokens_computed += n
         except Exception:
             for seq, pos in before.items():  # no sequence keeps a token of a failed step
                 lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), pos, -1)
@@ -278,6 +282,12 @@ class LlamaCppEngine:
             return False
         self._pos[seq] = tokens
         return True
+
+    def copy(self, seq: int, source: int) -> bool:
+        """`source`'s cache into the open, empty `seq` (a prefix shared across sessions; `start`
+        then cuts it). A save and a restore: llama_memory_seq_cp between sequences with a KV buffer
+        each copies the whole buffer at the next decode, and leaves it pending until then."""
+        return self.restore(seq, self.save(source), self._pos[source])
 
     def cached_tokens(self, seq: int) -> int:
         return self._pos.get(seq, 0)

@@ -9,8 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
-from streamlit import runtime as streamlit_runtime
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from edgechat.conversation import Conversation
@@ -24,6 +22,13 @@ CURSOR = " ▌"
 REASONING_TAIL = 300  # characters of a think part shown while the model is still thinking
 FRAME_S = 0.1  # the streaming answer is redrawn at most ~10 times a second, only when it changed
 GONE_CHECK_S = 0.2  # after a run is stopped, when to ask Streamlit whether the page is still there
+
+
+def handout_box(runtime: Runtime, lang: str) -> None:
+    """The room's --handout, folded, at the top of the page: every answer has read it."""
+    if runtime.handout:
+        with st.expander(t(lang, "handout"), icon=":material/description:"):
+            st.markdown(safe_markdown(runtime.handout))
 
 
 def message_body(record: dict[str, Any], runtime: Runtime, lang: str) -> None:
@@ -116,13 +121,12 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
 def interrupt_if_gone(conv: Conversation) -> None:
     """A stopped run is a rerun or a page that went away; Streamlit drops a closed page's session
     from its active ones right after stopping its run, so ask a moment later."""
-    ctx = get_script_run_ctx()
-    if ctx is None or not streamlit_runtime.exists():
+    alive = conv.alive
+    if alive is None:
         return
-    session, instance = ctx.session_id, streamlit_runtime.get_instance()
 
     def check() -> None:
-        if not instance.is_active_session(session):
+        if not alive():
             conv.stop(interrupted=True)
 
     threading.Timer(GONE_CHECK_S, check).start()

@@ -52,8 +52,13 @@ def test_hostile_answers_model_id_and_errors_render_inert(browser, hostile) -> N
     page.get_by_text("the model server failed (500)").wait_for(timeout=60_000)
     page.wait_for_load_state("networkidle")
     assert sink.hits == [] and outside == []
-    for tag in ("img", "iframe", "video", "picture", "svg image", "object", "embed", "style", "script"):
+    for tag in ("img", "iframe", "video", "picture", "svg image", "object", "embed", "style"):
         assert page.locator(f"[data-testid=stMain] {tag}, [data-testid=stSidebar] {tag}").count() == 0, tag
+    scripts = page.eval_on_selector_all(  # the page's own only: the load line's (edgechat/page/sidebar.py)
+        "[data-testid=stMain] script, [data-testid=stSidebar] script",
+        "s => s.map(e => e.text.includes('__edgechatLoad'))",
+    )
+    assert scripts == [True], scripts
     hrefs = page.eval_on_selector_all(
         "[data-testid=stMarkdownContainer] a[href]",
         "as => as.filter(a => !a.closest('[data-testid=stHeaderActionElements]')).map(a => a.getAttribute('href'))",
