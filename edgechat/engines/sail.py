@@ -194,6 +194,10 @@ class SailEngine:
         slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row, self._base(slot)) else 0
         return slot.length > 0
 
+    def copy(self, seq: int, source: int) -> bool:
+        """`source`'s cache into the open, empty `seq` (a prompt prefix shared across sessions)."""
+        return self.prefix_cache and self.restore(seq, self.save(source), self._slot(source).length)
+
     def cached_tokens(self, seq: int) -> int:
         return self._slot(seq).length
 

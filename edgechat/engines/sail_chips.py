@@ -237,6 +237,15 @@ class ChipsEngine:
             return False
         return self._call(chip, lambda: chip.engine.restore(local, data, tokens))  # type: ignore[union-attr]
 
+    def copy(self, seq: int, source: int) -> bool:
+        """A shared prompt prefix: `source`'s cache (on its chip) into `seq` (on its own, maybe another)."""
+        (src, src_local), (dst, dst_local) = self._where[source], self._where[seq]
+        if not (src.alive and dst.alive and self.prefix_cache):
+            return False
+        tokens = src.engine.cached_tokens(src_local)  # type: ignore[union-attr]
+        data = self._call(src, lambda: src.engine.save(src_local))  # type: ignore[union-attr]
+        return self._call(dst, lambda: dst.engine.restore(dst_local, data, tokens))  # type: ignore[union-attr]
+
     def cached_tokens(self, seq: int) -> int:
         chip, local = self._where[seq]
         return chip.engine.cached_tokens(local) if chip.alive else 0  # type: ignore[union-attr]

@@ -245,3 +245,24 @@ def test_after_a_chip_dies_its_idle_sessions_move_and_the_room_waits_for_fewer_s
         sail.revive(1)
         scheduler.close()
         engine.close()
+
+
+def test_a_shared_prefix_is_copied_across_chips(bmodel: Path, cfg: Path) -> None:
+    """Prefix sharing (edgechat.sharing) copies one session's cache into another's sequence, which
+    may sit on another chip: the copy answers as the reference."""
+    from edgechat.tokenizers.hf import HfTokenizer
+
+    _, engine = load_engines(bmodel, HfTokenizer(cfg).vocab_size, [0, 1, 2], 1)
+    try:
+        ref, prompt = QwenReference(bmodel), [5, 6, 7, 8, 9]
+        source, target = engine.open_sequence(), engine.open_sequence()
+        assert engine._where[source][0] is not engine._where[target][0]
+        engine.start(source, GREEDY, 0)
+        engine.prefill(source, prompt)
+        assert engine.copy(target, source) and engine.cached_tokens(target) == len(prompt)
+        assert engine.start(target, GREEDY, len(prompt) - 1) == len(prompt) - 1
+        token = engine.prefill(target, prompt[-1:])
+        assert token == ref.next_token(prompt)
+        assert engine.decode([(target, token)]) == [ref.next_token([*prompt, token])]
+    finally:
+        engine.close()
