@@ -39,6 +39,12 @@ def allowed_hosts(settings: Settings) -> list[str]:
     own names and addresses. A Host header outside them (a DNS-rebinding page) gets 400."""
     if settings.allowed_hosts.strip():
         return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    return box_names()
+
+
+def box_names() -> list[str]:
+    """This machine's own names and addresses (loopback, host name, LAN addresses); also the
+    names a self-signed certificate is made for (edgechat.tls)."""
     names = {"localhost", "127.0.0.1", "::1"}
     hostname = socket.gethostname()
     names |= {hostname, f"{hostname}.local", socket.getfqdn()}

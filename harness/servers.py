@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,9 +23,10 @@ def free_port() -> int:
 
 
 class Server:
-    """`streamlit run web_demo.py` (or another `script`) with `flags` after `--`. Its saved chats go
-    to a fresh temporary folder (EDGECHAT_DATA_DIR) unless `data_dir` names one to reuse (a
-    restart test), and its output to a log file read by `output()`."""
+    """`streamlit run web_demo.py` (or another `script`) with `flags` after `--` and Streamlit's own
+    `streamlit_options` before it. Its saved chats go to a fresh temporary folder
+    (EDGECHAT_DATA_DIR) unless `data_dir` names one to reuse (a restart test), and its output to
+    a log file read by `output()`. With `--tls` among the flags its URL is https."""
 
     def __init__(
         self,
@@ -32,16 +34,18 @@ class Server:
         script: Path = REPO / "web_demo.py",
         data_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        streamlit_options: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = "--tls" in flags or "--tls-cert" in flags
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self._own_data = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="edgechat-data-"))
         self.log = open(REPO / f".e2e-server-{self.port}.log", "w+")  # noqa: SIM115
         cmd = [
             sys.executable, "-m", "streamlit", "run", str(script),
             "--server.address", "127.0.0.1", "--server.port", str(self.port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", *streamlit_options,
             "--", *flags,
         ]  # fmt: skip
         # Browsers of tests and benches all connect from 127.0.0.1: harness.browser.person() gives
@@ -52,7 +56,7 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=1) as r:
+                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=1, context=self.ssl_context()) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -60,6 +64,16 @@ class Server:
         output = self.output()
         self.stop()
         raise RuntimeError(f"streamlit did not start within {START_TIMEOUT_S:.0f} s: {output[-2000:]}")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For a --tls server: a client context that takes its self-signed certificate unchecked
+        (tests compare its fingerprint instead)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
 
     def metric(self, name: str, **labels: str) -> float | None:
         """One sample of the server's /metrics (`edgechat:requests_total`, finished_reason=...); None

@@ -61,9 +61,13 @@ LAYERS: dict[str, int] = {
     "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
     "edgechat.server": 11,
     "baichuan2": 12,
+    "edgechat.tls": 12,  # --tls: the certificate Streamlit serves (uses server.box_names)
     "edgechat.page": 13,
     "edgechat.page.session": 13,
+    "edgechat.page.copy_button": 12,  # one click copies an answer's Markdown, on plain HTTP too
+    "edgechat.page.tab_title": 12,  # the tab title says queued / answering / answered
     "edgechat.page.messages": 13,
+    "edgechat.page.join_qr": 13,  # the page's address as text and QR code, the HTTPS fingerprint
     "edgechat.page.sidebar": 14,
     "web_demo": 15,
 }

@@ -15,6 +15,7 @@ from edgechat.chats import SavedChat
 from edgechat.config import Settings, options
 from edgechat.conversation import Conversation
 from edgechat.page import session
+from edgechat.page.join_qr import join_panel
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import display_url, plain_text
 from edgechat.server import LOAD_PATH
@@ -47,20 +48,6 @@ CHATS_SHOWN = 30
 IMPORT_MAX_CHARS = 900_000  # a pasted export travels in one websocket frame, capped at 1 MB (config.toml)
 
 
-def lan_url() -> str | None:
-    """The address people in the room type (Streamlit's "Network URL"); None when bound to loopback."""
-    address = st.get_option("server.address") or ""
-    port = st.get_option("server.port")
-    if address in ("127.0.0.1", "localhost", "::1"):
-        return None
-    if address not in ("", "0.0.0.0", "::"):
-        return f"http://{address}:{port}"
-    from streamlit import net_util
-
-    ip = net_util.get_internal_ip()
-    return f"http://{ip}:{port}" if ip else None
-
-
 def server_panel(runtime: Runtime, lang: str) -> None:
     """The model, the device, the load (kept current by the page itself, see LOAD_JS). Strings from
     a model server (its model id, its health line) are shown as plain text."""
@@ -80,9 +67,6 @@ def server_panel(runtime: Runtime, lang: str) -> None:
                      shared=stats["prompt_tokens_shared"], prefilled=stats["prompt_tokens_prefilled"]))  # fmt: skip
     if stats.get("chips"):  # a TPU box serving on several chips: each chip's slots in use (as of this run)
         st.caption(" · ".join(t(lang, "server_chip" if c["alive"] else "server_chip_out", **c) for c in stats["chips"]))
-    url = lan_url()
-    if url:
-        st.caption(t(lang, "server_lan", url=url))
 
 
 def load_line(runtime: Runtime, lang: str) -> None:
@@ -119,7 +103,7 @@ def chat_list(runtime: Runtime, lang: str, busy: bool) -> None:
         return
     for chat in chats:
         current = chat.id == saved.chat_id
-        row = st.container(horizontal=True, vertical_alignment="center")
+        row = st.container(horizontal=True, wrap=False, vertical_alignment="center")  # ⋮ stays beside a long title
         row.button(plain_text(chat.title or t(lang, "untitled"), max_chars=40), key=f"open_{chat.id}",
                    type="primary" if current else "tertiary", disabled=busy or current,
                    on_click=_open, args=(chat.id,), width="stretch")  # fmt: skip
@@ -219,6 +203,7 @@ def sidebar(runtime: Runtime, conv: Conversation, settings: Settings, lang: str,
         answer_settings(settings, lang, busy, sampling_fixed=bool(runtime.info.get("sampling_fixed")))
         st.subheader(t(lang, "server"))
         server_panel(runtime, lang)
+        join_panel(lang)  # the address, its QR code and the HTTPS fingerprint: they do not change each second
         st.subheader(t(lang, "export"))
         export_buttons(runtime, conv, lang)
 
