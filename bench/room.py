@@ -17,6 +17,9 @@ two 50-second runs of the same flags differed by 8–16 % on this shared 2-core 
      cached sessions. Targets: turn-1 first-token p50 <= 0.3 x sharing off; prompt tokens
      prefilled in total <= 1.2 x (the handout once + everyone's own tokens).
 
+`--backend sail-emulated` instead sizes a TPU box in simulated time (issue 28): 30 people x 5 turns
+on 1 chip, 3 chips and a batch-4 bmodel, with and without history K/V (harness/sail_room.py).
+
 Then a parked chat restored vs re-prefilled (issue 11 item 2), and the scheduler's overhead
 (item 5): U sequences decoding N tokens through client + scheduler against a raw loop of llama.cpp
 batched decode + argmax over the same prompts, on an identical context. Targets are ratios within
@@ -312,7 +315,17 @@ def main() -> None:
     parser.add_argument("--parking", type=int, default=1, help="the restore vs re-prefill measure (0 = skip)")
     parser.add_argument("--passes", type=int, default=2, help="runs of every configuration, interleaved; best kept")
     parser.add_argument("--overhead-rounds", type=int, default=3, help="raw vs served measurements (0 = skip)")
+    parser.add_argument("--backend", choices=["llamacpp", "sail-emulated"], default="llamacpp",
+                        help="sail-emulated: 30 x 5 on emulated TPUs, simulated (harness/sail_room.py)")  # fmt: skip
     args = parser.parse_args()
+    if args.backend == "sail-emulated":
+        import tempfile
+
+        from harness.sail_room import room_table
+
+        with tempfile.TemporaryDirectory() as directory:
+            print(json.dumps(room_table(Path(directory)), indent=1))
+        return
     load = os.getloadavg()
     result: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

@@ -153,8 +153,8 @@ class Settings:
         "--max-running slots); accepted so existing command lines still start", "serving", minimum=1,
     )  # fmt: skip
     max_running: int | None = option(
-        None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot); more wait in a FIFO "
-        "queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
+        None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot, per chip); more wait "
+        "in a FIFO queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
     )  # fmt: skip
     max_prompt_share: float = option(
         0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",

@@ -128,6 +128,8 @@ TEXT: dict[str, dict[str, str]] = {
     "server": {"en": "Server", "zh": "服务器"},
     "server_model": {"en": "model file {file}", "zh": "模型文件 {file}"},
     "server_device": {"en": "{device} · context {context} tokens", "zh": "{device} · 上下文 {context} tokens"},
+    "server_chip": {"en": "TPU {tpu}: {busy}/{slots}", "zh": "TPU {tpu}: {busy}/{slots}"},
+    "server_chip_out": {"en": "TPU {tpu}: out", "zh": "TPU {tpu}: 已停用"},
     "server_load": {
         "en": "generating {running} · waiting {waiting} · {tps:.1f} tok/s",
         "zh": "生成中 {running} · 排队 {waiting} · {tps:.1f} tok/s",

@@ -40,8 +40,10 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
     "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
     "edgechat.engines.sail_history": 2,  # history K/V: dynamic block_kv_i prefill, park/restore
+    "edgechat.engines.sail_batch": 2,  # decode steps: batch 1, and batch-N graphs (N sequences per call)
     "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
+    "edgechat.engines.sail_chips": 4,  # one SailEngine per TPU of --dev_ids, as one engine
     "edgechat.engines.remote": 3,
     "edgechat.kvcache": 1,
     "edgechat.prefixes": 1,  # block-hash index of token prefixes

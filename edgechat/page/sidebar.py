@@ -65,6 +65,8 @@ def server_panel(runtime: Runtime, lang: str) -> None:
     if stats.get("prompt_tokens_prefilled"):  # a local engine: where prompt tokens came from (as of this run)
         st.caption(t(lang, "server_prompt", reused=stats["prompt_tokens_reused"],
                      shared=stats["prompt_tokens_shared"], prefilled=stats["prompt_tokens_prefilled"]))  # fmt: skip
+    if stats.get("chips"):  # a TPU box serving on several chips: each chip's slots in use (as of this run)
+        st.caption(" · ".join(t(lang, "server_chip" if c["alive"] else "server_chip_out", **c) for c in stats["chips"]))
 
 
 def load_line(runtime: Runtime, lang: str) -> None:
