@@ -266,3 +266,57 @@ def test_a_shared_prefix_is_copied_across_chips(bmodel: Path, cfg: Path) -> None
         assert engine.decode([(target, token)]) == [ref.next_token([*prompt, token])]
     finally:
         engine.close()
+
+
+def test_streamlit_run_serves_the_page_and_the_api_on_three_chips(bmodel: Path, cfg: Path, tmp_path: Path) -> None:
+    """The issue's done-when as a user starts it: `streamlit run web_demo.py -- --bmodel ... --dev_ids
+    0 1 2` on three emulated TPUs. Two people on the page (Streamlit's own websocket protocol) are
+    answered, a program on /v1 as the numpy reference answers, and /metrics shows three chips up
+    (the page's answers are compared token for token in test_the_page_serves_on_three_chips)."""
+    import asyncio
+    import json
+    import urllib.request
+
+    from edgechat.token_config import load_token_config
+    from harness.servers import Server
+    from harness.streamlit_socket import Person, answer
+    from tests.sail.harness import EMULATOR
+
+    site = tmp_path / "site"
+    sail.install_as(site, "3.9.4", "sophon")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), str(EMULATOR), str(REPO)]), "SAIL_EMULATOR_TPU_NUM": "3"}
+    flags = ["--bmodel", str(bmodel), "--token", str(cfg), *CHIPS, "--max-new-tokens", "16", "--temperature", "0"]
+    server = Server(*flags, env=env)
+    try:
+        tok = load_token_config(cfg)
+        ref = QwenReference(bmodel)
+
+        def expected(question: str) -> str:
+            prompt = tok.render([Message(role="user", content=question)])
+            return tok.decode(ref.generate(prompt, 16, tok.stop_ids))
+
+        async def two_people() -> list[dict]:
+            tabs = [Person(server.url, "10.81.0.1"), Person(server.url, "10.81.0.2")]
+            try:
+                await asyncio.gather(*(tab.open() for tab in tabs))
+                await asyncio.gather(*(tab.ask(f"Question {i}?") for i, tab in enumerate(tabs)))
+                return list(await asyncio.gather(*(answer(tab, 0, timeout=120) for tab in tabs)))
+            finally:
+                await asyncio.gather(*(tab.close() for tab in tabs), return_exceptions=True)
+
+        outcomes = asyncio.run(two_people())
+        for outcome in outcomes:
+            assert outcome["outcome"] == "completed" and outcome["tokens"] > 0, (outcome, server.output()[-2000:])
+
+        body = json.dumps({"messages": [{"role": "user", "content": "And a program?"}], "temperature": 0,
+                           "max_tokens": 16}).encode()  # fmt: skip
+        request = urllib.request.Request(server.url + "/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=120) as r:
+            content = json.loads(r.read())["choices"][0]["message"]["content"]
+        assert content == expected("And a program?")
+
+        up = {t: server.metric("edgechat:tpu_up", tpu=t) for t in ("0", "1", "2")}
+        assert up == {"0": 1.0, "1": 1.0, "2": 1.0}, up
+    finally:
+        server.stop()
