@@ -165,7 +165,9 @@ def test_each_chip_is_checked_for_memory_before_its_kv(bmodel: Path, cfg: Path) 
     try:
         message = load_error(bmodel, cfg, *CHIPS, "--max-running", "2")
         assert "free on TPU 2" in message and "lower --max-running" in message
-        assert {d: dev.USED.get(d, 0) for d in (0, 1)} == {d: used.get(d, 0) for d in (0, 1)}
+        # nothing of the failed load stays on chips 0 and 1 (an earlier test's dead chip may have
+        # left its own allocation behind, which a later handle on that chip can take back)
+        assert all(dev.USED.get(d, 0) <= used.get(d, 0) for d in (0, 1)), (dev.USED, used)
     finally:
         dev.release(2, total - (1 << 20) - used.get(2, 0))
 
