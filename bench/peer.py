@@ -140,7 +140,13 @@ def peer_room(binary: Path, configs: list[str], people: int, turns: int, tokens:
                 runs[name][side].append(run)
                 brief = {k: run[k] for k in ("aggregate_tps", "first_token_p50_s_per_turn", "errors", "loadavg_after")}
                 print(f"pass {n + 1} {name} {side}: {brief}", file=sys.stderr, flush=True)
-    out: dict[str, Any] = {"order": "per pass: peer then edgechat, mirrored every other pass; best pass kept"}
+    out: dict[str, Any] = {
+        "order": "per pass: peer then edgechat, mirrored every other pass; best pass kept",
+        # Both servers inherit it (edgechat.engines.llamacpp sets PASSIVE unless it is set): with
+        # other work on 2 cores, ggml's spinning OpenMP barriers cost a spinner its time slices.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "ld_library_path": os.environ.get("LD_LIBRARY_PATH"),  # another ggml CPU backend, for both
+    }
     for name, sides in runs.items():
         best = {side: max(done, key=lambda r: r["aggregate_tps"]) for side, done in sides.items()}
         peer, ours = best["peer"], best["edgechat"]
@@ -156,6 +162,9 @@ def peer_room(binary: Path, configs: list[str], people: int, turns: int, tokens:
                     ours["first_token_p50_s_per_turn"][-1], peer["first_token_p50_s_per_turn"][-1]
                 ),
                 "completion_tokens_vs_peer": round(ours["completion_tokens"] / max(1, peer["completion_tokens"]), 3),
+                # tokens per CPU second of the server process: what each side makes of the CPU it
+                # got, less at the mercy of what else the shared box ran during its pass
+                "tokens_per_cpu_s_vs_peer": _ratio(_per_cpu(ours), _per_cpu(peer)),
             },
         }
         out[name]["targets_met"] = {
@@ -163,6 +172,11 @@ def peer_room(binary: Path, configs: list[str], people: int, turns: int, tokens:
             "last_turn_ftl_p50_vs_peer<=0.5": (out[name]["ratios"]["last_turn_ftl_p50_vs_peer"] or 99) <= 0.5,
         }
     return out
+
+
+def _per_cpu(run: dict[str, Any]) -> float | None:
+    cpu = run["profile"]["process_cpu_s"]
+    return run["completion_tokens"] / cpu if cpu else None
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
