@@ -13,11 +13,10 @@ import os
 import re
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
-from harness.servers import free_port
+from harness.servers import answers, end, free_port
 
 START_TIMEOUT_S = 120.0
 TICK = os.sysconf("SC_CLK_TCK")
@@ -38,14 +37,8 @@ class LlamaServer:
         ]  # fmt: skip
         self.command = " ".join(cmd[1:])
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
+        if answers(self.proc, self.url + "/health", START_TIMEOUT_S):
+            return
         tail = self.output()[-2000:]
         self.stop()
         raise RuntimeError(f"llama-server did not start within {START_TIMEOUT_S:.0f} s: {tail}")
@@ -85,13 +78,7 @@ class LlamaServer:
         }
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
         self.log.close()
 
 
