@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from harness.peer import LlamaServer, cpu_seconds
 from harness.servers import Server
 
 CONTEXT = 2048
+DEBUG_EVERY_S = 5.2
 SLOTS = {"16": 16, "8": 8}
 PROFILE_KEYS = (
     "steps", "step_s", "step_cpu_s", "decode_s", "cache_moves", "cache_moves_s", "sampling_s",
@@ -66,6 +68,12 @@ def edgechat_metrics(url: str) -> dict[str, float]:
     return out
 
 
+def cpu_backend(pid: int) -> list[str]:
+    """The file a server's ggml CPU kernels came from (LD_LIBRARY_PATH may swap it for both)."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return sorted({line.split()[-1] for line in maps.splitlines() if "libggml-cpu" in line})
+
+
 def served_model(url: str) -> str:
     return openai.OpenAI(base_url=url + "/v1", api_key="none").models.list().data[0].id
 
@@ -80,6 +88,7 @@ def run_edgechat(slots: int, people: int, turns: int, tokens: int, threads: int)
         before, cpu_before = edgechat_metrics(server.url), cpu_seconds(server.proc.pid)
         result = room(load, people, turns)
         after, cpu_after = edgechat_metrics(server.url), cpu_seconds(server.proc.pid)
+        backend = cpu_backend(server.proc.pid)
     finally:
         server.stop()
     spent = {k: round(after.get(k, 0.0) - before.get(k, 0.0), 3) for k in PROFILE_KEYS}
@@ -89,7 +98,7 @@ def run_edgechat(slots: int, people: int, turns: int, tokens: int, threads: int)
     spent["process_cpu_s"] = round(cpu_after["total"] - cpu_before["total"], 2)
     spent["event_loop_cpu_s"] = round(cpu_after["main_thread"] - cpu_before["main_thread"], 2)
     spent["threads_cpu_end"] = cpu_after["busiest"]
-    return {**result, "flags": " ".join(flags), "profile": spent}
+    return {**result, "flags": " ".join(flags), "ggml_cpu_backend": backend, "profile": spent}
 
 
 def run_peer(binary: Path, slots: int, people: int, turns: int, tokens: int, threads: int) -> dict[str, Any]:
@@ -101,8 +110,10 @@ def run_peer(binary: Path, slots: int, people: int, turns: int, tokens: int, thr
         timings_before = server.debug_timings()
         result = room(load, people, turns)
         after, cpu_after = server.metrics(), cpu_seconds(server.proc.pid)
+        time.sleep(DEBUG_EVERY_S)  # its loop logs DEBUG_TIMINGS at most every 5 s, when it runs:
+        load(0)([{"role": "user", "content": "Hi"}])  # one more tiny request brings the last block out
         timings_after = server.debug_timings()
-        system_info = re.search(r"system_info: (.*)", server.output())
+        backend = cpu_backend(server.proc.pid)
     finally:
         server.stop()
     counters = ("prompt_tokens_total", "prompt_seconds_total", "tokens_predicted_total",
@@ -118,7 +129,7 @@ def run_peer(binary: Path, slots: int, people: int, turns: int, tokens: int, thr
     return {
         **result,
         "command": server.command,
-        "system_info": system_info.group(1) if system_info else None,
+        "ggml_cpu_backend": backend,  # the file its CPU kernels came from (LD_LIBRARY_PATH may swap it)
         "profile": profile,
     }
 
