@@ -40,7 +40,8 @@ DEBUG_EVERY_S = 5.2
 SLOTS = {"16": 16, "8": 8}
 PROFILE_KEYS = (
     "steps", "step_s", "step_cpu_s", "decode_s", "cache_moves", "cache_moves_s", "sampling_s",
-    "generation_tokens", "engine_prompt_tokens_prefilled",
+    "generation_tokens", "engine_prompt_tokens_prefilled", "turns_reused", "turns_restored", "turns_reprefilled",
+    "sessions_dropped",
 )  # fmt: skip
 EDGECHAT_SERIES = {
     "scheduler_steps_total": "steps", "scheduler_step_seconds_total": "step_s",
@@ -48,6 +49,8 @@ EDGECHAT_SERIES = {
     "engine_cache_moves_total": "cache_moves", "engine_cache_move_seconds_total": "cache_moves_s",
     "engine_sampling_seconds_total": "sampling_s",
     "engine_prompt_tokens_prefilled_total": "engine_prompt_tokens_prefilled",
+    "turns_reused_total": "turns_reused", "turns_restored_total": "turns_restored",
+    "turns_reprefilled_total": "turns_reprefilled", "sessions_dropped_total": "sessions_dropped",
 }  # fmt: skip
 
 
