@@ -20,8 +20,10 @@ from edgechat.config import LANGS, Settings, parse_settings
 from edgechat.conversation import Conversation, Refusal
 from edgechat.errors import ConfigError
 from edgechat.page import session
+from edgechat.page.join_qr import presenter_qr
 from edgechat.page.messages import context_meter, follow_answer, handout_box, show_history
 from edgechat.page.sidebar import sidebar
+from edgechat.page.tab_title import tab_title
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import plain_text
 from edgechat.ui_text import LANG_NAMES, t
@@ -29,7 +31,7 @@ from edgechat.ui_text import LANG_NAMES, t
 
 def load_settings() -> Settings:
     try:
-        return parse_settings(sys.argv[1:], prog="web_demo.py")
+        return session.page_settings(sys.argv[1:])
     except ConfigError as err:
         st.error(str(err))
         st.stop()
@@ -132,6 +134,7 @@ def main() -> None:
     st.title(plain_text(runtime.info.get("model_name", "edgechat")))
     st.caption(t(lang, "tagline", backend=runtime.info.get("backend", "?")))
     handout_box(runtime, lang)
+    presenter_qr(settings, lang)
     sidebar(runtime, conv, settings, lang, busy)
     show_history(conv, runtime, lang, last_turn_actions)
     ss.flash += [("warning", plain_text(message, max_chars=1000)) for message in conv.refusals]
@@ -141,21 +144,25 @@ def main() -> None:
         conv.dropped = 0
     for kind, text in ss.flash:
         getattr(st, kind)(text)
-    ss.flash = []
+    if not busy:  # a busy run ends in a rerun (follow_answer), whose page would no longer show them
+        ss.flash = []
     st.chat_input(t(lang, "ask"), key="prompt", disabled=busy, max_chars=settings.max_input_chars,
                   on_submit=lambda: act("ask", st.session_state.prompt))  # fmt: skip
     context_meter(conv, lang)
     if busy:
         follow_answer(conv, lang, stop)
+    tab_title(st.sidebar, "idle", lang, id(conv.answer))  # one that ended in a hidden tab: "✓ answered"
 
 
 if __name__ == "__main__":  # a script run of the page
     main()
 else:  # imported by `streamlit run`, which serves this app: the page plus edgechat.server's routes
     from edgechat.server import app_options
+    from edgechat.tls import serve_tls
 
     try:
         _settings = parse_settings(sys.argv[1:], prog="web_demo.py")
+        serve_tls(_settings)  # --tls: restarts this command line once with Streamlit's certificate options
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

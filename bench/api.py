@@ -64,7 +64,9 @@ def question(client: int, turn: int) -> str:
     return f"Tell me a long story about {TOPICS[client % len(TOPICS)]}, part {turn + 1}. Use many details."
 
 
-def room(turn_for: Callable[[int], Turn], clients: int, turns: int) -> dict[str, Any]:
+def room(
+    turn_for: Callable[[int], Turn], clients: int, turns: int, ask_text: Callable[[int, int], str] = question
+) -> dict[str, Any]:
     """`clients` threads, each `turns` turns carrying its history; one figure set for the load."""
     results: list[tuple[int, int, int, float | None, int]] = []  # ..., first token s, turn
     errors: list[str] = []
@@ -74,7 +76,7 @@ def room(turn_for: Callable[[int], Turn], clients: int, turns: int) -> dict[str,
         ask = turn_for(i)
         history: list[Message] = []
         for t in range(turns):
-            history.append(Message(role="user", content=question(i, t)))
+            history.append(Message(role="user", content=ask_text(i, t)))
             try:
                 text, completion, prompt, reused, first = ask(history)
             except Exception as err:  # noqa: BLE001 — counted and reported

@@ -20,6 +20,9 @@ two 50-second runs of the same flags differed by 8–16 % on this shared 2-core 
 With `--peer-server PATH` (issue 29) it runs only the room over HTTP against llama.cpp's own server
 and edgechat's /v1 (bench/peer.py).
 
+`--backend sail-emulated` instead sizes a TPU box in simulated time (issue 28): 30 people x 5 turns
+on 1 chip, 3 chips and a batch-4 bmodel, with and without history K/V (harness/sail_room.py).
+
 Then a parked chat restored vs re-prefilled (issue 11 item 2), and the scheduler's overhead
 (item 5): U sequences decoding N tokens through client + scheduler against a raw loop of llama.cpp
 batched decode + argmax over the same prompts, on an identical context. Targets are ratios within
@@ -319,7 +322,17 @@ def main() -> None:
     parser.add_argument("--overhead-rounds", type=int, default=3, help="raw vs served measurements (0 = skip)")
     parser.add_argument("--peer-server", type=Path, help="a llama-server binary: run the room over HTTP against it")
     parser.add_argument("--peer-configs", default="16,8", help="peer mode: slots = --max-running, in this order")
+    parser.add_argument("--backend", choices=["llamacpp", "sail-emulated"], default="llamacpp",
+                        help="sail-emulated: 30 x 5 on emulated TPUs, simulated (harness/sail_room.py)")  # fmt: skip
     args = parser.parse_args()
+    if args.backend == "sail-emulated":
+        import tempfile
+
+        from harness.sail_room import room_table
+
+        with tempfile.TemporaryDirectory() as directory:
+            print(json.dumps(room_table(Path(directory)), indent=1))
+        return
     load = os.getloadavg()
     result: dict = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

@@ -8,6 +8,7 @@ guessing the password or filling the queue everyone else waits in.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import threading
 import time
@@ -115,13 +116,21 @@ class ClientLimits:
 def client_address(peer: str | None, headers: Mapping[str, str], trusted_proxy: str | None) -> str:
     """Who is asking: the peer address, or — only when the peer is the operator's trusted reverse
     proxy — the last address that proxy appended to X-Forwarded-For (a client can put anything in
-    front of it, so only the proxy's own entry counts)."""
+    front of it, so only the proxy's own entry counts). Loopback is a proxy only when named; a
+    loopback proxy matches any loopback peer (the same machine)."""
     peer = peer or "unknown"
-    if trusted_proxy and peer == trusted_proxy:
+    if trusted_proxy and (peer == trusted_proxy or (_loopback(peer) and _loopback(trusted_proxy))):
         forwarded = [a.strip() for a in headers.get("x-forwarded-for", "").split(",") if a.strip()]
         if forwarded:
             return forwarded[-1]
     return peer
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 _shared: dict[tuple[int, int], ClientLimits] = {}

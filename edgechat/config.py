@@ -153,8 +153,8 @@ class Settings:
         "--max-running slots); accepted so existing command lines still start", "serving", minimum=1,
     )  # fmt: skip
     max_running: int | None = option(
-        None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot); more wait in a FIFO "
-        "queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
+        None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot, per chip); more wait "
+        "in a FIFO queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
     )  # fmt: skip
     max_prompt_share: float = option(
         0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",
@@ -218,6 +218,17 @@ class Settings:
     trusted_proxy: str | None = option(
         None, "address of a reverse proxy whose X-Forwarded-For names the client (for per-address limits)", "page"
     )
+    tls: bool = option(
+        False, "serve the page, /v1, /metrics and /healthz over HTTPS on the same port (Streamlit's "
+        "server.sslCertFile); without --tls-cert a self-signed certificate for this box's names and addresses, made "
+        "once in --data-dir",
+        "page",
+    )  # fmt: skip
+    tls_cert: Path | None = option(None, "certificate (PEM, with its chain) to serve instead; needs --tls-key, "
+                                   "implies --tls", "page")  # fmt: skip
+    tls_key: Path | None = option(None, "private key (PEM, unencrypted) of --tls-cert", "page")
+    show_qr: bool = option(False, "the page's QR code large on everyone's main area (for a presenter), until closed",
+                           "page")  # fmt: skip
     # ---- saved chats ----
     data_dir: Path | None = option(None, "folder of the saved-chats database", "history",
                                    shown_default="$XDG_DATA_HOME/edgechat or ~/.local/share/edgechat")  # fmt: skip
@@ -429,6 +440,10 @@ def parse_settings(
         ns["password"] = None
     if ns["backend"] == "openai" and not ns["base_url"]:
         raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
+    if (ns["tls_cert"] is None) != (ns["tls_key"] is None):
+        raise ConfigError("--tls-cert and --tls-key go together: the certificate and its private key (PEM files)")
+    if ns["tls_cert"] is not None:
+        ns["tls"] = True
     if not ns["dev_ids"]:
         raise ConfigError("--dev_ids needs at least one TPU id")
     return Settings(**ns)

@@ -50,8 +50,10 @@ class Answer:
     ) -> None:
         self.record = record
         self._release = release
-        self.watch_s = conversation.watch_s  # a page's answer nobody follows this long was left behind
-        self._touched = time.monotonic()
+        # A page's answer with no sign of its page for this long was left behind (see _page_gone).
+        self.watch_s = conversation.watch_s
+        self._alive = conversation.alive
+        self._touched = time.monotonic()  # the page's last sign of life: the question, a follow, a probe
         self.queued: Queued | None = None  # the latest queue position while waiting
         self.refusal: str | None = None  # set when the request was refused before any text
         self._conversation = conversation
@@ -79,6 +81,17 @@ class Answer:
         """A reader is following this answer (the page's render loop calls it every frame)."""
         self._touched = time.monotonic()
 
+    def _page_gone(self) -> bool:
+        """No sign of the page for `watch_s`: nobody followed the answer and, where the page can be
+        asked (`alive`), it says it is gone. A slow page is not a gone page: on a busy box a page's
+        run may start following seconds after its question, while its session is still open."""
+        if self.watch_s is None or time.monotonic() - self._touched <= self.watch_s:
+            return False
+        if self._alive is not None and self._alive():
+            self.touch()
+            return False
+        return True
+
     def wait(self, seen: int, timeout: float) -> bool:
         """Block until the text is longer than `seen` characters or the answer ended; False on
         timeout. Lets a reader follow the answer without polling."""
@@ -94,7 +107,7 @@ class Answer:
         saved = time.monotonic()
         try:
             for event in self._generation:
-                if self.watch_s is not None and time.monotonic() - self._touched > self.watch_s:
+                if self._page_gone():
                     self.cancel(interrupted=True)  # its page went away without saying so
                 if isinstance(event, Text):
                     self.queued = None
@@ -151,6 +164,7 @@ class Conversation:
         records: list[Record] | None = None,
         on_change: Callable[[Conversation], None] | None = None,
         watch_s: float | None = None,
+        alive: Callable[[], bool] | None = None,
         admission: Callable[[], Callable[[], None] | None] | None = None,
     ) -> None:
         self.client = client
@@ -159,7 +173,8 @@ class Conversation:
         self.max_input_chars = max_input_chars
         self.records: list[Record] = records or []
         self.on_change = on_change
-        self.watch_s = watch_s  # see Answer.touch; None: the reader never goes away silently (terminal)
+        self.watch_s = watch_s  # see Answer._page_gone; None: the reader never goes away silently (terminal)
+        self.alive = alive  # whether the reader (a page's session) is still there; None: only touch() tells
         # A slot for one more answer of this person (edgechat.access.ClientLimits.acquire): its
         # release function, or None when they already have their share running or waiting.
         self.admission = admission or (lambda: lambda: None)

@@ -177,12 +177,28 @@ class _EngineCollector(Collector):
             value = _number(stats, keys)
             if value is not None:
                 yield CounterMetricFamily(PREFIX + name, text, value=value)
+        yield from _chip_gauges(stats.get("chips"))
         sessions = self.page_sessions()
         if sessions is not None:
             yield _gauge("page_sessions_open", "Browser sessions connected to the page.", sessions)
         if info:
             labels = {k: str(info[k]) for k in INFO_KEYS if info.get(k) is not None}
             yield InfoMetricFamily(PREFIX + "model", "The model this box serves.", value=labels)
+
+
+def _chip_gauges(chips: Any) -> Iterator[GaugeMetricFamily]:
+    """Per-TPU load of a sail engine over several chips (`--dev_ids 0 1 2`), labelled by TPU id."""
+    if not chips:
+        return
+    up = GaugeMetricFamily(PREFIX + "tpu_up", "1 while a TPU of --dev_ids serves; 0 once it is out.", labels=["tpu"])
+    busy = GaugeMetricFamily(PREFIX + "tpu_sequences_in_use", "KV slots in use on a TPU.", labels=["tpu"])
+    slots = GaugeMetricFamily(PREFIX + "tpu_sequences", "KV slots a TPU holds (--max-running).", labels=["tpu"])
+    for chip in chips:
+        tpu = str(chip["tpu"])
+        up.add_metric([tpu], 1 if chip["alive"] else 0)
+        busy.add_metric([tpu], chip["busy"])
+        slots.add_metric([tpu], chip["slots"])
+    yield from (up, busy, slots)
 
 
 def _number(stats: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:

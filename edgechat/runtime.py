@@ -218,17 +218,18 @@ def _load_llamacpp(settings: Settings, share_prefixes: bool = True) -> Runtime:
 
 
 def _load_sail(settings: Settings, share_prefixes: bool = True) -> Runtime:
-    from edgechat.engines.sail import DEFAULT_SLOTS, load_sail
+    from edgechat.engines.sail import DEFAULT_SLOTS
     from edgechat.engines.sail_api import check_bmodel
+    from edgechat.engines.sail_chips import load_engines
     from edgechat.token_config import load_token_config
 
-    # KV slots for the answers being generated only (--max-running), not --max-sessions: the TPU
-    # re-prefills the whole prompt every turn, so an idle session's cache is worth nothing there.
+    # KV slots for the answers being generated only (--max-running, on each TPU of --dev_ids), not
+    # --max-sessions: each slot costs TPU memory, and only history K/V bmodels keep a cache idle.
     slots = settings.max_running or DEFAULT_SLOTS
     bmodel = check_bmodel(settings.bmodel)
     chat = load_token_config(settings.token)  # Baichuan2's tokenizer.model or a tokenizer.json folder
     vocab = chat.tokenizer.vocab_size
-    handle, engine = load_sail(bmodel, vocab, settings.dev_ids, slots, settings.max_prompt_share)
+    handle, engine = load_engines(bmodel, vocab, settings.dev_ids, slots, settings.max_prompt_share)  # per TPU
     return _local(handle, engine, chat, settings)
 
 

@@ -30,6 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from edgechat.engines.base import Engine
@@ -142,7 +143,7 @@ class Scheduler:
         self._ids = itertools.count(1)
         self._rate = TokenRate()
         self._rate_lock = threading.Lock()
-        self._snapshot = self._policy.snapshot()
+        self._snapshot = self._publish()
         # Wall and CPU seconds of the worker's steps that ran something (/metrics): what the
         # engine's own timings (decode, cache moves, sampling) leave is Python around the step.
         self._step_time = {"steps": 0, "step_s": 0.0, "step_cpu_s": 0.0}
@@ -274,7 +275,7 @@ class Scheduler:
             if produced:
                 with self._rate_lock:
                     self._rate.add(produced, now)
-        self._snapshot = self._policy.snapshot()
+        self._snapshot = self._publish()
         self._policy.deliver()
         if not plan.empty():
             timing = self._step_time
@@ -282,6 +283,18 @@ class Scheduler:
             timing["step_s"] += time.perf_counter() - began
             timing["step_cpu_s"] += time.thread_time() - began_cpu
         return not plan.empty()
+
+    def _publish(self) -> dict[str, Any]:
+        """The policy's figures, and the per-TPU load of an engine over several chips."""
+        snapshot = self._policy.snapshot()
+        chip_load = getattr(self.engine, "chip_load", None)
+        if chip_load is not None:
+            snapshot["chips"] = chip_load()
+            live = self.engine.live_sequences  # type: ignore[attr-defined]
+            if live < self._policy.engine.max_sequences:  # a TPU went out: fewer answers at once
+                self._policy.engine = replace(self._policy.engine, max_sequences=live)
+                self._policy.max_running = min(self._policy.max_running, live)
+        return snapshot
 
     # ---- execute: every engine call ----
 
@@ -337,8 +350,14 @@ class Scheduler:
     def _run_batch(self, feeds: list[Feed], out: Outputs) -> None:
         try:
             tokens = self.engine.step([(f.request.slot.seq, f.tokens, f.sample) for f in feeds])  # type: ignore[union-attr]
-            out.tokens.update(zip((f.request for f in feeds), tokens, strict=True))
+            for feed, token in zip(feeds, tokens, strict=True):
+                if isinstance(token, Exception):  # that sequence alone failed (one TPU of several)
+                    out.failed[feed.request] = _describe(token)
+                else:
+                    out.tokens[feed.request] = token
             for feed in feeds:
+                if feed.request in out.failed:
+                    continue
                 if feed.sample and feed.request.sampling.logprobs is not None:
                     found = self.engine.token_logprobs(feed.request.slot.seq)  # type: ignore[union-attr]
                     if found is not None:
@@ -357,7 +376,11 @@ class Scheduler:
         if decodes:
             try:
                 tokens = self.engine.decode([(f.request.slot.seq, f.tokens[0]) for f in decodes])  # type: ignore[union-attr]
-                out.tokens.update(zip((f.request for f in decodes), tokens, strict=True))
+                for feed, token in zip(decodes, tokens, strict=True):
+                    if isinstance(token, Exception):  # that sequence alone failed (one TPU of several)
+                        out.failed[feed.request] = _describe(token)
+                    else:
+                        out.tokens[feed.request] = token
             except Exception as err:  # noqa: BLE001
                 if len(decodes) == 1:
                     out.failed[decodes[0].request] = _describe(err)

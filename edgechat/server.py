@@ -19,15 +19,18 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import PlainTextResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
 
 from edgechat.config import Settings
 from edgechat.errors import ConfigError
 from edgechat.owner import OwnerCookieMiddleware
-from edgechat.runtime import shared_runtime
+from edgechat.runtime import current_runtime, shared_runtime
 
 log = logging.getLogger(__name__)
-PROGRAM_PATHS = ("/v1/", "/metrics", "/healthz")  # called by programs, not browsers: no owner cookie
+LOAD_PATH = "/_edgechat/load"  # the server panel's load line, fetched by every open page once a second
+PROGRAM_PATHS = ("/v1/", "/metrics", "/healthz", LOAD_PATH)  # called by programs and scripts: no owner cookie
 STREAMLIT_METRICS = "/_stcore/metrics"  # Streamlit's own, always registered; not for the whole LAN
 
 
@@ -36,6 +39,12 @@ def allowed_hosts(settings: Settings) -> list[str]:
     own names and addresses. A Host header outside them (a DNS-rebinding page) gets 400."""
     if settings.allowed_hosts.strip():
         return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    return box_names()
+
+
+def box_names() -> list[str]:
+    """This machine's own names and addresses (loopback, host name, LAN addresses); also the
+    names a self-signed certificate is made for (edgechat.tls)."""
     names = {"localhost", "127.0.0.1", "::1"}
     hostname = socket.gethostname()
     names |= {hostname, f"{hostname}.local", socket.getfqdn()}
@@ -61,6 +70,33 @@ class LoopbackOnly:
         if scope["type"] == "http" and scope.get("path", "") in self.paths and not _loopback(scope):
             await PlainTextResponse("not found", status_code=404)(scope, receive, send)
             return
+        await self.app(scope, receive, send)
+
+
+class UntrustForwardedFor:
+    """The peer address as the connection gave it, whatever X-Forwarded-For says. uvicorn (which
+    Streamlit serves through, with no setting for this) replaces a request's client address with
+    X-Forwarded-For's whenever the peer is in its `forwarded_allow_ips`, loopback by default, before
+    any of our code runs: a local tunnel or proxy passing the header on would name any address it
+    likes and dodge the per-address limits. Whom to believe is decided in one place,
+    edgechat.access.client_address with --trusted-proxy, so this puts the peer back. uvicorn's own
+    rule (its _TrustedHosts, same setting) tells a rewritten scope: its client is exactly the address
+    uvicorn derives from the header (a real peer never has that address with port 0)."""
+
+    def __init__(self, app: Any) -> None:
+        from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+        self.app = app
+        self.uvicorn_trusts = _TrustedHosts(os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1"))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            forwarded = b", ".join(v for k, v in scope.get("headers", ()) if k == b"x-forwarded-for")
+            if forwarded and scope.get("client"):
+                derived = self.uvicorn_trusts.get_trusted_client_address(forwarded.decode("latin1"))
+                if derived[0] and tuple(scope["client"]) == tuple(derived):
+                    server = (scope.get("server") or ("",))[0] or ""
+                    scope = {**scope, "client": ("::1" if ":" in server else "127.0.0.1", 0)}
         await self.app(scope, receive, send)
 
 
@@ -107,6 +143,24 @@ def page_sessions_open() -> int | None:
     return int(sum(stat.value for stat in stats))
 
 
+async def room_load(request: Request) -> JSONResponse:
+    """Answers generating, waiting and the engine's tok/s, for the server panel's load line. Every
+    open page fetches it once a second (edgechat.page.sidebar): an HTTP request on the event loop
+    instead of a script run per page per second, and no fragment rerun that could preempt the end
+    of a page's run (issue 23)."""
+    runtime = current_runtime()
+    try:
+        stats = runtime.backend.stats() if runtime is not None else {}
+    except Exception:  # noqa: BLE001 — a dead engine: the panel keeps its last line
+        return JSONResponse({"error": "engine unavailable"}, status_code=503)
+    body = {
+        "running": int(stats.get("running", 0)) + int(stats.get("prefilling", 0)),
+        "waiting": int(stats.get("waiting", 0)),
+        "tps": float(stats.get("aggregate_tps", 0.0)),
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+
 def app_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `st.App`: routes, middleware and a lifespan that loads the model at
     start, so the first visitor does not wait for it."""
@@ -117,11 +171,12 @@ def app_options(settings: Settings) -> dict[str, Any]:
         middleware.insert(0, Middleware(ProgramCors, origins=origins))
     if "*" not in hosts:
         middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
-    routes: list[Any] = []
+    middleware.insert(0, Middleware(UntrustForwardedFor))  # first: every layer after sees the real peer
+    routes: list[Any] = [Route(LOAD_PATH, room_load, methods=["GET"])]
     if settings.api == "on":
         from edgechat.api import api_routes
 
-        routes = api_routes(settings, page_sessions=page_sessions_open)
+        routes += api_routes(settings, page_sessions=page_sessions_open)
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

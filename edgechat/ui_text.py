@@ -64,6 +64,15 @@ TEXT: dict[str, dict[str, str]] = {
         "zh": "已删除最早的 {n} 条消息：此对话已达到长度上限。",
     },
     "copy": {"en": "Copy", "zh": "复制"},
+    "copied": {"en": "Copied", "zh": "已复制"},
+    "title_queued": {"en": "◌ queued", "zh": "◌ 排队中"},
+    "title_answering": {"en": "● answering", "zh": "● 回答中"},
+    "title_answered": {"en": "✓ answered", "zh": "✓ 已回答"},
+    "copy_manual": {
+        "en": "This browser blocked copying: the text is selected below, copy it by hand "
+        "(Ctrl+C, or long-press → Copy).",
+        "zh": "浏览器阻止了复制：文字已在下方选中，请手动复制（Ctrl+C，或长按 → 复制）。",
+    },
     "meter": {
         "en": "used {used} / {context} tokens of the context before your next question",
         "zh": "下一个问题之前已用上下文 {used} / {context} tokens",
@@ -119,6 +128,8 @@ TEXT: dict[str, dict[str, str]] = {
     "server": {"en": "Server", "zh": "服务器"},
     "server_model": {"en": "model file {file}", "zh": "模型文件 {file}"},
     "server_device": {"en": "{device} · context {context} tokens", "zh": "{device} · 上下文 {context} tokens"},
+    "server_chip": {"en": "TPU {tpu}: {busy}/{slots}", "zh": "TPU {tpu}: {busy}/{slots}"},
+    "server_chip_out": {"en": "TPU {tpu}: out", "zh": "TPU {tpu}: 已停用"},
     "server_load": {
         "en": "generating {running} · waiting {waiting} · {tps:.1f} tok/s",
         "zh": "生成中 {running} · 排队 {waiting} · {tps:.1f} tok/s",
@@ -129,6 +140,13 @@ TEXT: dict[str, dict[str, str]] = {
         "zh": "提示 tokens：复用 {reused} · 共享 {shared} · 读取 {prefilled}",
     },
     "handout": {"en": "Handout for everyone in this room", "zh": "本场讲义（所有人可见）"},
+    "qr_caption": {"en": "Scan to join: {url}", "zh": "扫码加入：{url}"},
+    "qr_show": {"en": "Show QR code large", "zh": "放大显示二维码"},
+    "qr_close": {"en": "Close QR code", "zh": "关闭二维码"},
+    "tls_fingerprint": {
+        "en": "HTTPS certificate, SHA-256 fingerprint (compare it with your browser's warning):",
+        "zh": "HTTPS 证书 SHA-256 指纹（请与浏览器警告中的指纹核对）：",
+    },
     # one answer
     "queued": {"en": "queue position {position}, about {eta:.0f} s", "zh": "排队第 {position} 位，约 {eta:.0f} 秒"},
     "stat_first": {"en": "first token {s:.2f} s", "zh": "首字 {s:.2f} 秒"},

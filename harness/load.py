@@ -26,7 +26,7 @@ from playwright.async_api import async_playwright
 
 from harness.browser import CHROMIUM, CHROMIUM_ARGS, person_options
 from harness.memory import rss_mib
-from harness.servers import REPO, Server
+from harness.servers import Server, hook_env
 from harness.stalltrace.frames import JS_WS_ALL, JS_WS_TAIL, FrameLog, browser_lag, server_trace, session_ids
 
 QUESTIONS = [
@@ -280,5 +280,4 @@ def chromium_pids() -> list[int]:
 
 def traced_server(flags: list[str], trace: Path) -> Server:
     """`streamlit run` with harness/stalltrace/sitecustomize.py loaded and writing to `trace`."""
-    path = os.pathsep.join(p for p in (str(REPO / "harness" / "stalltrace"), os.environ.get("PYTHONPATH")) if p)
-    return Server(*flags, env={"EDGECHAT_TRACE": str(trace), "PYTHONPATH": path})
+    return Server(*flags, env=hook_env("stalltrace", EDGECHAT_TRACE=str(trace)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -21,12 +22,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def answers(proc: subprocess.Popen, url: str, timeout_s: float) -> bool:
-    """Whether the server `proc` answers 200 at `url` within `timeout_s` (False once it exited)."""
+def answers(proc: subprocess.Popen, url: str, timeout_s: float, context: ssl.SSLContext | None = None) -> bool:
+    """Whether the server `proc` answers 200 at `url` within `timeout_s` (False once it exited);
+    `context` for an https URL."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
                 if r.status == 200:
                     return True
         except OSError:
@@ -46,9 +48,10 @@ def end(proc: subprocess.Popen) -> None:
 
 
 class Server:
-    """`streamlit run web_demo.py` (or another `script`) with `flags` after `--`. Its saved chats go
-    to a fresh temporary folder (EDGECHAT_DATA_DIR) unless `data_dir` names one to reuse (a
-    restart test), and its output to a log file read by `output()`."""
+    """`streamlit run web_demo.py` (or another `script`) with `flags` after `--` and Streamlit's own
+    `streamlit_options` before it. Its saved chats go to a fresh temporary folder
+    (EDGECHAT_DATA_DIR) unless `data_dir` names one to reuse (a restart test), and its output to
+    a log file read by `output()`. With `--tls` among the flags its URL is https."""
 
     def __init__(
         self,
@@ -56,16 +59,18 @@ class Server:
         script: Path = REPO / "web_demo.py",
         data_dir: Path | None = None,
         env: dict[str, str] | None = None,
+        streamlit_options: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = "--tls" in flags or "--tls-cert" in flags
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
         self._own_data = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="edgechat-data-"))
         self.log = open(REPO / f".e2e-server-{self.port}.log", "w+")  # noqa: SIM115
         cmd = [
             sys.executable, "-m", "streamlit", "run", str(script),
             "--server.address", "127.0.0.1", "--server.port", str(self.port),
-            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.headless", "true", "--browser.gatherUsageStats", "false", *streamlit_options,
             "--", *flags,
         ]  # fmt: skip
         # Browsers of tests and benches all connect from 127.0.0.1: harness.browser.person() gives
@@ -73,11 +78,34 @@ class Server:
         base = {"EDGECHAT_DATA_DIR": str(self.data_dir), "EDGECHAT_TRUSTED_PROXY": "127.0.0.1"}
         child_env = {**_environ(), **base, **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=child_env)
-        if answers(self.proc, self.url + "/_stcore/health", START_TIMEOUT_S):
+        if answers(self.proc, self.url + "/_stcore/health", START_TIMEOUT_S, self.ssl_context()):
             return
         output = self.output()
         self.stop()
         raise RuntimeError(f"streamlit did not start within {START_TIMEOUT_S:.0f} s: {output[-2000:]}")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """For a --tls server: a client context that takes its self-signed certificate unchecked
+        (tests compare its fingerprint instead)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample of the server's /metrics (`edgechat:requests_total`, finished_reason=...); None
+        when there is no such sample."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            text = r.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return None
 
     def output(self) -> str:
         self.log.flush()
@@ -91,6 +119,15 @@ class Server:
             Path(self.log.name).unlink(missing_ok=True)
         if self._own_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def hook_env(folder: str, **env: str) -> dict[str, str]:
+    """Environment for a Server that loads harness/FOLDER/sitecustomize.py (a trace, slow runs), with
+    that hook's own variables."""
+    import os
+
+    path = os.pathsep.join(p for p in (str(REPO / "harness" / folder), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, **env}
 
 
 def _environ() -> dict[str, str]:

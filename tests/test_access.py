@@ -46,3 +46,14 @@ def test_refused_attempts_do_not_extend_the_wait() -> None:
 def test_zero_means_no_limit() -> None:
     limiter = RateLimiter(0)
     assert all(limiter.hit() == 0 for _ in range(1000))
+
+
+def test_forwarded_for_is_believed_from_the_named_proxy_only() -> None:
+    from edgechat.access import client_address
+
+    headers = {"x-forwarded-for": "6.6.6.6, 10.0.0.7"}
+    assert client_address("127.0.0.1", headers, None) == "127.0.0.1"  # loopback is no proxy unless named
+    assert client_address("10.0.0.9", headers, "10.0.0.1") == "10.0.0.9"
+    assert client_address("10.0.0.1", headers, "10.0.0.1") == "10.0.0.7"  # the proxy's own entry only
+    assert client_address("::1", headers, "127.0.0.1") == "10.0.0.7"  # a loopback proxy: this machine
+    assert client_address(None, {}, None) == "unknown"

@@ -20,7 +20,7 @@ from edgechat.api import MAX_BODY_BYTES, api_routes
 from edgechat.config import parse_settings
 from edgechat.metrics import ServingMetrics
 from edgechat.runtime import Runtime, load_runtime
-from edgechat.server import app_options
+from edgechat.server import LOAD_PATH, app_options
 from edgechat.types import ChatRequest, Message, SamplingParams, Text
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
@@ -389,8 +389,10 @@ def test_logprobs_and_a_schema_under_penalties_in_process(api: Api) -> None:
     assert all(t["logprob"] <= 0 for t in content)
 
 
-def test_api_off_serves_no_routes() -> None:
-    assert app_options(parse_settings(["--api", "off"], env={}))["routes"] == []
+def test_api_off_serves_no_program_routes() -> None:
+    """--api off leaves only the page's own load line (edgechat.server's LOAD_PATH)."""
+    paths = [route.path for route in app_options(parse_settings(["--api", "off"], env={}))["routes"]]
+    assert paths == [LOAD_PATH]
 
 
 def test_api_callers_get_the_rooms_handout_only_with_handout_api(runtime: Runtime) -> None:

@@ -72,6 +72,23 @@ def test_a_page_that_stops_following_interrupts_the_answer(runtime: Runtime) -> 
     assert record.get("interrupted") and record["stats"]["completion_tokens"] < 400
 
 
+def test_a_slow_page_whose_session_is_open_keeps_its_answer(runtime: Runtime) -> None:
+    """Nobody follows the answer for longer than watch_s (a page on a busy box whose run starts late),
+    but the page's session says it is still there: the answer runs to its end. Once the session
+    says it is gone, the next answer is interrupted."""
+    open_page = [True]
+    conv = conversation(runtime)
+    conv.watch_s, conv.alive = 0.3, lambda: open_page[0]
+    conv.sampling = replace(GREEDY, max_new_tokens=200)
+    conv.ask("Write a long story about a dragon.")
+    record = answered(conv)
+    assert not record.get("interrupted") and record["stats"]["completion_tokens"] == 200
+    open_page[0] = False
+    conv.ask("Write a long story about a knight.")
+    record = answered(conv)
+    assert record.get("interrupted") and record["stats"]["completion_tokens"] < 200
+
+
 def test_refused_questions_leave_the_conversation_as_it_was(runtime: Runtime) -> None:
     conv = conversation(runtime, max_input_chars="50")
     assert conv.ask("   ").key == "blank"

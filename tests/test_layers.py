@@ -40,8 +40,10 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
     "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
     "edgechat.engines.sail_history": 2,  # history K/V: dynamic block_kv_i prefill, park/restore
+    "edgechat.engines.sail_batch": 2,  # decode steps: batch 1, and batch-N graphs (N sequences per call)
     "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
+    "edgechat.engines.sail_chips": 4,  # one SailEngine per TPU of --dev_ids, as one engine
     "edgechat.engines.remote": 3,
     "edgechat.kvcache": 1,
     "edgechat.prefixes": 1,  # block-hash index of token prefixes
@@ -59,9 +61,13 @@ LAYERS: dict[str, int] = {
     "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
     "edgechat.server": 11,
     "baichuan2": 12,
+    "edgechat.tls": 12,  # --tls: the certificate Streamlit serves (uses server.box_names)
     "edgechat.page": 13,
     "edgechat.page.session": 13,
+    "edgechat.page.copy_button": 12,  # one click copies an answer's Markdown, on plain HTTP too
+    "edgechat.page.tab_title": 12,  # the tab title says queued / answering / answered
     "edgechat.page.messages": 13,
+    "edgechat.page.join_qr": 13,  # the page's address as text and QR code, the HTTPS fingerprint
     "edgechat.page.sidebar": 14,
     "web_demo": 15,
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -219,7 +221,9 @@ def test_server_panel_shows_the_model_and_load() -> None:
     panel = [c.value for c in at.sidebar.caption]
     assert "model file SmolLM2-135M-Instruct.Q4_1.gguf" in panel
     assert any("context 1024 tokens" in c for c in panel)
-    assert any(c.startswith("generating 0 · waiting 0 · ") and c.endswith(" tok/s") for c in panel)
+    load = [h.proto.body for h in at.sidebar.get("html")]
+    assert len(load) == 1 and re.search(r">generating 0 · waiting 0 · [\d.]+ tok/s</p>", load[0])
+    assert 'data-edgechat-load="generating {running} · waiting {waiting} · {tps} tok/s"' in load[0]
 
 
 def test_server_panel_shows_the_lan_address_to_share(monkeypatch: pytest.MonkeyPatch) -> None:

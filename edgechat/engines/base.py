@@ -58,14 +58,17 @@ class Engine(Protocol):
         """Append prompt tokens to the sequence's cache; return the token sampled after them."""
         ...
 
-    def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
-        """One step for several sequences: feed each its last token, return each next token."""
+    def decode(self, batch: Sequence[tuple[int, int]]) -> list[int | Exception]:
+        """One step for several sequences: feed each its last token, return each next token. An
+        engine over several devices may return, for a sequence whose device failed, the error
+        instead: that sequence alone fails, the others' tokens stand."""
         ...
 
-    def step(self, feeds: Sequence[Feed]) -> list[int | None]:
+    def step(self, feeds: Sequence[Feed]) -> list[int | None | Exception]:
         """(batch_prefill engines) Append every feed's tokens in one forward pass; return, per
         feed, the sampled next token, or None where the feed did not ask for one. On failure no
-        sequence keeps any of this step's tokens."""
+        sequence keeps any of this step's tokens; an engine over several devices may instead
+        return a failed entry's error in its place (the others' tokens stand)."""
         ...
 
     def token_logprobs(self, seq: int) -> TokenLogprobs | None:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgechat.engines.sail_api import (
+    ChipError,
     GraphApi,
     Io,
     check_dev_ids,
@@ -46,6 +47,7 @@ from edgechat.engines.sail_api import (
     masked_value,
     to_device,
 )
+from edgechat.engines.sail_batch import copy_rows, decode_batches, decode_one
 from edgechat.engines.sail_bmodel import SINGLE_GRAPHS, check_protocol, count_layers
 from edgechat.engines.sail_heads import Draw, Heads
 from edgechat.engines.sail_history import HistoryPrefill, dynamic_graphs, kv_problem, restore, save
@@ -66,6 +68,7 @@ class _Slot:
     k: list[Any]  # per layer, [1, MAX_LEN, heads, head_dim] on the device
     v: list[Any]
     length: int = 0  # tokens in the cache
+    row: int = 0  # its sequence in k/v: 0, or its row of a batch-N bmodel's shared [N, MAX_LEN, ...] tensors
     busy: bool = False
     draw: Draw = field(default_factory=Draw)  # sampling state, for a bmodel with sample_head
 
@@ -85,7 +88,7 @@ def load_sail(
     try:
         net = sail.EngineLLM(str(bmodel), list(dev_ids))
     except Exception as err:  # sail's own error classes differ between versions
-        raise ConfigError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
+        raise ChipError(f"sophon-sail could not load {bmodel} on TPU {list(dev_ids)}: {first_line(err)}") from None
     try:
         engine = SailEngine(sail, handle, net, bmodel, vocab_size, slots, dev_ids, max_prompt_share)
     except ConfigError as err:
@@ -135,7 +138,8 @@ class SailEngine:
         self._check_protocol(bmodel)
         self._history = self._history_prefill(net, names, bmodel)
         self.prefix_cache = self._history is not None and self._history.keeps_history  # follow-ups extend it
-        self.max_sequences = slots
+        self.max_batch = self.batch = self._next[0][0].shape[0]  # sequences one decode step takes
+        self.max_sequences = -(-slots // self.batch) * self.batch  # whole batches
         # Answer room, as the seed keeps it: history is trimmed until the prompt fits this.
         self.max_prompt_len = max(1, min(self.max_len - 1, int(self.max_len * max_prompt_share)))
         self._slots: list[_Slot] = []
@@ -175,18 +179,24 @@ class SailEngine:
         return self._lm_head(slot.draw)
 
     def decode(self, batch: Sequence[tuple[int, int]]) -> list[int]:
-        return [self._decode_one(seq, token) for seq, token in batch]
+        if self.batch > 1:
+            return decode_batches(self, [(self._slot(seq), token) for seq, token in batch])
+        return [decode_one(self, self._slot(seq), token) for seq, token in batch]
 
     def save(self, seq: int) -> bytearray:
         slot = self._slot(seq)
-        return save(slot.k, slot.v, slot.length, self.kv_row)
+        return save(slot.k, slot.v, slot.length, self.kv_row, self._base(slot))
 
     def restore(self, seq: int, data: bytearray, tokens: int) -> bool:
         slot = self._slot(seq)
         if not self.prefix_cache or slot.length or not 0 < tokens <= self.max_len:
             return False
-        slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row) else 0
+        slot.length = tokens if restore(slot.k, slot.v, data, tokens, self.kv_row, self._base(slot)) else 0
         return slot.length > 0
+
+    def copy(self, seq: int, source: int) -> bool:
+        """`source`'s cache into the open, empty `seq` (a prompt prefix shared across sessions)."""
+        return self.prefix_cache and self.restore(seq, self.save(source), self._slot(source).length)
 
     def cached_tokens(self, seq: int) -> int:
         return self._slot(seq).length
@@ -267,7 +277,8 @@ class SailEngine:
         (fi, _), (ni, no) = self._first, self._next
         (emb_i, emb_o), (cache_i, cache_o), (lm_i, lm_o) = (self._io[g] for g in SINGLE_GRAPHS)
         plan = [emb_i[0], emb_o[0], cache_i[0], cache_o[0], lm_i[0], lm_o[0], fi[1], fi[2], ni[1], ni[2], no[1], no[2]]
-        return plan + self._heads.plan()
+        prefill_kv = list(self._first[1][1:]) if self.batch > 1 else []  # block_i's K/V, copied to a batch row
+        return plan + self._heads.plan() + prefill_kv
 
     def _allocate(self) -> None:
         """All device tensors, once: check the TPU can hold them, allocate, verify, or refuse."""
@@ -281,13 +292,13 @@ class SailEngine:
         for io in plan:
             io.tensor = self._tensor(io)
         self._scratch = plan
-        _, fo = self._first
-        for _ in range(self.max_sequences):
-            k = [self._tensor(fo[1]) for _ in range(self.num_layers)]
-            v = [self._tensor(fo[2]) for _ in range(self.num_layers)]
-            self._slots.append(_Slot(k, v))
+        kv = self._next[0][3:5] if self.batch > 1 else self._first[1][1:]  # [N, MAX_LEN, ...] or [1, ...]
+        for _ in range(self.max_sequences // self.batch):
+            k = [self._tensor(kv[0]) for _ in range(self.num_layers)]
+            v = [self._tensor(kv[1]) for _ in range(self.num_layers)]
+            self._slots += [_Slot(k, v, row=row) for row in range(self.batch)]
         tensors = [io.tensor for io in self._scratch] + [t for s in self._slots for t in (*s.k, *s.v)]
-        if not allocated(self._sail, dev, tensors, before, self.device_bytes_needed):
+        if not allocated(self._sail, dev, list({id(t): t for t in tensors}.values()), before, self.device_bytes_needed):
             after = device_memory_mib(self._sail, dev)
             self._free()
             free = "unknown" if before is None else before[0] - before[1]
@@ -339,11 +350,15 @@ class SailEngine:
         if not 0 < n or past + n > self.max_len:
             raise RuntimeError(f"{past} cached + {n} new tokens do not fit this bmodel's {self.max_len}")
         self._embed(tokens)
-        hidden = self._history.run(self._process, slot.k, slot.v, past, n, self._hidden.tensor)  # type: ignore[union-attr]
+        hidden = self._history.run(self._process, slot.k, slot.v, past, n, self._hidden.tensor, self._base(slot))  # type: ignore[union-attr]
         slot.length = past + n
         slot.draw.ids += tokens
         self._lm_in.tensor.sync_d2d(hidden, (n - 1) * self.hidden, 0, self.hidden)
         return self._lm_head(slot.draw)
+
+    def _base(self, slot: _Slot) -> int:
+        """Where the slot's sequence starts in its K/V tensors (a batch-N bmodel's row)."""
+        return slot.row * self.max_len * self.kv_row
 
     def _run_first(self, slot: _Slot, tokens: Sequence[int]) -> None:
         """embedding + block_i over the whole prompt, padded to MAX_LEN; k/v land in the slot."""
@@ -360,40 +375,16 @@ class SailEngine:
         self._mask.tensor.update_data(to_device(mask.reshape(fi[2].shape), self._mask.dtype))
         ins = [(fi[0], hidden), (fi[1], self._positions.tensor), (fi[2], self._mask.tensor)]
         for i in range(self.num_layers):
-            self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], slot.k[i]), (fo[2], slot.v[i])])
-
-    def _decode_one(self, seq: int, token: int) -> int:
-        """embedding_cache + block_cache_i for one token at row `length`; returns the next id."""
-        slot = self._slot(seq)
-        n = slot.length + 1  # the seed's token_length: tokens in the cache once this one is in
-        if slot.length == 0 or n > self.max_len:
-            raise RuntimeError(f"sequence {seq} holds {slot.length} of {self.max_len} tokens: cannot decode")
-        self._cache_in.tensor.update_data(to_device(np.array([[token]]), self._cache_in.dtype))
-        cache_i, cache_o = self._io["embedding_cache"]
-        hidden = self._next_hidden.tensor
-        self._process("embedding_cache", [(cache_i[0], self._cache_in.tensor)], [(cache_o[0], hidden)])
-        ni, no = self._next
-        mask = np.zeros(self.max_len + 1)
-        mask[n - 1 : self.max_len] = masked_value(self._next_mask.dtype)
-        position = np.array([n - 1]).reshape(ni[1].shape)
-        self._next_position.tensor.update_data(to_device(position, self._next_position.dtype))
-        self._next_mask.tensor.update_data(to_device(mask.reshape(ni[2].shape), self._next_mask.dtype))
-        hidden.reshape(ni[0].shape)
-        k_new, v_new = self._next[1][1].tensor, self._next[1][2].tensor
-        ins_common = [(ni[0], hidden), (ni[1], self._next_position.tensor), (ni[2], self._next_mask.tensor)]
-        row = (n - 1) * self.kv_row
-        for i in range(self.num_layers):
-            ins = [*ins_common, (ni[3], slot.k[i]), (ni[4], slot.v[i])]
-            self._process(f"block_cache_{i}", ins, [(no[0], hidden), (no[1], k_new), (no[2], v_new)])
-            slot.k[i].sync_d2d(k_new, 0, row, self.kv_row)
-            slot.v[i].sync_d2d(v_new, 0, row, self.kv_row)
-        slot.length = n
-        slot.draw.ids.append(token)
-        self._lm_in.tensor.sync_d2d(hidden, 0, 0, self.hidden)
-        return self._lm_head(slot.draw)
+            if self.batch == 1:
+                self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], slot.k[i]), (fo[2], slot.v[i])])
+            else:  # block_i fills one sequence's K/V; it goes to the slot's row of the batch tensors
+                self._process(f"block_{i}", ins, [(fo[0], hidden), (fo[1], fo[1].tensor), (fo[2], fo[2].tensor)])
+                copy_rows(slot, i, fo[1].tensor, fo[2].tensor, n, L * self.kv_row, self.kv_row)
 
     def _lm_head(self, draw: Draw) -> int:
-        token = self._heads.token(self._process, draw)
+        return self._checked(self._heads.token(self._process, draw))
+
+    def _checked(self, token: int) -> int:
         if not 0 <= token < self.vocab_size:
             raise ConfigError(
                 f"the bmodel produced token id {token}, outside the tokenizer's vocabulary of {self.vocab_size}: "

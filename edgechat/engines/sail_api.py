@@ -51,6 +51,11 @@ FLOATS = ("BM_FLOAT32", "BM_FLOAT16", "BM_BFLOAT16")
 INTEGERS = ("BM_INT32", "BM_UINT32")
 
 
+class ChipError(ConfigError):
+    """A TPU that could not load the bmodel (the device, not the bmodel or the settings): with
+    several --dev_ids only that chip is left out."""
+
+
 @dataclass(frozen=True)
 class SailRelease:
     """The installed sophon-sail: its distribution and version (None for a source build) and

@@ -72,18 +72,21 @@ def device_problem(io: Graphs, dev_ids: Sequence[int]) -> str | None:
 
 def shape_problem(io: Graphs) -> str | None:
     (fi, fo), (ni, no) = io["block_0"], io["block_cache_0"]
-    L, H = fi[0].shape[1], fi[0].shape[2]
+    L, H, B = fi[0].shape[1], fi[0].shape[2], ni[0].shape[0]  # B: sequences one decode step takes
     if len(fi) != 3 or len(fo) != 3:
         return "block_0 must take (hidden, position_ids, attention_mask) and give (hidden, past_k, past_v)"
     if len(ni) != 5 or len(no) != 3:
         return "block_cache_0 must take (hidden, position_id, mask, past_k, past_v) and give (hidden, k, v)"
     if fi[0].shape != [1, L, H] or fi[1].shape != [1, L] or fi[2].shape != [1, 1, L, L]:
         return f"block_0 input shapes {[io.shape for io in fi]}, expected [1,L,H], [1,L], [1,1,L,L]"
-    if ni[0].shape != [1, 1, H] or ni[2].shape != [1, 1, 1, L + 1]:
-        return f"block_cache_0 input shapes {[io.shape for io in ni]}, expected [1,1,H], ..., [1,1,1,L+1]"
-    cache_shape = no[1].shape[:1] + [L] + no[1].shape[2:]
-    if not fo[1].shape == fo[2].shape == ni[3].shape == ni[4].shape == cache_shape:
+    if ni[0].shape != [B, 1, H] or ni[1].shape != [B, 1] or ni[2].shape != [B, 1, 1, L + 1]:
+        return f"block_cache_0 input shapes {[io.shape for io in ni]}, expected [N,1,H], [N,1], [N,1,1,L+1], ..."
+    cache_shape = [1, L] + no[1].shape[2:]
+    if not fo[1].shape == fo[2].shape == cache_shape or not ni[3].shape == ni[4].shape == [B, *cache_shape[1:]]:
         return f"KV cache shapes differ: block_0 gives {fo[1].shape}, block_cache_0 takes {ni[3].shape}"
+    (emb_i, _), (lm_i, _) = io["embedding_cache"], io["lm_head"]
+    if B > 1 and (emb_i[0].shape != [B, 1] or lm_i[0].shape != [B, H]):
+        return f"a batch-{B} block_cache needs embedding_cache [{B},1] and lm_head [{B},H]"
     return None
 
 

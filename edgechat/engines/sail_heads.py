@@ -60,9 +60,11 @@ class Heads:
         return greedy + ([*self.sample[0][1:], *self.sample[1]] if self.sample is not None else [])
 
     def problem(self) -> str | None:
-        out = self.lm_out
-        if len(self.lm_outs) != 1 or len(out.shape) != 2 or out.shape[0] != 1:
-            return f"lm_head must give one [1,1] id or [1,V] logits, gives {[o.shape for o in self.lm_outs]}"
+        out, batch = self.lm_out, self.lm_in.shape[0]
+        if len(self.lm_outs) != 1 or len(out.shape) != 2 or out.shape[0] != batch:
+            return f"lm_head must give one [N,1] id or [N,V] logits, gives {[o.shape for o in self.lm_outs]}"
+        if batch > 1 and (self.greedy is not None or self.sample is not None):
+            return f"a batch-{batch} bmodel with greedy_head/sample_head is not supported (lm_head ids or logits are)"
         if self.gives_token and out.dtype_name not in INTEGERS:
             return f"lm_head's token must be an integer, found {out.dtype_name}"
         if not self.gives_token and out.dtype_name not in FLOATS:
@@ -101,6 +103,8 @@ class Heads:
         """Run lm_head on its input tensor (filled by the caller) and return the next id."""
         lm_i, lm_o = self.lm_in, self.lm_out
         process("lm_head", [(lm_i, lm_i.tensor)], [(lm_o, lm_o.tensor)])
+        if lm_o.shape[0] > 1:  # a batch bmodel: the prefilled sequence is row 0
+            return self.rows(1)[0]
         if self.gives_token:
             return int(lm_o.tensor.asnumpy().reshape(-1)[0])
         if self.sample is not None and draw is not None and draw.sampling is not None and draw.sampling.temperature > 0:
@@ -110,6 +114,14 @@ class Heads:
             process("greedy_head", [(g_in, lm_o.tensor)], [(g_out, g_out.tensor)])
             return int(g_out.tensor.asnumpy().reshape(-1)[0])
         return int(np.argmax(from_device(lm_o.tensor.asnumpy(), lm_o.dtype).reshape(-1)))
+
+    def rows(self, n: int) -> list[int]:
+        """The ids of lm_head's first `n` rows after a batch run (ids, or the argmax of logits)."""
+        out = self.lm_out
+        values = out.tensor.asnumpy().reshape(out.shape[0], -1)[:n]
+        if self.gives_token:
+            return [int(v[0]) for v in values]
+        return [int(np.argmax(from_device(v, out.dtype))) for v in values]
 
     def _sample(self, process: Process, draw: Draw) -> int:
         """sample_head narrows the logits to its top-k candidates with their probabilities (as

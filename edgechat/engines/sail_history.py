@@ -59,10 +59,13 @@ class HistoryPrefill:
         size = [DTYPE_SIZES.get(io.dtype_name, 4) for io in (ins[0], ins[1], ins[2], outs[1])]
         return L * self._hidden * size[0] + L * size[1] + 2 * L * L * size[2] + 4 * L * self._kv_row * size[3]
 
-    def run(self, process: Process, k: Sequence[Any], v: Sequence[Any], past: int, count: int, embedded: Any) -> Any:
+    def run(
+        self, process: Process, k: Sequence[Any], v: Sequence[Any], past: int, count: int, embedded: Any, base: int = 0
+    ) -> Any:
         """Feed `count` rows of `embedded` (embedding's [1,L,H] output) after `past` cached rows;
-        the new rows' K/V land in the per-layer caches `k`/`v` at row `past`. Returns the last
-        layer's hidden states [1,count,H]."""
+        the new rows' K/V land in the per-layer caches `k`/`v` at row `past` (of the sequence
+        starting at element `base`: a batch-N bmodel's row). Returns the last layer's hidden
+        states [1,count,H]."""
         kind = "block_kv" if past else "block"
         ins, outs = self._graphs[kind]
         t, h, row = count, self._hidden, self._kv_row
@@ -85,33 +88,33 @@ class HistoryPrefill:
             common += [(ins[3], hist_k), (ins[4], hist_v)]
         for i in range(len(k)):
             if past:
-                hist_k.sync_d2d(k[i], 0, 0, past * row)
-                hist_v.sync_d2d(v[i], 0, 0, past * row)
+                hist_k.sync_d2d(k[i], base, 0, past * row)
+                hist_v.sync_d2d(v[i], base, 0, past * row)
             process(f"{kind}_{i}", common, [(outs[0], hidden), (outs[1], new_k), (outs[2], new_v)])
-            k[i].sync_d2d(new_k, 0, past * row, t * row)
-            v[i].sync_d2d(new_v, 0, past * row, t * row)
+            k[i].sync_d2d(new_k, 0, base + past * row, t * row)
+            v[i].sync_d2d(new_v, 0, base + past * row, t * row)
         return hidden
 
 
-def save(k: Sequence[Any], v: Sequence[Any], tokens: int, kv_row: int) -> bytearray:
-    """The first `tokens` rows of every layer's k and v, as their device bytes."""
+def save(k: Sequence[Any], v: Sequence[Any], tokens: int, kv_row: int, base: int = 0) -> bytearray:
+    """The first `tokens` rows of every layer's k and v (from element `base`), as device bytes."""
     data = bytearray()
     for tensor in (*k, *v):
-        data += tensor.asnumpy().reshape(-1)[: tokens * kv_row].tobytes()
+        data += tensor.asnumpy().reshape(-1)[base : base + tokens * kv_row].tobytes()
     return data
 
 
-def restore(k: Sequence[Any], v: Sequence[Any], data: bytes, tokens: int, kv_row: int) -> bool:
+def restore(k: Sequence[Any], v: Sequence[Any], data: bytes, tokens: int, kv_row: int, base: int = 0) -> bool:
     """Write `save`d rows back into every layer's k and v; False when `data` is not that size."""
     tensors = (*k, *v)
     if not tensors:
         return False
     current = [t.asnumpy() for t in tensors]
     chunk = tokens * kv_row * current[0].itemsize
-    if len(data) != chunk * len(tensors) or tokens * kv_row > current[0].size:
+    if len(data) != chunk * len(tensors) or base + tokens * kv_row > current[0].size:
         return False
     for i, (tensor, values) in enumerate(zip(tensors, current, strict=True)):
         flat = values.reshape(-1)
-        flat[: tokens * kv_row] = np.frombuffer(bytes(data[i * chunk : (i + 1) * chunk]), dtype=flat.dtype)
+        flat[base : base + tokens * kv_row] = np.frombuffer(bytes(data[i * chunk : (i + 1) * chunk]), dtype=flat.dtype)
         tensor.update_data(flat.reshape(values.shape))
     return True

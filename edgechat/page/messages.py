@@ -9,11 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
-from streamlit import runtime as streamlit_runtime
-from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from edgechat.conversation import Conversation
+from edgechat.page.copy_button import copy_button
+from edgechat.page.tab_title import tab_title
 from edgechat.reasoning import split_reasoning
 from edgechat.runtime import Runtime
 from edgechat.safe_markdown import plain_text, safe_markdown
@@ -64,12 +64,6 @@ def show_history(conv: Conversation, runtime: Runtime, lang: str, actions: Calla
                 actions(conv, lang)
 
 
-def copy_button(content: str, key: str, lang: str) -> None:
-    """The answer's raw Markdown in a code block, whose own button copies it to the clipboard."""
-    with st.popover(t(lang, "copy"), icon=":material/content_copy:", key=key, type="tertiary"):
-        st.code(content, language="markdown", wrap_lines=True)
-
-
 def context_meter(conv: Conversation, lang: str) -> None:
     """How much of the context the conversation takes before the next question, so people see
     the ✂️ trimming coming. Measured once per change of the conversation, not per rerun."""
@@ -95,13 +89,16 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
         status, body = st.empty(), st.empty()
         st.button(t(lang, "stop"), key="stop", on_click=on_stop, help=t(lang, "stop_help"),
                   icon=":material/stop_circle:")  # fmt: skip
-        shown = None
+        shown, title, state, mounts = None, st.sidebar.empty(), "", 0
         try:
             while answer.running:
                 answer.touch()
                 answer.wait(len(shown or ""), FRAME_S)
                 st.session_state.get("conversation")  # sends nothing; where Stop or a closed tab ends this run
                 text = answer.record["content"]
+                if state != (now := "queued" if answer.queued is not None and not text else "answering"):
+                    tab_title(title, now, lang, id(answer), mounts)  # the tab says it, for someone in another tab
+                    state, mounts = now, mounts + 1
                 if answer.queued is not None and not text:
                     status.caption(t(lang, "queued", position=answer.queued.position, eta=answer.queued.eta_s))
                 elif text != shown:
@@ -123,13 +120,12 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
 def interrupt_if_gone(conv: Conversation) -> None:
     """A stopped run is a rerun or a page that went away; Streamlit drops a closed page's session
     from its active ones right after stopping its run, so ask a moment later."""
-    ctx = get_script_run_ctx()
-    if ctx is None or not streamlit_runtime.exists():
+    alive = conv.alive
+    if alive is None:
         return
-    session, instance = ctx.session_id, streamlit_runtime.get_instance()
 
     def check() -> None:
-        if not instance.is_active_session(session):
+        if not alive():
             conv.stop(interrupted=True)
 
     threading.Timer(GONE_CHECK_S, check).start()

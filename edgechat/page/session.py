@@ -5,14 +5,19 @@ between sessions except the process-wide runtime, store and limits.
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from dataclasses import replace
 
 import streamlit as st
+from streamlit import runtime as streamlit_runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from baichuan2 import conversation_for
 from edgechat.access import ClientLimits, client_address, shared_limits
 from edgechat.chats import SavedChat, shared_store, wait_until_idle
-from edgechat.config import Settings
+from edgechat.config import ENV_PREFIX, Settings, parse_settings
 from edgechat.conversation import Conversation
 from edgechat.owner import owner_in_script
 from edgechat.runtime import Runtime, shared_runtime
@@ -20,7 +25,24 @@ from edgechat.store import Store, StoreUnavailable
 from edgechat.ui_text import t
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens")
-UNFOLLOWED_S = 5.0  # an answer no page run has rendered for this long is interrupted (a backstop)
+# An answer whose page has shown no sign of life for this long is interrupted (a backstop for a page
+# that went away unseen): signs are the question, every frame the page's run renders, and the page's
+# session still being open in Streamlit's runtime (a slow page is not a closed page).
+GONE_S = 5.0
+LOOPBACK = "127.0.0.1"
+
+
+def page_settings(argv: list[str]) -> Settings:
+    """The page's flags and EDGECHAT_* variables, parsed once per process as long as they stay the
+    same: argparse and the settings' type hints took ~50 ms of every script run of every page (the
+    page path's profile, issue 23). A bad flag raises ConfigError each time (errors are not cached)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(ENV_PREFIX)))
+    return _parsed(tuple(argv), env)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(argv: tuple[str, ...], env: tuple[tuple[str, str], ...]) -> Settings:
+    return parse_settings(list(argv), env=dict(env), prog="web_demo.py")
 
 
 def init_session(settings: Settings) -> None:
@@ -35,7 +57,8 @@ def init_session(settings: Settings) -> None:
     ss.lang = settings.lang
     ss.deleted_chat = None  # the chat deleted last, while it can be restored
     if "address" not in ss:  # tests set it: AppTest cannot give a session an address
-        ss.address = client_address(st.context.ip_address, st.context.headers, settings.trusted_proxy)
+        peer = st.context.ip_address or LOOPBACK  # Streamlit reports no address for a loopback peer
+        ss.address = client_address(peer, st.context.headers, settings.trusted_proxy)
     if "owner" not in ss:  # the owner cookie the page's first request set (edgechat.owner)
         ss.owner = owner_in_script()
     apply_chat_settings({"system": settings.system or "", "sampling": {}})
@@ -110,10 +133,22 @@ def live_conversation() -> Conversation:
 def _new_conversation(runtime: Runtime, session: str | None = None) -> Conversation:
     ss = st.session_state
     conv = conversation_for(runtime, ss.settings, session)
-    conv.watch_s = UNFOLLOWED_S
+    conv.watch_s = GONE_S
+    conv.alive = session_alive()
     conv.admission = lambda address=ss.address: limits().acquire(address)
     ss.handle, ss.engine, ss.tokenizer = runtime.handle, runtime.backend, runtime.tokenizer  # the seed's trio
     return conv
+
+
+def session_alive() -> Callable[[], bool] | None:
+    """Whether this browser session is still open, askable from any thread: Streamlit drops a closed
+    tab's session from its active ones (a dropped connection's after its reconnect grace). None
+    outside a served page (AppTest)."""
+    ctx = get_script_run_ctx()
+    if ctx is None or not streamlit_runtime.exists():
+        return None
+    session_id, instance = ctx.session_id, streamlit_runtime.get_instance()
+    return lambda: instance.is_active_session(session_id)
 
 
 def start_new_chat(runtime: Runtime) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from html import escape
 from pathlib import Path
 
 import streamlit as st
@@ -14,37 +15,42 @@ from edgechat.chats import SavedChat
 from edgechat.config import Settings, options
 from edgechat.conversation import Conversation
 from edgechat.page import session
+from edgechat.page.join_qr import join_panel
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import display_url, plain_text
+from edgechat.server import LOAD_PATH
 from edgechat.store import UNDO_S, StoreUnavailable
 from edgechat.ui_text import stats_line, t
 
-# The room sees load move. Each tick is a script run of its own for every open page, so not faster:
-# at 0.5 s, idle pages' runs (and the full garbage collection Streamlit ran after each, now off in
-# .streamlit/config.toml) starved the server on a loaded 2-core box (the stall of issue 13).
-SERVER_PANEL_REFRESH_S = 1.0
+# The room sees load move: every open page fetches the load line once a second (edgechat.server's
+# LOAD_PATH) and writes it into its own element. Not a `run_every` fragment: that was a script run per
+# page per second (the event loop's and the GIL's work, issue 13), and a fragment rerun handled as a
+# page's full run ended made Streamlit start a new ScriptRunner and drop the ended run's last
+# messages, leaving the page half-drawn with its input disabled (issue 23, bench/run_end_repro/).
+LOAD_JS = """(() => {
+  if (window.__edgechatLoad) return;
+  const url = new URL("LOAD_PATH", document.baseURI);
+  window.__edgechatLoad = setInterval(async () => {
+    const lines = document.querySelectorAll("[data-edgechat-load]");
+    if (!lines.length || document.hidden) return;
+    try {
+      const r = await fetch(url, {cache: "no-store"});
+      if (!r.ok) return;
+      const d = await r.json();
+      for (const el of lines) {
+        el.textContent = el.dataset.edgechatLoad.replace("{running}", d.running)
+          .replace("{waiting}", d.waiting).replace("{tps}", Number(d.tps).toFixed(1));
+      }
+    } catch (e) {}
+  }, 1000);
+})();""".replace("LOAD_PATH", LOAD_PATH.lstrip("/"))
 CHATS_SHOWN = 30
 IMPORT_MAX_CHARS = 900_000  # a pasted export travels in one websocket frame, capped at 1 MB (config.toml)
 
 
-def lan_url() -> str | None:
-    """The address people in the room type (Streamlit's "Network URL"); None when bound to loopback."""
-    address = st.get_option("server.address") or ""
-    port = st.get_option("server.port")
-    if address in ("127.0.0.1", "localhost", "::1"):
-        return None
-    if address not in ("", "0.0.0.0", "::"):
-        return f"http://{address}:{port}"
-    from streamlit import net_util
-
-    ip = net_util.get_internal_ip()
-    return f"http://{ip}:{port}" if ip else None
-
-
-@st.fragment(run_every=SERVER_PANEL_REFRESH_S)
 def server_panel(runtime: Runtime, lang: str) -> None:
-    """Refreshed once a second on its own, without touching the chat. Strings from a model
-    server (its model id, its health line) are shown as plain text."""
+    """The model, the device, the load (kept current by the page itself, see LOAD_JS). Strings from
+    a model server (its model id, its health line) are shown as plain text."""
     info = runtime.info
     st.caption(f"**{plain_text(info.get('model_name', '?'))}** · {plain_text(info.get('backend', '?'))}")
     if info.get("model") and info.get("backend") != "openai":
@@ -54,15 +60,30 @@ def server_panel(runtime: Runtime, lang: str) -> None:
     health = runtime.backend.health()  # a remote server's cached /v1/models round trip
     if health is not None:
         st.caption(plain_text(health))
+    load_line(runtime, lang)
     stats = runtime.backend.stats()
-    running = stats["running"] + stats["prefilling"]
-    st.caption(t(lang, "server_load", running=running, waiting=stats["waiting"], tps=stats["aggregate_tps"]))
-    if stats.get("prompt_tokens_prefilled"):  # a local engine: where prompt tokens came from
+    if stats.get("prompt_tokens_prefilled"):  # a local engine: where prompt tokens came from (as of this run)
         st.caption(t(lang, "server_prompt", reused=stats["prompt_tokens_reused"],
                      shared=stats["prompt_tokens_shared"], prefilled=stats["prompt_tokens_prefilled"]))  # fmt: skip
-    url = lan_url()
-    if url:
-        st.caption(t(lang, "server_lan", url=url))
+    if stats.get("chips"):  # a TPU box serving on several chips: each chip's slots in use (as of this run)
+        st.caption(" · ".join(t(lang, "server_chip" if c["alive"] else "server_chip_out", **c) for c in stats["chips"]))
+
+
+def load_line(runtime: Runtime, lang: str) -> None:
+    """Answers generating and waiting, and tok/s: now, then refreshed in the browser once a second.
+    Only numbers go into it (its template is this page's own string)."""
+    stats = runtime.backend.stats()
+    now = t(lang, "server_load", running=stats["running"] + stats["prefilling"], waiting=stats["waiting"],
+            tps=stats["aggregate_tps"])  # fmt: skip
+    marks = {"-101": "{running}", "-202": "{waiting}", "-303.0": "{tps}"}
+    template = t(lang, "server_load", running=-101, waiting=-202, tps=-303.0)
+    for mark, field in marks.items():
+        template = template.replace(mark, field)
+    st.html(
+        f'<p data-edgechat-load="{escape(template)}" style="font-size:0.875rem;opacity:0.6;margin:0">'
+        f"{escape(now)}</p><script>{LOAD_JS}</script>",
+        unsafe_allow_javascript=True,
+    )
 
 
 def chat_list(runtime: Runtime, lang: str, busy: bool) -> None:
@@ -82,7 +103,7 @@ def chat_list(runtime: Runtime, lang: str, busy: bool) -> None:
         return
     for chat in chats:
         current = chat.id == saved.chat_id
-        row = st.container(horizontal=True, vertical_alignment="center")
+        row = st.container(horizontal=True, wrap=False, vertical_alignment="center")  # ⋮ stays beside a long title
         row.button(plain_text(chat.title or t(lang, "untitled"), max_chars=40), key=f"open_{chat.id}",
                    type="primary" if current else "tertiary", disabled=busy or current,
                    on_click=_open, args=(chat.id,), width="stretch")  # fmt: skip
@@ -182,6 +203,7 @@ def sidebar(runtime: Runtime, conv: Conversation, settings: Settings, lang: str,
         answer_settings(settings, lang, busy, sampling_fixed=bool(runtime.info.get("sampling_fixed")))
         st.subheader(t(lang, "server"))
         server_panel(runtime, lang)
+        join_panel(lang)  # the address, its QR code and the HTTPS fingerprint: they do not change each second
         st.subheader(t(lang, "export"))
         export_buttons(runtime, conv, lang)
 

@@ -14,7 +14,7 @@ import pytest
 
 from harness.memory import rss_mib
 from harness.servers import Server
-from tests.e2e.streamlit_socket import browser_cookies, connect, rerun_message, until_run_ends
+from harness.streamlit_socket import browser_cookies, connect, rerun_message, until_run_ends
 
 CLEARS = 20
 RSS_SLACK_MIB = 60  # one more loaded runtime (model + KV) is several hundred MiB

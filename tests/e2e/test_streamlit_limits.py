@@ -14,8 +14,8 @@ import urllib.error
 import urllib.request
 
 from harness.servers import free_port
+from harness.streamlit_socket import browser_cookies, connect, rerun_message, until_run_ends
 from tests.conftest import REPO
-from tests.e2e.streamlit_socket import browser_cookies, connect, rerun_message, until_run_ends
 
 PAGE = "tests/e2e/markdown_page.py"
 DEFAULTS = ["--server.maxUploadSize", "200", "--server.maxWidgetStateSize", "25", "--server.maxMessageSize", "200"]

@@ -49,13 +49,13 @@ def test_the_seed_flags_bad_input(token_dir: Path, flags: list[str], needle: str
     assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_two_tpu_ids_on_a_one_tpu_bmodel(bmodel: Path, token_dir: Path, mode: Mode) -> None:
+def test_two_tpu_ids_on_a_one_tpu_bmodel_answer(bmodel: Path, token_dir: Path, mode: Mode) -> None:
     out = cli(
         mode, "--bmodel", str(bmodel), "--token", str(token_dir), "--dev_ids", "0,1", "--prompt", "hi",
         SAIL_EMULATOR_TPU_NUM="2",
     )  # fmt: skip
-    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "runs on one TPU, and --dev_ids 0 1 names 2: pass one id" in out.stderr
+    assert out.returncode == 0, out.stderr  # one engine per TPU: the terminal answers
+    assert out.stdout.strip(), out.stdout
 
 
 def test_the_page_with_the_seed_flags(

@@ -104,9 +104,15 @@ def test_a_two_tpu_bmodel_is_refused_in_one_line(
 
 
 @pytest.mark.parametrize("ids", [["0,1"], ["0", "1"]])
-def test_a_one_tpu_bmodel_on_two_ids_is_refused(
+def test_a_one_tpu_bmodel_on_two_ids_loads_on_both(
     bmodel: Path, token_dir: Path, monkeypatch: pytest.MonkeyPatch, ids: list[str]
 ) -> None:
+    """Each TPU gets its own engine (and the bmodel's weights), with --max-running slots each."""
     monkeypatch.setenv("SAIL_EMULATOR_TPU_NUM", "2")
-    message = load_error(bmodel, token_dir, "--dev_ids", *ids)
-    assert "runs on one TPU, and --dev_ids 0 1 names 2: pass one id" in message
+    rt = open_runtime(bmodel, token_dir, "--dev_ids", *ids, "--max-running", "2")
+    try:
+        assert rt.info["tpus"] == [0, 1] and rt.info["kv_slots"] == 4 and "TPU [0, 1]" in rt.info["device"]
+        assert [c["tpu"] for c in rt.backend.stats()["chips"]] == [0, 1]
+    finally:
+        rt.close()
+    assert "names a TPU twice" in load_error(bmodel, token_dir, "--dev_ids", "1,1")

@@ -29,6 +29,7 @@ import numpy as np
 
 TPU_NUM_ENV = "SAIL_EMULATOR_TPU_NUM"  # devices present (default 1)
 MEMORY_ENV = "SAIL_EMULATOR_DEVICE_MEM_MIB"  # memory of each emulated TPU in MiB (default 4096)
+BROKEN_ENV = "SAIL_EMULATOR_BROKEN_TPUS"  # ids of TPUs that fail to load a bmodel ("1" or "1 2")
 API_ENV = "SAIL_EMULATOR_API"  # API generation when no dist-info says it ("3.8" or "3.9", default 3.9)
 DEFAULT_MEMORY_MIB = 4096
 DISTRIBUTIONS = ("sophon", "sophon_arm", "sophon_arm_pcie", "sophon_loongarch64", "sophon_sw64", "sophon_riscv64")
@@ -44,6 +45,7 @@ SEGFAULT = 139  # what a shell reports for a process killed by SIGSEGV
 
 USED: dict[int, int] = {}  # device id -> bytes allocated on it (bmodel coefficients + tensors)
 DEVICE: dict[str, int] = {"tensors": 0, "bytes": 0}  # live device tensors, for release tests
+DEAD: set[int] = set()  # TPUs that stopped answering (`kill`): their graphs and stat queries fail
 
 
 def log_error(message: str) -> None:
@@ -60,6 +62,23 @@ def fatal(message: str, code: int) -> NoReturn:
 
 def tpu_num() -> int:
     return int(os.environ.get(TPU_NUM_ENV, "1"))
+
+
+def broken(dev_id: int) -> bool:
+    """A TPU listed in $SAIL_EMULATOR_BROKEN_TPUS: present (bm-smi lists it) but loading a bmodel
+    on it fails, as on a card whose firmware or memory is bad."""
+    return str(dev_id) in os.environ.get(BROKEN_ENV, "").replace(",", " ").split()
+
+
+def kill(dev_id: int) -> None:
+    """Emulator-only: TPU `dev_id` stops answering now (a chip that died under load). Its
+    `process` calls raise SailEngineError as bmrt_launch_tensor_ex fails and `get_dev_stat` raises
+    SailDeviceError; the other TPUs go on. `revive` undoes it (tests)."""
+    DEAD.add(dev_id)
+
+
+def revive(dev_id: int) -> None:
+    DEAD.discard(dev_id)
 
 
 def total_bytes(dev_id: int) -> int:

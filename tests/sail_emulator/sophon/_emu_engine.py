@@ -22,6 +22,7 @@ from sophon._emu_tensor import (
     _pybind_type_error,
     _round,
 )
+from sophon._emu_timing import charge
 
 
 class EngineLLM:
@@ -41,6 +42,9 @@ class EngineLLM:
         except RuntimeError as err:
             dev.log_error(str(err))
             raise SailEngineError("EngineLLM related error!") from None
+        if any(dev.broken(d) or d in dev.DEAD for d in dev_ids):
+            dev.log_error(f"Load bmodel {bmodel_path} failed: bm_dev_request failed on TPU {dev_ids}")
+            raise SailEngineError("EngineLLM related error!")
         if len(dev_ids) < self.spec.devices or not dev.reserve(dev_ids[0], self.spec.device_bytes()):
             dev.log_error(f"Load bmodel {bmodel_path} failed")
             raise SailEngineError("EngineLLM related error!")
@@ -132,6 +136,9 @@ class EngineLLM:
         if self._api < (3, 9) and core_list is not None:
             raise _pybind_type_error("process", "(self, graph_name: str, input: dict, output: dict)")
         graph = self._graph(graph_name)
+        if any(d in dev.DEAD for d in self._dev_ids):
+            dev.log_error("bmrt_launch_tensor_ex fail!")
+            raise SailEngineError(f"Failed during the inference process. ({graph_name}: TPU {self._dev_ids} died)")
         ins = self._bind(graph_name, graph, graph.inputs, input, "input")
         outs = self._bind(graph_name, graph, graph.outputs, output, "output")
         problem = graph.dynamic and dynamic_shapes_problem(
@@ -143,6 +150,7 @@ class EngineLLM:
         if graph.devices > 1:
             raise NotImplementedError("the sail emulator lays out multi-device bmodels but does not run them")
         results = self._run(graph, [t._values() for t in ins])  # all computed before any write
+        charge(self._dev_ids[0], self.spec, graph.kind, [t.shape() for t in ins])  # simulated time, if on
         for tensor, value in zip(outs, results, strict=True):
             assert tensor._data is not None
             tensor._data[:] = _encode(value, tensor._dtype).reshape(-1)
@@ -253,16 +261,20 @@ class EngineLLM:
     def _run_qwen(self, graph: Graph, args: list[np.ndarray]) -> list[np.ndarray]:
         """The LLM-TPU graphs (sophon._emu_qwen): half-type hidden states, masks and K/V."""
         spec, w = self.spec, self.weights
-        if graph.kind == "lm_head":
-            logits = qwen_logits(spec, w.norm, w.lm_head, args[0][0])
-            return [np.array([[np.argmax(logits)]], dtype=np.float64) if spec.lm_head_topk else logits[None]]
+        if graph.kind == "lm_head":  # one row per sequence of the batch
+            logits = np.stack([qwen_logits(spec, w.norm, w.lm_head, row) for row in args[0]])
+            return [np.argmax(logits, axis=1)[:, None].astype(np.float64) if spec.lm_head_topk else logits]
         if graph.kind == "greedy_head":
             return [np.array([[np.argmax(args[0][0])]], dtype=np.float64)]
         if graph.kind == "sample_head":
             return sample_head(args, graph.outputs[0][1][1])
         half = Dtype[HALF[spec.quant]]
-        hidden, positions, mask = args[0][0], args[1][0].astype(np.int64), args[2][0, 0]
-        past = None if graph.kind == "block" else (args[3][0], args[4][0])
-        self.fed[graph.kind] += hidden.shape[0] if graph.layer == 0 else 0
-        out, k, v = qwen_layer(spec, w.layers[graph.layer], hidden, positions, mask, past, lambda a: _round(a, half))
-        return [out[None], k[None], v[None]]
+        rows = []
+        for b in range(args[0].shape[0]):  # each sequence of a batch on its own K/V and mask
+            hidden, positions, mask = args[0][b], args[1][b].astype(np.int64), args[2][b, 0]
+            past = None if graph.kind == "block" else (args[3][b], args[4][b])
+            self.fed[graph.kind] += hidden.shape[0] if graph.layer == 0 else 0
+            rows.append(
+                qwen_layer(spec, w.layers[graph.layer], hidden, positions, mask, past, lambda a: _round(a, half))
+            )
+        return [np.stack([r[i] for r in rows]) for i in range(3)]

@@ -61,6 +61,7 @@ class ModelSpec:
     extra_heads: tuple[str, ...] = ()  # qwen2: "greedy_head", "sample_head" (with logits from lm_head)
     history_kv: bool = False  # qwen2: `block_kv_i` graphs, and block_i/block_kv_i dynamic (--use_history_kv)
     dynamic: bool = False  # qwen2: block_i dynamic (llm_convert.py --dynamic), with or without block_kv_i
+    batch: int = 1  # qwen2: decode graphs (embedding_cache, block_cache_i, lm_head) for N sequences at once
 
     @property
     def head_dim(self) -> int:
@@ -108,6 +109,8 @@ def read_bmodel(path: str | Path) -> ModelSpec:
         spec.arch not in ARCHS
         or spec.heads % (spec.kv_heads or spec.heads)
         or set(spec.extra_heads) - {"greedy_head", "sample_head"}
+        or spec.batch < 1
+        or (spec.batch > 1 and (spec.arch != "qwen2" or spec.extra_heads))
     ):
         raise RuntimeError(f"Load bmodel {path} failed (inconsistent sizes)")
     return spec

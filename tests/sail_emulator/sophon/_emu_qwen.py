@@ -15,6 +15,11 @@ Facts mirrored (read, not copied):
   history's k/v [1,P,KV_HEADS,HEAD_DIM] and whose mask is [1,1,T,P+T]; sophgo/LLM-TPU's Qwen3.5
   demos name it `block_kv_i` beside the fresh `block_i` and compile both dynamic (T and P are
   the run-time shapes; sophon-sail >= 3.9 `get_is_dynamic(graph)` says so).
+- batch N (`llm_convert.py -b N`; sophgo/LLM-TPU `models/Qwen3_VL/python_demo_multibatch`): the
+  decode graphs take N sequences, BATCH = block_cache_0's input dim 0, history K/V [N,L,...];
+  prefill (`embedding`, `block_i`) stays one sequence. The multibatch demo's block_cache gives only
+  the hidden state and writes the new K/V in place (row L-1 of each sequence); the emulator keeps
+  the 3-output form of the batch-1 graphs with a batch dimension (its own choice).
 - sophgo/LLM-TPU `models/Qwen3/python_demo/chat.cpp`: L (SEQLEN) is `embedding`'s input dim 1;
   `lm_head` gives the top-1 id when its output dim 1 is 1 (`lmhead_with_topk`), else logits that
   `greedy_head` (logits -> id) or `penalty_sample_head` turns into a token; masked positions
@@ -41,13 +46,13 @@ SAMPLE_TOP_K, MIN_KEPT = 50, 5  # LlmConverter.gen_sample_head_mlir(max_top_k=50
 
 def qwen_table(spec: Any) -> dict[str, tuple[list, list, str, int]]:
     """Graph name -> (inputs, outputs, kind, layer) for a Qwen-style bmodel."""
-    L, H, V = spec.max_len, spec.hidden, spec.vocab
+    L, H, V, B = spec.max_len, spec.hidden, spec.vocab, spec.batch
     kvh, hd, act, i32 = spec.kv_heads or spec.heads, spec.head_dim, HALF[spec.quant], "BM_INT32"
-    head_out = ("token", [1, 1], i32) if spec.lm_head_topk else ("m_logits", [1, V], "BM_FLOAT32")
+    head_out = ("token", [B, 1], i32) if spec.lm_head_topk else ("m_logits", [B, V], "BM_FLOAT32")
     table: dict[str, tuple[list, list, str, int]] = {
         "embedding": ([("input_ids", [1, L], i32)], [("input_embed", [1, L, H], act)], "embedding", -1),
-        "embedding_cache": ([("input_ids", [1, 1], i32)], [("input_embed", [1, 1, H], act)], "embedding_cache", -1),
-        "lm_head": ([("hidden_states", [1, H], act)], [head_out], "lm_head", -1),
+        "embedding_cache": ([("input_ids", [B, 1], i32)], [("input_embed", [B, 1, H], act)], "embedding_cache", -1),
+        "lm_head": ([("hidden_states", [B, H], act)], [head_out], "lm_head", -1),
     }
     if "greedy_head" in spec.extra_heads:
         table["greedy_head"] = ([("m_logits", [1, V], "BM_FLOAT32")], [("token", [1, 1], i32)], "greedy_head", -1)
@@ -70,13 +75,13 @@ def qwen_table(spec: Any) -> dict[str, tuple[list, list, str, int]]:
         )
         table[f"block_cache_{i}"] = (
             [
-                ("input_states", [1, 1, H], act),
-                ("position_ids", [1, 1], i32),
-                ("attention_mask", [1, 1, 1, L + 1], act),
-                ("history_k", kv, act),
-                ("history_v", kv, act),
+                ("input_states", [B, 1, H], act),
+                ("position_ids", [B, 1], i32),
+                ("attention_mask", [B, 1, 1, L + 1], act),
+                ("history_k", [B, *kv[1:]], act),
+                ("history_v", [B, *kv[1:]], act),
             ],
-            [("hidden_states", [1, 1, H], act), ("past_k", [1, 1, kvh, hd], act), ("past_v", [1, 1, kvh, hd], act)],
+            [("hidden_states", [B, 1, H], act), ("past_k", [B, 1, kvh, hd], act), ("past_v", [B, 1, kvh, hd], act)],
             "block_cache",
             i,
         )

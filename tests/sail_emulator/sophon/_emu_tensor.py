@@ -69,7 +69,7 @@ def get_available_tpu_num() -> int:
 
 def get_dev_stat(dev_id: int) -> list[int]:
     """[mem_total MiB, mem_used MiB, tpu_util %] as sail's get_dev_stat."""
-    if not 0 <= dev_id < dev.tpu_num():
+    if not 0 <= dev_id < dev.tpu_num() or dev_id in dev.DEAD:
         dev.log_error("bm_dev_request failed, ret=1")
         raise SailDeviceError("bm_dev_request failed")
     return [dev.total_bytes(dev_id) >> 20, dev.USED.get(dev_id, 0) >> 20, 0]

@@ -48,12 +48,19 @@ Behaviour of the real wheel mirrored (see `_emu_device` for the source lines):
   (bmrt_launch_tensor_ex fails); one whose dtype differs would be read as the graph's dtype
   (garbage): the process ends. A tensor may be both input and output (the seed runs the blocks
   in place). Multi-device bmodels are described, not run.
+- Several TPUs: $SAIL_EMULATOR_TPU_NUM devices, each with its own memory; $SAIL_EMULATOR_BROKEN_TPUS
+  lists ids that are present but fail to load a bmodel (SailEngineError), and the emulator-only
+  `kill(dev_id)` makes a TPU stop answering mid-run (its process() raises SailEngineError, as a
+  failed bmrt_launch_tensor_ex does; get_dev_stat raises). What a real dead chip does (an error,
+  a hang, the process ending) is not known here: the emulator takes the error.
+- Timing (emulator-only, off by default): `set_timing(Timing(ftl_s, tok_s))` makes each graph
+  call add a simulated latency to `BUSY[dev_id]` (`_emu_timing` states the model).
 - Live device tensors are counted in `DEVICE`; memory returns when the last reference goes.
 """
 
 from __future__ import annotations
 
-from sophon._emu_device import DEVICE, install_as  # noqa: F401 — emulator-only helpers for tests
+from sophon._emu_device import DEVICE, install_as, kill, revive  # noqa: F401 — emulator-only helpers for tests
 from sophon._emu_device import USED as DEVICE_USED  # noqa: F401 — bytes taken on each TPU, for tests
 from sophon._emu_engine import EngineLLM  # noqa: F401
 from sophon._emu_model import ModelSpec, model_weights, read_bmodel, write_bmodel  # noqa: F401 — for tests
@@ -67,3 +74,4 @@ from sophon._emu_tensor import (  # noqa: F401
     get_available_tpu_num,
     get_dev_stat,
 )
+from sophon._emu_timing import BUSY, Timing, set_timing  # noqa: F401 — emulator-only timing model
