@@ -68,7 +68,7 @@ def room(
     turn_for: Callable[[int], Turn], clients: int, turns: int, ask_text: Callable[[int, int], str] = question
 ) -> dict[str, Any]:
     """`clients` threads, each `turns` turns carrying its history; one figure set for the load."""
-    results: list[tuple[int, int, int, float | None]] = []
+    results: list[tuple[int, int, int, float | None, int]] = []  # ..., first token s, turn
     errors: list[str] = []
     lock = threading.Lock()
 
@@ -85,7 +85,7 @@ def room(
                 return
             history.append(Message(role="assistant", content=text))
             with lock:
-                results.append((completion, prompt, reused, first))
+                results.append((completion, prompt, reused, first, t))
 
     threads = [threading.Thread(target=person, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
@@ -107,7 +107,13 @@ def room(
         "aggregate_tps": round(completion / wall, 1),
         "first_token_p50_s": round(firsts[(len(firsts) - 1) // 2], 3) if firsts else None,
         "first_token_p95_s": round(firsts[int(0.95 * (len(firsts) - 1))], 3) if firsts else None,
+        "first_token_p50_s_per_turn": [_median([r[3] for r in results if r[4] == t]) for t in range(turns)],
     }
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 3) if known else None
 
 
 def in_process(rt: Runtime, sampling: SamplingParams, fresh_sessions: bool) -> Callable[[int], Turn]:

@@ -17,6 +17,9 @@ two 50-second runs of the same flags differed by 8–16 % on this shared 2-core 
      cached sessions. Targets: turn-1 first-token p50 <= 0.3 x sharing off; prompt tokens
      prefilled in total <= 1.2 x (the handout once + everyone's own tokens).
 
+With `--peer-server PATH` (issue 29) it runs only the room over HTTP against llama.cpp's own server
+and edgechat's /v1 (bench/peer.py).
+
 `--backend sail-emulated` instead sizes a TPU box in simulated time (issue 28): 30 people x 5 turns
 on 1 chip, 3 chips and a batch-4 bmodel, with and without history K/V (harness/sail_room.py).
 
@@ -55,6 +58,8 @@ from edgechat.sequences import common_prefix  # noqa: E402
 from edgechat.sharing import Sharing  # noqa: E402
 from edgechat.kvcache import ParkedState  # noqa: E402
 from harness.room import SYSTEM, handout, question, room_backend, run_room  # noqa: E402
+from harness.peer import cpu_flags  # noqa: E402
+from bench.peer import peer_room  # noqa: E402
 
 CONTEXT = 2048
 TARGETS = {
@@ -315,6 +320,8 @@ def main() -> None:
     parser.add_argument("--parking", type=int, default=1, help="the restore vs re-prefill measure (0 = skip)")
     parser.add_argument("--passes", type=int, default=2, help="runs of every configuration, interleaved; best kept")
     parser.add_argument("--overhead-rounds", type=int, default=3, help="raw vs served measurements (0 = skip)")
+    parser.add_argument("--peer-server", type=Path, help="a llama-server binary: run the room over HTTP against it")
+    parser.add_argument("--peer-configs", default="16,8", help="peer mode: slots = --max-running, in this order")
     parser.add_argument("--backend", choices=["llamacpp", "sail-emulated"], default="llamacpp",
                         help="sail-emulated: 30 x 5 on emulated TPUs, simulated (harness/sail_room.py)")  # fmt: skip
     args = parser.parse_args()
@@ -332,7 +339,17 @@ def main() -> None:
         "room": f"{args.people} people x {args.turns} turns x {args.tokens} tokens, greedy",
         "load_average_start": [round(x, 2) for x in load],
         "rss_start_mib": round(rss_mib(), 1),
+        **cpu_flags(),
+        "ggml_cpu_features": lc.llama_print_system_info().decode().strip(),
     }
+    print(json.dumps({k: result[k] for k in ("cpu", "flags", "ggml_cpu_features")}), file=sys.stderr, flush=True)
+    if args.peer_server:  # issue 29: over HTTP against llama.cpp's own server, nothing else
+        result["peer"] = peer_room(
+            args.peer_server, args.peer_configs.split(","), args.people, args.turns, args.tokens, args.passes
+        )
+        result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(result, indent=2))
+        return
     configs = configurations(args.people)
     runs: dict[str, list[dict]] = {}
     names = args.configs.split(",")

@@ -67,6 +67,13 @@ STATS_COUNTERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("turns_shared", ("turns_shared",), "Turns that started from a copy of another conversation's prompt prefix."),
     ("engine_prompt_tokens_prefilled", ("prompt_tokens_prefilled",),
      "Prompt tokens the engine read (prefilled), pinned prefixes included; the rest came from a cache."),
+    ("scheduler_steps", ("steps",), "Scheduler steps that ran work (one batched engine call each, at most)."),
+    ("scheduler_step_seconds", ("step_s",), "Wall seconds of those steps, engine calls included."),
+    ("scheduler_step_cpu_seconds", ("step_cpu_s",), "CPU seconds of the scheduler thread in those steps."),
+    ("engine_decode_seconds", ("decode_s",), "Wall seconds inside llama_decode."),
+    ("engine_cache_moves", ("cache_moves",), "KV caches moved between streams so a step's sequences sit side by side."),
+    ("engine_cache_move_seconds", ("cache_moves_s",), "Wall seconds spent on those moves."),
+    ("engine_sampling_seconds", ("sampling_s",), "Wall seconds picking the next tokens from the logits."),
 )  # fmt: skip
 INFO_KEYS = ("backend", "model_name", "template", "context_length")  # never a path, URL or key
 

@@ -144,6 +144,9 @@ class Scheduler:
         self._rate = TokenRate()
         self._rate_lock = threading.Lock()
         self._snapshot = self._publish()
+        # Wall and CPU seconds of the worker's steps that ran something (/metrics): what the
+        # engine's own timings (decode, cache moves, sampling) leave is Python around the step.
+        self._step_time = {"steps": 0, "step_s": 0.0, "step_cpu_s": 0.0}
         self._worker: threading.Thread | None = None
         if start:
             self._worker = threading.Thread(target=self._run, name="edgechat-scheduler", daemon=True)
@@ -220,6 +223,8 @@ class Scheduler:
         out["max_queue"] = self.max_queue
         out["refused"] = self._refused
         out["alive"] = self.failure is None and (self._worker is None or self._worker.is_alive())
+        out.update(self._step_time)
+        out.update(getattr(self.engine, "timings", {}))
         return out
 
     def close(self) -> None:
@@ -261,6 +266,7 @@ class Scheduler:
         with self._cond:
             inbox, self._inbox = self._inbox, deque()
             forget, self._forget = self._forget, []
+        began, began_cpu = time.perf_counter(), time.thread_time()
         plan = self._policy.decide(inbox, forget, self._clock())
         if not plan.empty():
             outputs = self._execute(plan)
@@ -271,6 +277,11 @@ class Scheduler:
                     self._rate.add(produced, now)
         self._snapshot = self._publish()
         self._policy.deliver()
+        if not plan.empty():
+            timing = self._step_time
+            timing["steps"] += 1
+            timing["step_s"] += time.perf_counter() - began
+            timing["step_cpu_s"] += time.thread_time() - began_cpu
         return not plan.empty()
 
     def _publish(self) -> dict[str, Any]:

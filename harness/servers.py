@@ -22,6 +22,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers(proc: subprocess.Popen, url: str, timeout_s: float, context: ssl.SSLContext | None = None) -> bool:
+    """Whether the server `proc` answers 200 at `url` within `timeout_s` (False once it exited);
+    `context` for an https URL."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def end(proc: subprocess.Popen) -> None:
+    """Stop a server we started: terminate, and kill it if it has not gone in 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Server:
     """`streamlit run web_demo.py` (or another `script`) with `flags` after `--` and Streamlit's own
     `streamlit_options` before it. Its saved chats go to a fresh temporary folder
@@ -53,14 +78,8 @@ class Server:
         base = {"EDGECHAT_DATA_DIR": str(self.data_dir), "EDGECHAT_TRUSTED_PROXY": "127.0.0.1"}
         child_env = {**_environ(), **base, **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, env=child_env)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=1, context=self.ssl_context()) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
+        if answers(self.proc, self.url + "/_stcore/health", START_TIMEOUT_S, self.ssl_context()):
+            return
         output = self.output()
         self.stop()
         raise RuntimeError(f"streamlit did not start within {START_TIMEOUT_S:.0f} s: {output[-2000:]}")
@@ -94,13 +113,7 @@ class Server:
         return self.log.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        end(self.proc)
         if not self.log.closed:
             self.log.close()
             Path(self.log.name).unlink(missing_ok=True)

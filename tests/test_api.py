@@ -162,6 +162,19 @@ def test_answers_are_counted_in_metrics_as_api(api: Api) -> None:
     assert response.headers["content-type"].startswith("text/plain") and "What is" not in response.text
 
 
+def test_metrics_say_where_the_engine_thread_spends_its_time(api: Api) -> None:
+    """An operator profiling the box reads the split from /metrics: a step's wall time holds the
+    llama_decode, sampling and cache-move seconds, and an answer adds steps and decode time."""
+    names = ("scheduler_steps", "scheduler_step_seconds", "engine_decode_seconds", "engine_sampling_seconds")
+    before = {n: api.sample(f"edgechat:{n}_total") for n in names}
+    assert api.chat(messages=STORY, temperature=0, max_tokens=5).status_code == 200
+    after = {n: api.sample(f"edgechat:{n}_total") for n in names}
+    assert after["scheduler_steps"] >= before["scheduler_steps"] + 5
+    assert after["engine_decode_seconds"] > before["engine_decode_seconds"]
+    parts = sum(api.sample(f"edgechat:{n}_total") for n in ("engine_decode_seconds", "engine_sampling_seconds"))
+    assert parts + api.sample("edgechat:engine_cache_move_seconds_total") <= after["scheduler_step_seconds"]
+
+
 def test_healthz_names_backend_and_model(api: Api, runtime: Runtime) -> None:
     r = api.http.get("/healthz")
     assert r.status_code == 200

@@ -16,6 +16,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,9 @@ class LlamaCppEngine:
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
         self._sampling = Samplers(self.ctx, self.vocab, self.n_vocab)  # each sequence's sampler state
         self.tokens_computed = 0  # rows through llama_decode: prompt tokens prefilled and decodes
+        # Where a step's time goes (seconds, monotonic; /metrics shows them): llama_decode, the
+        # cache moves that pack a step's sequences onto consecutive streams, and sampling.
+        self.timings = {"decode_s": 0.0, "cache_moves_s": 0.0, "cache_moves": 0, "sampling_s": 0.0}
 
     # ---- Engine contract ----
 
@@ -210,8 +214,12 @@ class LlamaCppEngine:
         """One llama_decode over `feeds`, their sequences first packed onto consecutive streams
         and the batch ordered by stream (see streams.py: otherwise llama.cpp runs a forward pass
         per sequence). Tokens come back in the order of `feeds`."""
+        timings = self.timings
+        began = time.perf_counter()
         for handle, other in self._streams.moves_to_pack([seq for seq, _, _ in feeds]):
             self._swap_caches(handle, other)
+            timings["cache_moves"] += 1
+        timings["cache_moves_s"] += time.perf_counter() - began
         order = sorted(range(len(feeds)), key=lambda i: self._streams.stream(feeds[i][0]))
         ordered = [feeds[i] for i in order]
         rows: list[int] = []  # batch index of each feed's last token, or -1
@@ -243,7 +251,10 @@ class LlamaCppEngine:
         for seq, fed, _ in feeds:
             self._pos[seq] += len(fed)
         try:
+            decoding = time.perf_counter()
             status = lc.llama_decode(self.ctx, self._batch)
+            sampling = time.perf_counter()
+            timings["decode_s"] += sampling - decoding
             if status != 0:
                 raise RuntimeError(f"llama_decode failed with status {status}")
             self.tokens_computed += n
@@ -253,6 +264,7 @@ class LlamaCppEngine:
                 self._pos[seq] = pos
             raise
         sampled = self._sampling.sample(ordered, rows, len(wanted))
+        timings["sampling_s"] += time.perf_counter() - sampling
         out: list[int | None] = [None] * len(feeds)
         for i, token in zip(order, sampled, strict=True):
             out[i] = token
