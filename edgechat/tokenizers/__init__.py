@@ -29,6 +29,24 @@ class Tokenizer(Protocol):
         ...
 
 
+class CachedTokenBytes:
+    """`token_bytes` remembered per (token, special): detokenizing asks for the same few thousand
+    pieces over and over. A tokenizer sets `self._bytes = {}` and supplies `_piece_bytes`, the
+    uncached answer."""
+
+    _bytes: dict[tuple[int, bool], bytes]
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        key = (token, special)
+        piece = self._bytes.get(key)
+        if piece is None:
+            piece = self._bytes[key] = self._piece_bytes(token, special)
+        return piece
+
+    def _piece_bytes(self, token: int, special: bool) -> bytes:
+        raise NotImplementedError
+
+
 def decode(tokenizer: Tokenizer, ids: Iterable[int], special: bool = False) -> str:
     return b"".join(tokenizer.token_bytes(t, special) for t in ids).decode("utf-8", errors="replace")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from edgechat.errors import ConfigError
+from edgechat.tokenizers import CachedTokenBytes
 
 SPACE_PIECE = "\u2581"  # sentencepiece's visible space
 TAG = re.compile(r"<[^<>\s]+>")
@@ -32,7 +33,7 @@ USER_ID = 195  # <reserved_106>
 ASSISTANT_ID = 196  # <reserved_107>
 
 
-class BaichuanTokenizer:
+class BaichuanTokenizer(CachedTokenBytes):
     """The Tokenizer protocol (edgechat.tokenizers) over Baichuan2's `tokenizer.model`."""
 
     add_bos = False  # Baichuan2-Chat prompts start with the first turn, no <s>
@@ -52,7 +53,7 @@ class BaichuanTokenizer:
         # Longest first, so `<img/>` wins over a shorter marker at the same position.
         names = sorted(self._special_by_text, key=len, reverse=True)
         self._splitter = re.compile("|".join(map(re.escape, names))) if names else None
-        self._bytes: dict[tuple[int, bool], bytes] = {}
+        self._bytes = {}  # CachedTokenBytes
 
     # ---- the Tokenizer protocol ----
 
@@ -73,13 +74,6 @@ class BaichuanTokenizer:
             pos = match.end()
         ids += self._plain(text[pos:])
         return ids
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        key = (token, special)
-        piece = self._bytes.get(key)
-        if piece is None:
-            piece = self._bytes[key] = self._piece_bytes(token, special)
-        return piece
 
     # ---- helpers ----
 

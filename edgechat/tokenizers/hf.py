@@ -21,6 +21,7 @@ from typing import Any
 from tokenizers import Tokenizer as HfRust
 
 from edgechat.errors import ConfigError
+from edgechat.tokenizers import CachedTokenBytes
 
 SPACE_PIECE = "\u2581"
 
@@ -55,7 +56,7 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-class HfTokenizer:
+class HfTokenizer(CachedTokenBytes):
     """The Tokenizer protocol (edgechat.tokenizers) over a config folder's `tokenizer.json`."""
 
     add_bos = False  # chat templates write bos_token themselves where the model wants one
@@ -81,7 +82,7 @@ class HfTokenizer:
             raise ConfigError(f"{directory / 'tokenizer_config.json'} names no eos_token of {path.name}")
         self.eos_id = eos
         self.stop_ids = frozenset({eos, *self._generation_eos(directory)})
-        self._bytes: dict[tuple[int, bool], bytes] = {}
+        self._bytes = {}  # CachedTokenBytes
 
     def token_id(self, text: str | None) -> int | None:
         return None if text is None else self._full.token_to_id(text)
@@ -103,13 +104,6 @@ class HfTokenizer:
         text = text.encode("utf-8", errors="surrogatepass").decode("utf-8", errors="replace")
         tokenizer = self._full if special else self._plain
         return list(tokenizer.encode(text, add_special_tokens=False).ids)
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        key = (token, special)
-        piece = self._bytes.get(key)
-        if piece is None:
-            piece = self._bytes[key] = self._piece_bytes(token, special)
-        return piece
 
     def _piece_bytes(self, token: int, special: bool) -> bytes:
         if token in self._added:
