@@ -143,6 +143,16 @@ def page_sessions_open() -> int | None:
     return int(sum(stat.value for stat in stats))
 
 
+def load_figures(stats: dict[str, Any]) -> dict[str, int | float]:
+    """The load line's three numbers from the backend's stats: the page draws them at each run and
+    LOAD_PATH serves them between runs."""
+    return {
+        "running": int(stats.get("running", 0)) + int(stats.get("prefilling", 0)),
+        "waiting": int(stats.get("waiting", 0)),
+        "tps": float(stats.get("aggregate_tps", 0.0)),
+    }
+
+
 async def room_load(request: Request) -> JSONResponse:
     """Answers generating, waiting and the engine's tok/s, for the server panel's load line. Every
     open page fetches it once a second (edgechat.page.sidebar): an HTTP request on the event loop
@@ -153,11 +163,7 @@ async def room_load(request: Request) -> JSONResponse:
         stats = runtime.backend.stats() if runtime is not None else {}
     except Exception:  # noqa: BLE001 — a dead engine: the panel keeps its last line
         return JSONResponse({"error": "engine unavailable"}, status_code=503)
-    body = {
-        "running": int(stats.get("running", 0)) + int(stats.get("prefilling", 0)),
-        "waiting": int(stats.get("waiting", 0)),
-        "tps": float(stats.get("aggregate_tps", 0.0)),
-    }
+    body = load_figures(stats)
     return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict
 from html import escape
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 
@@ -18,7 +19,7 @@ from edgechat.page import session
 from edgechat.page.join_qr import join_panel
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import display_url, plain_text
-from edgechat.server import LOAD_PATH
+from edgechat.server import LOAD_PATH, load_figures
 from edgechat.store import UNDO_S, StoreUnavailable
 from edgechat.ui_text import stats_line, t
 
@@ -60,8 +61,8 @@ def server_panel(runtime: Runtime, lang: str) -> None:
     health = runtime.backend.health()  # a remote server's cached /v1/models round trip
     if health is not None:
         st.caption(plain_text(health))
-    load_line(runtime, lang)
     stats = runtime.backend.stats()
+    load_line(stats, lang)
     if stats.get("prompt_tokens_prefilled"):  # a local engine: where prompt tokens came from (as of this run)
         st.caption(t(lang, "server_prompt", reused=stats["prompt_tokens_reused"],
                      shared=stats["prompt_tokens_shared"], prefilled=stats["prompt_tokens_prefilled"]))  # fmt: skip
@@ -69,12 +70,10 @@ def server_panel(runtime: Runtime, lang: str) -> None:
         st.caption(" · ".join(t(lang, "server_chip" if c["alive"] else "server_chip_out", **c) for c in stats["chips"]))
 
 
-def load_line(runtime: Runtime, lang: str) -> None:
+def load_line(stats: dict[str, Any], lang: str) -> None:
     """Answers generating and waiting, and tok/s: now, then refreshed in the browser once a second.
     Only numbers go into it (its template is this page's own string)."""
-    stats = runtime.backend.stats()
-    now = t(lang, "server_load", running=stats["running"] + stats["prefilling"], waiting=stats["waiting"],
-            tps=stats["aggregate_tps"])  # fmt: skip
+    now = t(lang, "server_load", **load_figures(stats))
     marks = {"-101": "{running}", "-202": "{waiting}", "-303.0": "{tps}"}
     template = t(lang, "server_load", running=-101, waiting=-202, tps=-303.0)
     for mark, field in marks.items():
