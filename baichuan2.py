@@ -18,6 +18,7 @@ from typing import Any
 from edgechat.backend import Backend
 from edgechat.chats import SavedChat, shared_store
 from edgechat.client import BLANK_INPUT_HINT, ChatClient
+from edgechat.clients import conversation_for
 from edgechat.config import Settings, parse_settings
 from edgechat.conversation import Conversation, Refusal
 from edgechat.errors import ConfigError
@@ -38,30 +39,6 @@ class Baichuan2(ChatClient):
     def __init__(self, handle: Any, engine: Backend, tokenizer: ChatTokenizer | None, **options: Any) -> None:
         super().__init__(engine, tokenizer, **options)
         self.handle = handle
-
-
-def client_for(runtime: Runtime, settings: Settings, session: str | None = None, source: str = "page") -> Baichuan2:
-    return Baichuan2(
-        runtime.handle,
-        runtime.backend,
-        runtime.tokenizer,
-        sampling=settings.sampling,
-        system=settings.system,
-        session=session,
-        source=source,
-        handout=runtime.handout,
-    )
-
-
-def conversation_for(
-    runtime: Runtime, settings: Settings, session: str | None = None, source: str = "page"
-) -> Conversation:
-    return Conversation(
-        client_for(runtime, settings, session, source),
-        sampling=settings.sampling,
-        system=settings.system or "",
-        max_input_chars=settings.max_input_chars,
-    )
 
 
 def saved_conversation(runtime: Runtime, settings: Settings) -> tuple[Conversation, SavedChat | None]:

@@ -2,7 +2,7 @@
 
 U people x T turns x N-token answers (default 16 x 5 x 96), greedy, system prompt "You are a
 helpful assistant.", questions varied per person; each person is a thread with its own
-`Baichuan2(handle, engine, tokenizer)` client on one runtime, as the page does (harness/room.py).
+client (`edgechat.clients.client_for`) on one runtime, as the page does (harness/room.py).
 Configurations, one run, one process, in this order, twice (`--passes`; each keeps its best pass:
 two 50-second runs of the same flags differed by 8–16 % on this shared 2-core box):
 
@@ -49,7 +49,7 @@ from edgechat.engines.llamacpp import UBATCH  # noqa: E402, I001 — first: it s
 import llama_cpp as lc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from baichuan2 import Baichuan2  # noqa: E402
+from edgechat.clients import client_for  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
@@ -57,7 +57,7 @@ from harness.memory import rss_mib  # noqa: E402
 from edgechat.sequences import common_prefix  # noqa: E402
 from edgechat.sharing import Sharing  # noqa: E402
 from edgechat.kvcache import ParkedState  # noqa: E402
-from harness.room import SYSTEM, handout, question, room_backend, run_room  # noqa: E402
+from harness.room import SYSTEM, handout, question, room_runtime, run_room  # noqa: E402
 from harness.peer import cpu_flags  # noqa: E402
 from bench.peer import peer_room  # noqa: E402
 
@@ -153,22 +153,22 @@ def lookup_cost(sessions: int, words: int, lookups: int = 200) -> dict:
 
 
 def client_decode_rate(runtime: Runtime, people: int, tokens: int) -> float:
-    """Tokens/s of `people` answers decoding together through Baichuan2 clients, over the window
+    """Tokens/s of `people` answers decoding together through the page's clients, over the window
     in which every one of them is decoding: from the last person's first text piece to the first
     person's last. The raw loop times exactly that (all sequences decoding, no prompt in the
     batch); an answer's whole span would also count the steps that prefill the others' prompts
     (the first submitter's step starts before the last one arrives)."""
-    backend = room_backend(runtime)
+    room = room_runtime(runtime)
     times: list[list[float]] = [[] for _ in range(people)]
     start = threading.Barrier(people)
 
     def person(i: int) -> None:
         sampling = SamplingParams(temperature=0, max_new_tokens=tokens)
-        client = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        client = client_for(room, sampling=sampling, system=SYSTEM)
         start.wait(60)
         for _ in client.chat_stream(question(i, 0), []):
             times[i].append(time.perf_counter())
-        backend.forget_session(client.session)
+        room.backend.forget_session(client.session)
 
     threads = [threading.Thread(target=person, args=(i,)) for i in range(people)]
     for t in threads:
@@ -255,11 +255,11 @@ def parking(turns: int, tokens: int) -> dict:
     session takes the sequence) and restored for the next question, against the same prompt
     prefilled from scratch; then the engine's own save / restore / prefill of that cache."""
     runtime = load_runtime(parse_settings(["--context-length", str(CONTEXT), "--max-running", "1"], env={}))
-    backend = room_backend(runtime)
+    room = room_runtime(runtime)
     sampling = SamplingParams(temperature=0, max_new_tokens=tokens)
     try:
-        person = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
-        other = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        person = client_for(room, sampling=sampling, system=SYSTEM)
+        other = client_for(room, sampling=sampling, system=SYSTEM)
         history: list[Message] = []
         for turn in range(turns - 1):
             reply = "".join(person.chat_stream(question(0, turn), history))
@@ -267,7 +267,7 @@ def parking(turns: int, tokens: int) -> dict:
         "".join(other.chat_stream(question(1, 0), []))  # parks the person's cache
         "".join(person.chat_stream(question(0, turns - 1), history))
         restored = person.last_stats
-        fresh = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=SYSTEM)
+        fresh = client_for(room, sampling=sampling, system=SYSTEM)
         "".join(fresh.chat_stream(question(0, turns - 1), history))
         stats = runtime.backend.stats()
         runtime.backend.scheduler.close()  # from here this thread owns the engine  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from baichuan2 import Baichuan2  # noqa: E402
+from edgechat.clients import client_for  # noqa: E402
 from edgechat.config import default_model_path, parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
@@ -57,28 +57,13 @@ def raw_llamacpp_tps(prompt_text: str, tokens: int, threads: int) -> float:
 
 
 def single_client_tps(rt: Runtime, tokens: int) -> float:
-    """Through Baichuan2 client + scheduler, as a terminal user gets it (best of two)."""
+    """Through a client + scheduler, as a terminal user gets it (best of two)."""
     best = 0.0
     for _ in range(2):
-        client = Baichuan2(
-            rt.handle, rt.backend, rt.tokenizer, sampling=SamplingParams(temperature=0, max_new_tokens=tokens)
-        )
-        client.tokenizer = _NoStop(rt.tokenizer)
+        client = client_for(rt, sampling=SamplingParams(temperature=0, max_new_tokens=tokens))
         "".join(client.chat_stream(QUESTION, []))
         best = max(best, client.last_stats.decode_tps or 0.0)
     return best
-
-
-class _NoStop:
-    """The chat tokenizer with no stop ids, so every answer has exactly max_new_tokens."""
-
-    def __init__(self, inner):  # noqa: ANN001
-        self.__dict__.update(inner.__dict__)
-        self._inner = inner
-        self.stop_ids = frozenset()
-
-    def __getattr__(self, name: str):  # noqa: ANN204
-        return getattr(self._inner, name)
 
 
 def concurrent(rt: Runtime, sessions: int, tokens: int) -> dict[str, float]:
@@ -86,9 +71,7 @@ def concurrent(rt: Runtime, sessions: int, tokens: int) -> dict[str, float]:
     rss: list[float] = []
 
     def one(i: int) -> None:
-        client = Baichuan2(
-            rt.handle, rt.backend, _NoStop(rt.tokenizer), sampling=SamplingParams(temperature=0, max_new_tokens=tokens)
-        )
+        client = client_for(rt, sampling=SamplingParams(temperature=0, max_new_tokens=tokens))
         for n, _ in enumerate(client.chat_stream(f"{QUESTION} (version {i})", [])):
             if n == tokens // 2 and i == 0:
                 rss.append(rss_mib())
@@ -118,7 +101,7 @@ def turn5(rt: Runtime, answer_tokens: int) -> dict[str, float]:
     """A 5-turn chat, ~150-token answers: the 5th turn's first-token latency with the session's
     cached prefix reused, and with a full re-prefill of the same prompt."""
     sampling = SamplingParams(temperature=0, max_new_tokens=answer_tokens)
-    client = Baichuan2(rt.handle, rt.backend, _NoStop(rt.tokenizer), sampling=sampling)
+    client = client_for(rt, sampling=sampling)
     history: list[Message] = []
     questions = [f"Tell me part {i} of a story about a lighthouse keeper, in detail." for i in range(1, 6)]
     for q in questions[:4]:
@@ -127,7 +110,7 @@ def turn5(rt: Runtime, answer_tokens: int) -> dict[str, float]:
     client.sampling = SamplingParams(temperature=0, max_new_tokens=2)
     "".join(client.chat_stream(questions[4], history))
     reuse = client.last_stats
-    fresh = Baichuan2(rt.handle, rt.backend, _NoStop(rt.tokenizer), sampling=client.sampling)
+    fresh = client_for(rt, sampling=client.sampling)
     "".join(fresh.chat_stream(questions[4], history))
     return {
         "turn5_prompt_tokens": reuse.prompt_tokens,

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from baichuan2 import Baichuan2  # noqa: E402
+from edgechat.clients import client_for  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
@@ -39,9 +39,7 @@ QUESTIONS = [
 def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading.Lock) -> None:
     """One simulated user: picks an action per turn, like someone at the demo would."""
     rng = random.Random(seed)
-    client = Baichuan2(
-        rt.handle, rt.backend, rt.tokenizer, sampling=SamplingParams(temperature=0.7, max_new_tokens=96, seed=seed)
-    )
+    client = client_for(rt, sampling=SamplingParams(temperature=0.7, max_new_tokens=96, seed=seed))
     history: list[Message] = []
     while time.monotonic() < until:
         question = rng.choice(QUESTIONS)
@@ -59,7 +57,7 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
                 break
         if action == "close_tab":
             rt.backend.forget_session(client.session)
-            client = Baichuan2(rt.handle, rt.backend, rt.tokenizer, sampling=client.sampling)
+            client = client_for(rt, sampling=client.sampling)
             history = []
         else:
             history += [Message(role="user", content=question), Message(role="assistant", content="".join(pieces))]

@@ -1,5 +1,5 @@
 """A room of people chatting with one runtime, as the page drives it: each person is a thread with
-its own `Baichuan2(handle, engine, tokenizer)` client, asking T questions and keeping the history.
+its own client (`edgechat.clients.client_for`, as the page builds it), asking T questions and keeping the history.
 Used by bench/room.py (the figures of issue 11) and tests/test_room.py (a small room in CI).
 
 Answers are greedy and exactly `tokens` long (the stop ids are switched off on the room's own
@@ -11,11 +11,11 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from baichuan2 import Baichuan2
 from edgechat.backend import LocalBackend
+from edgechat.clients import client_for
 from edgechat.runtime import Runtime
 from edgechat.templates import ChatTokenizer
 from edgechat.types import Message, SamplingParams
@@ -75,11 +75,11 @@ class Person:
     errors: list[str] = field(default_factory=list)
 
 
-def room_backend(runtime: Runtime) -> LocalBackend:
-    """The runtime's own scheduler behind a backend whose answers never stop early."""
+def room_runtime(runtime: Runtime) -> Runtime:
+    """The runtime with its own scheduler behind a backend whose answers never stop early."""
     chat = ChatTokenizer(runtime.tokenizer.tokenizer, runtime.tokenizer.template)  # type: ignore[union-attr]
     chat.stop_ids = frozenset()
-    return LocalBackend(runtime.backend.scheduler, chat, runtime.info)  # type: ignore[attr-defined]
+    return replace(runtime, backend=LocalBackend(runtime.backend.scheduler, chat, runtime.info))  # type: ignore[attr-defined]
 
 
 def run_room(
@@ -93,7 +93,7 @@ def run_room(
 ) -> dict[str, Any]:
     """Everyone starts together, or person i `join_gap_s` x i seconds after the first; returns the
     room's figures (see bench/room.py for their meaning)."""
-    backend = room_backend(runtime)
+    room = room_runtime(runtime)
     scheduler = runtime.backend.scheduler  # type: ignore[attr-defined]
     before = scheduler.stats()
     results = [Person() for _ in range(people)]
@@ -103,7 +103,7 @@ def run_room(
     def person(i: int) -> None:
         me = results[i]
         sampling = SamplingParams(temperature=0.0, max_new_tokens=tokens)
-        client = Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=sampling, system=system)
+        client = client_for(room, sampling=sampling, system=system)
         history: list[Message] = []
         start.wait(timeout_s)
         time.sleep(i * join_gap_s)

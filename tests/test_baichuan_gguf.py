@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from baichuan2 import client_for
+from edgechat.clients import client_for
 from edgechat.config import parse_settings
 from edgechat.runtime import load_runtime
 from edgechat.types import SamplingParams

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from baichuan2 import conversation_for
 from edgechat.chats import SavedChat
+from edgechat.clients import conversation_for
 from edgechat.config import parse_settings
 from edgechat.conversation import Conversation
 from edgechat.owner import Owner, new_owner_token

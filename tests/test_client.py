@@ -3,14 +3,25 @@
 from dataclasses import replace
 
 from baichuan2 import Baichuan2
-from edgechat.client import BLANK_INPUT_HINT
+from edgechat.client import BLANK_INPUT_HINT, ChatClient
+from edgechat.clients import client_for
 from edgechat.runtime import Runtime
 from edgechat.types import Done, Failed, FinishReason, Message
 from tests.conftest import GREEDY
 
 
-def client(runtime: Runtime, **options: object) -> Baichuan2:
-    return Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=GREEDY, **options)
+def client(runtime: Runtime, system: str | None = None) -> ChatClient:
+    return client_for(runtime, sampling=GREEDY, system=system)
+
+
+def test_the_seeds_client_class_answers_with_its_own_signature(runtime: Runtime) -> None:
+    """`Baichuan2(handle, engine, tokenizer).chat_stream(input, history)`: scripts written
+    against the seed still run (baichuan2.py keeps the class)."""
+    seed = Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=GREEDY)
+    assert seed.handle is runtime.handle and seed.engine is runtime.backend and seed.tokenizer is runtime.tokenizer
+    history = [Message(role="user", content="Hello"), Message(role="assistant", content="Hi!")]
+    assert "4" in "".join(seed.chat_stream("What is 2+2?", history))
+    assert seed.last_stats.completion_tokens > 0 and seed.last_stats.error is None
 
 
 def test_seed_history_ending_with_the_question_is_not_repeated(runtime: Runtime) -> None:
@@ -72,7 +83,7 @@ def test_system_prompt_reaches_the_model(runtime: Runtime) -> None:
 def test_the_rooms_handout_starts_every_system_prompt(runtime: Runtime) -> None:
     sheet = "Handout: the workshop is about bread."
     for system, expected in ((None, sheet), ("You are a pirate.", f"{sheet}\n\nYou are a pirate.")):
-        c = client(runtime, system=system, handout=sheet)
+        c = client_for(replace(runtime, handout=sheet), sampling=GREEDY, system=system)
         prompt = runtime.tokenizer.decode(c.prompt_ids("Hi"), special=True)
         assert prompt.startswith(f"<|im_start|>system\n{expected}<|im_end|>")
         answer = c.stream(c.messages_for("Hi", []), replace(GREEDY, max_new_tokens=1))

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from baichuan2 import conversation_for
+from edgechat.clients import conversation_for
 from edgechat.config import parse_settings
 from edgechat.conversation import MAX_BYTES, Conversation
 from edgechat.runtime import Runtime

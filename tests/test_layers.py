@@ -57,6 +57,7 @@ LAYERS: dict[str, int] = {
     "edgechat.conversation": 8,
     "edgechat.chats": 9,
     "edgechat.runtime": 9,
+    "edgechat.clients": 10,  # a person's client and conversation over the runtime
     "edgechat.api": 10,
     "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
     "edgechat.server": 11,

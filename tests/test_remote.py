@@ -23,7 +23,8 @@ from pathlib import Path
 import openai
 import pytest
 
-from baichuan2 import Baichuan2
+from edgechat.client import ChatClient
+from edgechat.clients import client_for
 from edgechat.config import Settings, default_model_path
 from edgechat.engines.remote import RemoteEngine
 from edgechat.errors import ConfigError
@@ -112,8 +113,8 @@ def rt(server: Server) -> Iterator[Runtime]:
     runtime.close()
 
 
-def session(runtime: Runtime, sampling: SamplingParams = SHORT) -> Baichuan2:
-    return Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=sampling)
+def session(runtime: Runtime, sampling: SamplingParams = SHORT) -> ChatClient:
+    return client_for(runtime, sampling=sampling)
 
 
 def terminal(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -275,7 +276,7 @@ def test_history_is_trimmed_oldest_first_by_an_estimate_of_tokens(server: Server
     ]
     # A context of 160: the prompt may take 120 tokens, 240 characters at 2 a token (the server tokenizes).
     engine = RemoteEngine(server.url, api_key=KEY, model_name="any", context_length=160)
-    client = Baichuan2(None, engine, None)
+    client = ChatClient(engine)
     kept, dropped = client.fit(messages, max_new_tokens=60)
     assert dropped == 2
     assert [m["content"] for m in kept] == ["Be brief.", "second", "ok", "What is 2+2?"]

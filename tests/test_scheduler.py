@@ -87,9 +87,9 @@ def test_cancel_frees_the_sequence_within_a_step(runtime: Runtime) -> None:
 
 
 def test_closing_the_stream_stops_the_answer_and_keeps_its_cache(runtime: Runtime) -> None:
-    from baichuan2 import Baichuan2
+    from edgechat.clients import client_for
 
-    client = Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=replace(GREEDY, max_new_tokens=400))
+    client = client_for(runtime, sampling=replace(GREEDY, max_new_tokens=400))
     cached = runtime.backend.stats()["sessions_cached"]
     stream = client.chat_stream("Tell me a very long story.", [])
     next(stream)

@@ -14,9 +14,9 @@ import streamlit as st
 from streamlit import runtime as streamlit_runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from baichuan2 import conversation_for
 from edgechat.access import ClientLimits, client_address, shared_limits
 from edgechat.chats import SavedChat, shared_store, wait_until_idle
+from edgechat.clients import conversation_for
 from edgechat.config import ENV_PREFIX, Settings, parse_settings
 from edgechat.conversation import Conversation
 from edgechat.owner import owner_in_script
@@ -136,7 +136,6 @@ def _new_conversation(runtime: Runtime, session: str | None = None) -> Conversat
     conv.watch_s = GONE_S
     conv.alive = session_alive()
     conv.admission = lambda address=ss.address: limits().acquire(address)
-    ss.handle, ss.engine, ss.tokenizer = runtime.handle, runtime.backend, runtime.tokenizer  # the seed's trio
     return conv
 
 

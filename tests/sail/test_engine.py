@@ -9,6 +9,7 @@ reference forward of the same weights, written independently of the emulator's g
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,13 @@ def test_a_chat_that_fills_the_context_ends_with_length(
     runtime: Any, bmodel: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The terminal's conversation: the answer runs to the end of the context, and says so."""
-    from baichuan2 import Baichuan2, follow
+    from baichuan2 import follow
+    from edgechat.clients import client_for
     from edgechat.conversation import Conversation
 
     long = SamplingParams(temperature=0.0, max_new_tokens=4 * MAX_LEN)
     backend, recorder = recording_backend(runtime)
-    conversation = Conversation(Baichuan2(runtime.handle, backend, runtime.tokenizer, sampling=long), sampling=long)
+    conversation = Conversation(client_for(replace(runtime, backend=backend), sampling=long), sampling=long)
     assert conversation.ask("Write a very long story about edge AI boxes.") is None
     assert follow(conversation)
     stats = conversation.client.last_stats
