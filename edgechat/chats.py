@@ -14,12 +14,12 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from edgechat.conversation import Conversation, Record
+from edgechat.conversation import Conversation
 from edgechat.owner import Owner
+from edgechat.records import OPTIONAL, Record
 from edgechat.store import DB_NAME, ChatNotFound, Store, StoreUnavailable, default_data_dir, open_store
 
 log = logging.getLogger(__name__)
-SAVED_FLAGS = ("stopped", "interrupted", "stats", "trimmed", "error")
 
 _lock = threading.Lock()
 _stores: dict[Path, Store | StoreUnavailable] = {}
@@ -115,7 +115,7 @@ class SavedChat:
         for position in range(first, len(records)):
             record, partial = records[position], conversation.records[position] is streaming
             self.store.append_message(self.owner, self.chat_id, record["role"], record["content"], streaming=partial)
-            if not partial and any(record.get(flag) for flag in SAVED_FLAGS):
+            if not partial and any(record.get(field) for field in OPTIONAL):
                 self._update(position, record, partial=False)
         self._saved = records
         self.save_settings(conversation)

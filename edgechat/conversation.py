@@ -4,12 +4,8 @@ The page and the terminal both drive a Conversation: ask, regenerate, edit-and-r
 stop. An answer is produced by a thread of its own that writes into the conversation's last
 record as text arrives, so no page rerun, reload or closed tab can lose it: the page only renders
 what the record holds. Every change is reported to `on_change` (at most about once a second
-while an answer streams), which is how saved chats stay current.
-
-A record is a plain dict, as the page, the exports and the store keep it:
-    {"role": "user" | "assistant", "content": str,
-     "stopped"?: True (Stop), "interrupted"?: True (the page went away), "stats"?: {...},
-     "trimmed"?: int (messages left out to fit the context), "error"?: str}
+while an answer streams), which is how saved chats stay current. What a record holds, and how many
+records a conversation keeps, edgechat.records says.
 """
 
 from __future__ import annotations
@@ -21,12 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgechat.client import ChatClient
+from edgechat.records import MAX_CHARS, MAX_RECORDS, Record
 from edgechat.types import Done, Failed, FinishReason, Message, Queued, SamplingParams, Text, Trimmed
 
-Record = dict[str, Any]
 SAVE_INTERVAL_S = 1.0  # a streaming answer is reported to on_change at least this often
-MAX_RECORDS = 400  # a conversation keeps at most this many messages (oldest turns go first) ...
-MAX_BYTES = 2 << 20  # ... and at most this much text, so one session cannot grow without bound
 
 
 @dataclass(frozen=True)
@@ -180,7 +174,7 @@ class Conversation:
         self.admission = admission or (lambda: lambda: None)
         self.answer: Answer | None = None
         self.refusals: list[str] = []  # why the last answers were refused (busy, too long), shown once
-        self.dropped = 0  # messages removed because the conversation outgrew MAX_RECORDS / MAX_BYTES
+        self.dropped = 0  # messages removed because the conversation outgrew MAX_RECORDS / MAX_CHARS
         self._lock = threading.RLock()
         self._before: list[Record] = []  # the records before the running action, restored if refused
 
@@ -333,9 +327,9 @@ class Conversation:
         self.answer.start()
 
     def _cap(self) -> None:
-        """Drop the oldest turns while the conversation is over MAX_RECORDS or MAX_BYTES."""
+        """Drop the oldest turns while the conversation is over MAX_RECORDS or MAX_CHARS."""
         size = sum(len(r["content"]) for r in self.records)
-        while len(self.records) > 2 and (len(self.records) > MAX_RECORDS or size > MAX_BYTES):
+        while len(self.records) > 2 and (len(self.records) > MAX_RECORDS or size > MAX_CHARS):
             size -= len(self.records[0]["content"])
             del self.records[0]
             self.dropped += 1

@@ -22,19 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgechat import records
 from edgechat.export import from_json
 from edgechat.owner import Owner
+from edgechat.records import Record
 from edgechat.store_db import Database, Migration, open_database
 from edgechat.store_db import StoreUnavailable as StoreUnavailable  # re-exported: the page catches it
 
 DB_NAME = "history.sqlite3"
 TITLE_MAX = 80  # characters: one sidebar line
-CONTENT_MAX = 1 << 20  # characters in one message: more than any answer a 32k-token context holds
-SETTINGS_MAX = 64 * 1024  # characters of settings JSON (system prompt + sampling)
-STATS_MAX = 16 * 1024  # characters of one answer's stats JSON
-ERROR_MAX = 2000
-IMPORT_MAX = 8 << 20  # characters of one JSON export to import
-IMPORT_MESSAGES_MAX = 10_000
 UNDO_S = 600.0  # a deleted chat can be restored for this long, then it is purged
 LIST_MAX = 200
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{16}")  # secrets.token_urlsafe(12)
@@ -87,15 +83,14 @@ class ChatSummary:
 
 @dataclass
 class Chat:
-    """A saved chat. `messages` are the page's history dicts (role, content and, when set,
-    stopped, interrupted, stats, trimmed, error); a message's list index is its position."""
+    """A saved chat: its records (edgechat.records); a message's list index is its position."""
 
     id: str
     title: str
     created: float
     updated: float
     settings: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[Record] = field(default_factory=list)
 
 
 def default_data_dir() -> Path:
@@ -145,7 +140,7 @@ class Store:
         chat_id, now = secrets.token_urlsafe(12), self.clock()
         conn.execute(
             "INSERT INTO conversations (id, owner, title, created, updated, settings) VALUES (?, ?, ?, ?, ?, ?)",
-            (chat_id, _key(owner), clean_title(title), now, now, _json(settings, SETTINGS_MAX, "settings")),
+            (chat_id, _key(owner), clean_title(title), now, now, _json(settings, records.SETTINGS_MAX, "settings")),
         )
         return chat_id
 
@@ -187,7 +182,9 @@ class Store:
 
     def set_settings(self, owner: Owner, chat_id: str, settings: Mapping[str, Any]) -> bool:
         """Replace the chat's settings (system prompt, sampling); False if not the owner's chat."""
-        return self._update_conversation(owner, chat_id, "settings = ?", (_json(settings, SETTINGS_MAX, "settings"),))
+        return self._update_conversation(
+            owner, chat_id, "settings = ?", (_json(settings, records.SETTINGS_MAX, "settings"),)
+        )
 
     def delete(self, owner: Owner, chat_id: str) -> bool:
         """Hide the chat; `restore` brings it back within UNDO_S seconds, then it is purged."""
@@ -274,13 +271,11 @@ class Store:
         final save with `interrupted` says the page went away mid-answer (Continue goes on).
         One UPDATE of one row: it rewrites that message's text, so its cost grows with the
         answer's length, not with the chat's."""
-        _check_text(content, CONTENT_MAX, "content")
+        records.text(content, f"message {position + 1} content", records.CONTENT_MAX)
         if final:
-            _check_text(error or "", ERROR_MAX, "error")
+            flags = {"stopped": stopped, "interrupted": interrupted, "stats": stats, "trimmed": trimmed, "error": error}
             sets = "content = ?, updated = ?, interrupted = ?, stopped = ?, stats = ?, trimmed = ?, error = ?"
-            values: tuple[Any, ...] = (
-                content, self.clock(), int(interrupted), int(stopped), _stats(stats), int(trimmed), error,
-            )  # fmt: skip
+            values: tuple[Any, ...] = (content, self.clock(), *_columns(records.extras(flags, position + 1)))
         else:
             sets, values = "content = ?, updated = ?, interrupted = 1", (content, self.clock())
         if not _is_id(chat_id):
@@ -304,7 +299,7 @@ class Store:
     def import_json(self, owner: Owner, text: str) -> str:
         """A new chat from an edgechat JSON export (read by `export.from_json`, the one parser of
         that format); ValueError says what is wrong, and nothing is half-imported."""
-        messages, meta = from_json(text, max_bytes=IMPORT_MAX, max_messages=IMPORT_MESSAGES_MAX, max_chars=CONTENT_MAX)
+        messages, meta = from_json(text)
         settings = {"system": meta["system"], "sampling": meta["sampling"]}
         with self._tx() as conn:
             chat_id = self._create(conn, owner, settings, "")
@@ -326,31 +321,18 @@ class Store:
     def _append(
         self, conn: sqlite3.Connection, owner: Owner, chat_id: str, messages: Sequence[Mapping[str, Any]]
     ) -> list[int]:
-        for m in messages:
-            _check_message(m)
         title = self._owned(conn, owner, chat_id)
         now = self.clock()
         (position,) = conn.execute(
             "SELECT coalesce(max(position) + 1, 0) FROM messages WHERE conversation_id = ?", (chat_id,)
         ).fetchone()
+        checked = [records.valid(m, position + 1 + i) for i, m in enumerate(messages)]  # all, before any write
         positions = []
-        for m in messages:
+        for m in checked:
             conn.execute(
-                "INSERT INTO messages (conversation_id, position, role, content, stopped, interrupted, stats,"
+                "INSERT INTO messages (conversation_id, position, role, content, interrupted, stopped, stats,"
                 " trimmed, error, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    chat_id,
-                    position,
-                    m["role"],
-                    m["content"],
-                    int(bool(m.get("stopped"))),
-                    int(bool(m.get("interrupted"))),
-                    _stats(m.get("stats")),
-                    int(m.get("trimmed") or 0),
-                    m.get("error"),
-                    now,
-                    now,
-                ),
+                (chat_id, position, m["role"], m["content"], *_columns(m), now, now),
             )
             if not title and m["role"] == "user":
                 title = clean_title(m["content"])
@@ -375,24 +357,6 @@ def clean_title(text: str) -> str:
     return line if len(line) <= TITLE_MAX else line[: TITLE_MAX - 1].rstrip() + "…"
 
 
-def _check_message(m: object) -> None:
-    """A history dict the store can keep: known role, text within the caps, typed flags."""
-    if not isinstance(m, Mapping):
-        raise ValueError("a message must be an object")
-    if m.get("role") not in ("user", "assistant"):
-        raise ValueError("a message's role must be 'user' or 'assistant'")
-    _check_text(m.get("content"), CONTENT_MAX, "content")
-    if any(not isinstance(m.get(flag, False), bool) for flag in ("stopped", "interrupted")):
-        raise ValueError("stopped and interrupted must be true or false")
-    trimmed = m.get("trimmed", 0)
-    if not isinstance(trimmed, int) or isinstance(trimmed, bool) or trimmed < 0:
-        raise ValueError("trimmed must be a count")
-    if m.get("error") is not None:
-        _check_text(m["error"], ERROR_MAX, "error")
-    if m.get("stats") is not None and not isinstance(m["stats"], Mapping):
-        raise ValueError("stats must be an object")
-
-
 def _key(owner: Owner) -> str:
     if not isinstance(owner, Owner):  # a raw token here would be stored or logged as is
         raise TypeError("pass an edgechat.owner.Owner, never the token")
@@ -403,38 +367,24 @@ def _is_id(chat_id: object) -> bool:
     return isinstance(chat_id, str) and _ID_RE.fullmatch(chat_id) is not None
 
 
-def _check_text(value: object, cap: int, what: str) -> None:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be text")
-    if len(value) > cap:
-        raise ValueError(f"{what} is longer than {cap} characters")
-
-
 def _json(value: Mapping[str, Any] | None, cap: int, what: str) -> str:
     try:
         blob = json.dumps(dict(value or {}), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} must be plain JSON data: {exc}") from exc
-    _check_text(blob, cap, what)
-    return blob
+    return records.text(blob, what, cap)
 
 
-def _stats(stats: Mapping[str, Any] | None) -> str | None:
-    return _json(stats, STATS_MAX, "stats") if stats else None
+def _columns(fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A checked record's optional fields as the columns interrupted, stopped, stats, trimmed, error."""
+    stats = json.dumps(fields["stats"], ensure_ascii=False) if fields.get("stats") else None
+    flags = int(bool(fields.get("interrupted"))), int(bool(fields.get("stopped")))
+    return (*flags, stats, int(fields.get("trimmed") or 0), fields.get("error"))
 
 
-def _message(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A stored row as the page's history dict: only the flags that are set."""
+def _message(row: tuple[Any, ...]) -> Record:
+    """A stored row as a record: only the fields that are set."""
     role, content, stopped, interrupted, stats, trimmed, error = row
-    m: dict[str, Any] = {"role": role, "content": content}
-    if stopped:
-        m["stopped"] = True
-    if interrupted:
-        m["interrupted"] = True
-    if stats:
-        m["stats"] = json.loads(stats)
-    if trimmed:
-        m["trimmed"] = trimmed
-    if error:
-        m["error"] = error
-    return m
+    fields = {"stopped": bool(stopped), "interrupted": bool(interrupted), "stats": stats and json.loads(stats)}
+    fields.update(trimmed=trimmed, error=error)
+    return Record(role=role, content=content, **{k: v for k, v in fields.items() if v})  # type: ignore[typeddict-item]

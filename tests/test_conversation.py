@@ -9,7 +9,8 @@ import pytest
 
 from edgechat.clients import conversation_for
 from edgechat.config import parse_settings
-from edgechat.conversation import MAX_BYTES, Conversation
+from edgechat.conversation import Conversation
+from edgechat.records import MAX_CHARS
 from edgechat.runtime import Runtime
 from tests.conftest import GREEDY
 
@@ -142,11 +143,11 @@ def test_changes_reach_on_change_while_an_answer_streams(runtime: Runtime) -> No
 
 def test_a_conversation_never_grows_past_its_caps(runtime: Runtime) -> None:
     conv = conversation(runtime)
-    conv.records = [{"role": r, "content": "y" * (MAX_BYTES // 100)} for _ in range(60) for r in ("user", "assistant")]
+    conv.records = [{"role": r, "content": "y" * (MAX_CHARS // 100)} for _ in range(60) for r in ("user", "assistant")]
     conv.sampling = replace(GREEDY, max_new_tokens=2)
     conv.ask("Hi")
     answered(conv)
-    assert sum(len(r["content"]) for r in conv.records) <= MAX_BYTES and conv.dropped > 0
+    assert sum(len(r["content"]) for r in conv.records) <= MAX_CHARS and conv.dropped > 0
     assert conv.records[0]["role"] == "user"
 
 

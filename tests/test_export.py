@@ -10,7 +10,9 @@ import pytest
 from markdown_it import MarkdownIt
 
 from edgechat.export import filename, from_json, to_json, to_markdown
+from edgechat.records import IMPORT_MAX_CHARS, MAX_RECORDS
 from edgechat.safe_markdown import safe_markdown
+from edgechat.types import FinishReason, TurnStats
 
 MESSAGES = [
     {"role": "user", "content": "What is 2+2?"},
@@ -118,6 +120,19 @@ def test_json_round_trips_messages_and_settings() -> None:
     assert from_json(text.encode())[0] == MESSAGES
 
 
+def test_an_export_imports_back_with_every_field_of_every_record() -> None:
+    figures = TurnStats(prompt_tokens=30, completion_tokens=9, first_token_s=0.4, decode_tps=51.5,
+                        finish_reason=FinishReason.CANCELLED).figures()  # fmt: skip
+    records = [
+        {"role": "user", "content": "Tell me a story."},
+        {"role": "assistant", "content": "Once upon", "interrupted": True, "stats": figures, "trimmed": 2},
+        {"role": "user", "content": "Again?"},
+        {"role": "assistant", "content": "Twice", "stopped": True, "error": "the engine failed; try again"},
+    ]
+    messages, _ = from_json(to_json(records, model="M"))
+    assert messages == records
+
+
 def test_from_json_drops_keys_it_does_not_know() -> None:
     doc = {"messages": [{"role": "user", "content": "x", "html": "<b>", "stats": None}], "future": 1}
     assert from_json(json.dumps(doc)) == (
@@ -151,6 +166,9 @@ def msg(**fields: object) -> str:
         (msg(stats={"x": {"nested": 1}}), "message 1 stats"),
         (msg(stats={str(i): 1 for i in range(40)}), "at most 32"),
         (msg(error=["x"]), "message 1 error must be text"),
+        (msg(interrupted="yes"), "message 1: interrupted must be true or false"),
+        (json.dumps({"messages": [{"role": "user", "content": "\ud800"}]}), "message 1 content is not valid text"),
+        (json.dumps({"messages": [{"role": "user", "content": "ok"}] * 2 + [{"role": "user"}]}), "message 3 content"),
         (json.dumps({"messages": [], "model": 5}), "model must be text"),
         (json.dumps({"messages": [], "system": "s" * 200_000}), "system is 200000 characters"),
     ],
@@ -161,14 +179,16 @@ def test_from_json_refuses_bad_files_with_one_clear_line(text: str, needle: str)
     assert "\n" not in str(err.value)
 
 
-def test_from_json_caps_sizes() -> None:
-    many = json.dumps({"messages": [{"role": "user", "content": "x"}] * 11})
-    with pytest.raises(ValueError, match="11 messages; at most 10"):
-        from_json(many, max_messages=10)
-    with pytest.raises(ValueError, match="chat file is 388 bytes; at most 100 are accepted"):
-        from_json(many, max_bytes=100)
-    with pytest.raises(ValueError, match="message 1 content is 6 characters; at most 5"):
-        from_json(msg(content="abcdef"), max_chars=5)
+def test_from_json_takes_what_a_conversation_keeps_and_the_page_can_paste() -> None:
+    full = [{"role": "user", "content": "x"}] * MAX_RECORDS
+    assert from_json(json.dumps({"messages": full}))[0] == full
+    with pytest.raises(ValueError, match=f"{MAX_RECORDS + 1} messages; at most {MAX_RECORDS} are accepted"):
+        from_json(json.dumps({"messages": [*full, full[0]]}))
+    head, tail = '{"messages": [{"role": "user", "content": "', '"}]}'
+    wide = "天" * (IMPORT_MAX_CHARS - len(head + tail))  # characters, as the page's paste box counts them
+    assert from_json((head + wide + tail).encode())[0][0]["content"] == wide
+    with pytest.raises(ValueError, match=f"chat file is {IMPORT_MAX_CHARS + 1} characters; at most {IMPORT_MAX_CHARS}"):
+        from_json(head + wide + "x" + tail)
 
 
 def test_filename_is_safe() -> None:

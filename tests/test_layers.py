@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "edgechat.ui_text": 1,
     "edgechat.access": 1,
     "edgechat.store_db": 1,
+    "edgechat.records": 1,  # a chat's records: their shape, the one rule that checks them, their caps
     "edgechat.templates": 3,
     "edgechat.store": 3,
     "edgechat.token_config": 4,  # --token DIR: tokenizer + chat template of a TPU model

@@ -84,16 +84,21 @@ def test_a_chat_is_imported_from_its_json_export() -> None:
         "model": "x",
         "system": "Be brief.",
         "sampling": {"temperature": 0.0},
-        "messages": [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi! 👋"}],
+        "messages": [
+            {"role": "user", "content": "Hello there"},
+            {"role": "assistant", "content": "Hi! 👋", "interrupted": True},  # its page went away
+        ],
     }
     at = open_page(owner=owner)
     at.sidebar.text_area(key="import_text").set_value(json.dumps(exported))
     at.sidebar.button(key="import").click().run()
     assert transcript(at) == [("user", "Hello there"), ("assistant", "Hi! 👋")]
     assert at.sidebar.text_area(key="system").value == "Be brief."
-    at.sidebar.text_area(key="import_text").set_value('{"messages": [{"role": "wizard", "content": 1}]}')
+    assert at.button(key="continue")  # imported still interrupted: it can go on
+    bad = {"messages": [{"role": "user", "content": "ok"}, {"role": "wizard", "content": 1}]}
+    at.sidebar.text_area(key="import_text").set_value(json.dumps(bad))
     at.sidebar.button(key="import").click().run()
-    assert at.warning[0].value.startswith("That file could not be imported:")
+    assert at.warning[0].value.startswith("That file could not be imported: message 2: role must be")
 
 
 def test_history_off_is_said_once_and_the_chat_still_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

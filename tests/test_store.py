@@ -18,8 +18,8 @@ import pytest
 
 from edgechat.export import to_json
 from edgechat.owner import Owner, new_owner_token
+from edgechat.records import CONTENT_MAX, IMPORT_MAX_CHARS, MAX_RECORDS
 from edgechat.store import (
-    CONTENT_MAX,
     DB_NAME,
     MIGRATIONS,
     TITLE_MAX,
@@ -308,6 +308,8 @@ def test_an_export_imports_as_a_new_chat_of_the_importer(store: Store) -> None:
         {"role": "assistant", "content": "Hello!", "stats": {"decode_tps": 99.5}, "trimmed": 2},
         {"role": "user", "content": "More"},
         {"role": "assistant", "content": "Once upon", "stopped": True},
+        {"role": "user", "content": "And then?"},
+        {"role": "assistant", "content": "The dragon", "interrupted": True},  # its page went away
         {"role": "assistant", "content": "", "error": "engine failed"},
     ]
     text = to_json(messages, model="SmolLM2", system="Be brief.", sampling={"temperature": 0.2, "top_k": 40})
@@ -326,7 +328,7 @@ def test_an_export_imports_as_a_new_chat_of_the_importer(store: Store) -> None:
 BAD_IMPORTS = {
     "not json": "not json",
     "too deep": "[" * 100_000 + "]" * 100_000,  # deeper than the parser's recursion limit
-    "too big": " " * (8 << 20) + "{}",  # over the import size cap
+    "too big": " " * IMPORT_MAX_CHARS + "{}",  # over the import size cap
     "a list": "[]",
     "messages not a list": '{"messages": "no"}',
     "system role": '{"messages": [{"role": "system", "content": "obey"}]}',
@@ -337,7 +339,7 @@ BAD_IMPORTS = {
     "system not text": '{"messages": [{"role": "user", "content": "ok"}], "system": 7}',
     "message not object": '{"messages": [{"role": "user", "content": "ok"}, 3]}',
     "content too long": json.dumps({"messages": [{"role": "user", "content": "x" * (CONTENT_MAX + 1)}]}),
-    "too many messages": json.dumps({"messages": [{"role": "user", "content": "x"}] * 10_001}),
+    "too many messages": json.dumps({"messages": [{"role": "user", "content": "x"}] * (MAX_RECORDS + 1)}),
     "lone surrogate": '{"messages": [{"role": "user", "content": "\\ud800"}]}',
 }
 
@@ -349,6 +351,19 @@ def test_a_bad_import_is_refused_whole_with_one_line(store: Store, text: str) ->
         store.import_json(me, text)
     assert "\n" not in str(refused.value) and len(str(refused.value)) < 200
     assert store.list_conversations(me) == []
+
+
+def test_a_bad_record_is_refused_by_its_number_and_nothing_is_kept(store: Store) -> None:
+    _, me = owner()
+    good = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "interrupted": True}]
+    text = to_json([*good, {"role": "user", "content": "x", "stopped": "yes"}], model="M")
+    with pytest.raises(ValueError, match="^message 3: stopped must be true or false$"):
+        store.import_json(me, text)
+    assert store.list_conversations(me) == []
+    chat = store.create_conversation(me, {})
+    with pytest.raises(ValueError, match="^message 3: role must be 'user' or 'assistant', not 'system'$"):
+        store.replace_tail(me, chat, 0, [*good, {"role": "system", "content": "obey"}])
+    assert store.get(me, chat).messages == []  # the good two are not kept either
 
 
 # ---- schema versions ----

@@ -17,6 +17,7 @@ from edgechat.config import Settings, options
 from edgechat.conversation import Conversation
 from edgechat.page import session
 from edgechat.page.join_qr import join_panel
+from edgechat.records import IMPORT_MAX_CHARS
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import display_url, plain_text
 from edgechat.server import LOAD_PATH, load_figures
@@ -46,7 +47,6 @@ LOAD_JS = """(() => {
   }, 1000);
 })();""".replace("LOAD_PATH", LOAD_PATH.lstrip("/"))
 CHATS_SHOWN = 30
-IMPORT_MAX_CHARS = 900_000  # a pasted export travels in one websocket frame, capped at 1 MB (config.toml)
 
 
 def server_panel(runtime: Runtime, lang: str) -> None:
