@@ -4,8 +4,8 @@
 
 16 clients x 5 turns x up to 96 tokens, greedy, each client carrying its whole conversation
 (as Open WebUI or a script does), all at once, three ways in one run on this machine:
-- `in_process`: a ChatClient per client over a runtime in this process (what a page session does:
-  its conversation keeps its KV cache between turns);
+- `in_process`: a client (`edgechat.clients.client_for`) per client over a runtime in this process
+  (what a page session does: its conversation keeps its KV cache between turns);
 - `api`: a real `streamlit run web_demo.py` and 16 threads of the official `openai` client,
   streaming, each client behind its own X-Forwarded-For address (the server trusts 127.0.0.1 as
   a proxy, so the default per-address limits apply; the API keeps each conversation's cache too)
@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 import openai  # noqa: E402
 
-from edgechat.client import ChatClient  # noqa: E402
+from edgechat.clients import client_for  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
 from edgechat.engines.remote import openai_client  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
@@ -118,7 +118,7 @@ def _median(values: list[float | None]) -> float | None:
 
 def in_process(rt: Runtime, sampling: SamplingParams, fresh_sessions: bool) -> Callable[[int], Turn]:
     def turn_for(i: int) -> Turn:
-        client = ChatClient(rt.backend, rt.tokenizer, sampling=sampling, source="terminal")
+        client = client_for(rt, sampling=sampling, source="terminal")
 
         def ask(history: list[Message]) -> tuple[str, int, int, int, float | None]:
             if fresh_sessions:

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from edgechat.backend import LocalBackend
-from edgechat.client import ChatClient
+from edgechat.clients import client_for
 from edgechat.config import parse_settings
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
@@ -227,7 +227,7 @@ def recording_backend(rt: Runtime) -> tuple[LocalBackend, RecordingScheduler]:
 def chat(rt: Runtime, questions: Sequence[str], sampling: SamplingParams = GREEDY) -> list[Turn]:
     """Ask the questions as one session keeping history; prompt ids, answer ids and stats per turn."""
     backend, recorder = recording_backend(rt)
-    client = ChatClient(backend, rt.tokenizer, sampling=sampling)
+    client = client_for(replace(rt, backend=backend), sampling=sampling)
     history: list[Message] = []
     turns = []
     for question in questions:
