@@ -274,7 +274,7 @@ def test_history_is_trimmed_oldest_first_by_an_estimate_of_tokens(server: Server
         Message(role="user", content="What is 2+2?"),
     ]
     # A context of 160: the prompt may take 120 tokens, 240 characters at 2 a token (the server tokenizes).
-    engine = RemoteEngine(server.url, api_key=KEY, model_name="any", context_length=160)
+    engine = RemoteEngine(server.url, api_key=KEY, model_name="any", context_length=160, request_timeout=WAIT_S)
     client = Baichuan2(None, engine, None)
     kept, dropped = client.fit(messages, max_new_tokens=60)
     assert dropped == 2
