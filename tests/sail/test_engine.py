@@ -16,7 +16,7 @@ import pytest
 
 from edgechat.types import FinishReason, SamplingParams
 from tests.sail.harness import (
-    GREEDY,
+    GREEDY_24,
     MAX_LEN,
     Mode,
     Reference,
@@ -46,7 +46,7 @@ def test_greedy_chats_match_a_cache_free_reference(runtime: Any, bmodel: Path) -
             prompt = turn.prompt
             assert prompt[-1] == 196 and prompt.count(195) == prompt.count(196) and 2 not in prompt  # no fake turns
             assert len(prompt) <= MAX_LEN // 2  # the sample's answer room: history trimmed to half the context
-            assert turn.answer == ref.generate(prompt, GREEDY.max_new_tokens, stop), prompt
+            assert turn.answer == ref.generate(prompt, GREEDY_24.max_new_tokens, stop), prompt
         calls = net.calls - before
         decoded = sum(len(t.answer) - 1 for t in turns)
         assert calls["block"] == 2 * len(turns)  # one whole-prompt pass per turn and layer
