@@ -19,7 +19,7 @@ from edgechat.sequences import common_prefix
 from edgechat.types import Message
 from harness.room import handout
 from tests.conftest import GREEDY
-from tests.test_scheduler import news, tokens, wait_for
+from tests.test_scheduler_llamacpp import news, tokens, wait_for
 
 SYSTEM = handout(90)  # ~130 tokens: well over MIN_SHARED_TOKENS, quick to prefill on 2 cores
 ANSWER = 8

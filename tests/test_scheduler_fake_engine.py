@@ -1,7 +1,7 @@
 """Scheduler policy on the deterministic FakeEngine, stepped by hand with an injected clock: FIFO,
 LRU parking, restore and its fallback, the KV pool and preemption, chunked and multi-newcomer
 prefill, timeouts, cancel, expiry. No threads, no sleeps: every test is a fixed sequence of steps.
-Product behaviour (real answers) is tested on llama.cpp in test_scheduler.py."""
+Product behaviour (real answers) is tested on llama.cpp in test_scheduler_llamacpp.py."""
 
 from __future__ import annotations
 
