@@ -85,7 +85,7 @@ def test_interleaved_sessions_give_each_alone(runtime: Any) -> None:
     real_decode = engine.decode
     engine.decode = lambda batch: order.extend(seq for seq, _ in batch) or real_decode(batch)  # type: ignore[method-assign]
     together: dict[str, Any] = {}
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)  # bounded like the joins below
 
     def run(name: str) -> None:
         start.wait()

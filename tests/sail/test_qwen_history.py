@@ -91,7 +91,7 @@ def test_parked_and_restored_sessions_answer_as_alone(history_runtime: Runtime, 
 
     engine.save, engine.restore = counted("save", real_save), counted("restore", real_restore)
     results: dict[int, list] = {}
-    gate = threading.Barrier(3)
+    gate = threading.Barrier(3, timeout=120)  # a person who never comes breaks it: the test fails, not hangs
 
     def run(person: int) -> None:
         gate.wait()
