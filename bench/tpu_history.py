@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from edgechat.clients import client_for  # noqa: E402
 from edgechat.types import Message  # noqa: E402
-from tests.sail.harness import GREEDY, open_runtime, recording_backend  # noqa: E402 — puts the emulator on the path
+from tests.sail.harness import GREEDY_24, open_runtime, recording_backend  # noqa: E402 — puts the emulator on the path
 from tests.sail.qwen_harness import Variant, write_qwen_bmodel, write_token_config  # noqa: E402
 
 QUESTIONS = [
@@ -52,7 +52,7 @@ def run(bmodel: Path, config: Path) -> list[dict[str, Any]]:
 def _one_session(rt: Any, net: Any) -> list[dict[str, Any]]:
     """The 5 questions as ONE session, measuring each turn's prefill as it happens."""
     backend, recorder = recording_backend(rt)
-    client = client_for(replace(rt, backend=backend), sampling=GREEDY)
+    client = client_for(replace(rt, backend=backend), sampling=GREEDY_24)
     history: list[Message] = []
     out = []
     for question in QUESTIONS:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgechat.client import ChatClient
+from edgechat.config import Settings
 from edgechat.records import MAX_CHARS, MAX_RECORDS, Record
 from edgechat.types import Done, Failed, FinishReason, Message, Queued, SamplingParams, Text, Trimmed
 
@@ -154,7 +155,7 @@ class Conversation:
         *,
         sampling: SamplingParams,
         system: str = "",
-        max_input_chars: int = 8000,
+        max_input_chars: int = Settings.max_input_chars,
         records: list[Record] | None = None,
         on_change: Callable[[Conversation], None] | None = None,
         watch_s: float | None = None,

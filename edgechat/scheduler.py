@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
+from edgechat.config import Settings
 from edgechat.engines.base import Engine
 from edgechat.errors import RequestError
 from edgechat.kvcache import HostCache, default_host_cache_bytes, meminfo_bytes
@@ -44,7 +45,6 @@ from edgechat.types import Failed, Finished, FinishReason, RequestStats, Samplin
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # a waiting reader gets a Tick this often without news
-DEFAULT_SESSION_TTL_S = 3600.0
 
 
 class RequestHandle:
@@ -100,11 +100,11 @@ class Scheduler:
         engine: Engine,
         *,
         max_running: int | None = None,
-        max_queue: int = 64,
+        max_queue: int = Settings.max_queue,
         kv_budget_tokens: int | None = None,
         request_timeout_s: float | None = None,
         host_cache_bytes: int | None = None,
-        session_ttl_s: float = DEFAULT_SESSION_TTL_S,
+        session_ttl_s: float = Settings.session_ttl,
         clock: Callable[[], float] = time.monotonic,
         available_ram: Callable[[], int | None] = lambda: meminfo_bytes("MemAvailable"),
         share_prefixes: bool = True,

@@ -1,4 +1,5 @@
-"""`streamlit run web_demo.py` as a user starts it, on a free 127.0.0.1 port; stopped by its owner."""
+"""`streamlit run web_demo.py` as a user starts it, on a free 127.0.0.1 port; stopped by its owner.
+Also the free port and a small in-thread HTTP server that tests and benches share."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,6 +23,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ThreadServer:
+    """The standard library's HTTP server for `handler` on a free 127.0.0.1 port (`address`), served
+    from a daemon thread until `close()`: a stand-in peer (a sink, a model server) inside a test."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def answers(proc: subprocess.Popen, url: str, timeout_s: float, context: ssl.SSLContext | None = None) -> bool:
@@ -111,6 +128,12 @@ class Server:
         self.log.flush()
         self.log.seek(0)
         return self.log.read()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         end(self.proc)

@@ -1,5 +1,8 @@
 """Shared fixtures: ONE real runtime on the embedded default model for the whole test run, one
-engine factory, one way to run the terminal, and the CI rule that nothing may be skipped."""
+engine factory, one way to run the terminal, and the CI rule that nothing may be skipped. Also the
+one place for constants tests share (GREEDY: a file that needs another answer length derives it
+with dataclasses.replace); ports and page servers are harness/servers.py's, the e2e server
+fixtures tests/e2e/conftest.py's."""
 
 from __future__ import annotations
 

@@ -6,13 +6,13 @@ is hostile too. Runs in a thread on a free 127.0.0.1 port."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from harness.servers import ThreadServer
 from tests.hostile_answers import Hostile
 
 
-class HostileServer:
+class HostileServer(ThreadServer):
     def __init__(self, answers: list[Hostile], sink: str) -> None:
         self.answers = {a.name: a.text for a in answers}
         self.model_id = f"evil ![m](http://{sink}/model-id.png) <img src=http://{sink}/model-id-html.png>"
@@ -60,10 +60,5 @@ class HostileServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
+        self.url = f"http://{self.address}/v1"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from edgechat.engines.streams import StreamMap
 from edgechat.runtime import Runtime
-from edgechat.types import Message, SamplingParams
+from edgechat.types import Message
+from tests.conftest import GREEDY
 
 QUESTIONS = ["What is 2+2?", "Name a fruit that is yellow.", "Say hello in French.", "What is the capital of Italy?"]
-GREEDY = SamplingParams(temperature=0)
 
 
 def test_moves_put_the_step_on_consecutive_streams_with_fewest_swaps() -> None:

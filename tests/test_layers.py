@@ -1,5 +1,7 @@
-"""Imports point down the layers of DESIGN.md: page / terminal / API -> conversation -> client ->
-backend -> scheduler -> engines -> plain types. Read from the source (ast), not by importing."""
+"""Imports point down the layers: page / terminal / API -> conversation -> client -> backend ->
+scheduler -> engines -> plain types (README's "How it works" draws them; the design notes, which are
+not in this repository, live in ../shared/DESIGN.md beside the checkout). Read from the source
+(ast), not by importing."""
 
 from __future__ import annotations
 

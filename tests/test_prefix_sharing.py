@@ -6,6 +6,8 @@ own way never changes the owner's answers; a parked owner's record is a source t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from edgechat.config import parse_settings
@@ -14,13 +16,14 @@ from edgechat.prefixes import MIN_SHARED_TOKENS
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.scheduler import Scheduler
 from edgechat.sequences import common_prefix
-from edgechat.types import Message, SamplingParams
+from edgechat.types import Message
 from harness.room import handout
-from tests.test_scheduler import news, tokens, wait_for
+from tests.conftest import GREEDY
+from tests.test_scheduler_llamacpp import news, tokens, wait_for
 
 SYSTEM = handout(90)  # ~130 tokens: well over MIN_SHARED_TOKENS, quick to prefill on 2 cores
 ANSWER = 8
-GREEDY = SamplingParams(temperature=0.0, max_new_tokens=ANSWER)
+GREEDY_ANSWER = replace(GREEDY, max_new_tokens=ANSWER)
 NO_STOP: frozenset[int] = frozenset()  # every answer exactly ANSWER tokens: rows are countable
 
 
@@ -34,7 +37,7 @@ def ids(runtime: Runtime, *turns: str) -> list[int]:
 def ask(scheduler: Scheduler, prompt: list[int], session: str) -> tuple[list[int], int, int]:
     """(answer, tokens copied from another session, rows the engine computed for it)."""
     before = scheduler.engine.tokens_computed
-    handle = scheduler.submit(prompt, GREEDY, NO_STOP, session=session)
+    handle = scheduler.submit(prompt, GREEDY_ANSWER, NO_STOP, session=session)
     answer = tokens(handle)
     return answer, handle.stats.shared_tokens, scheduler.engine.tokens_computed - before
 
@@ -70,7 +73,7 @@ def test_a_copy_that_goes_its_own_way_never_changes_the_owner(runtime: Runtime, 
             _, copied, _ = ask(scheduler, ids(runtime, q1), "copier")  # copies the owner's whole prompt
             assert copied == len(ids(runtime, q1)) - 1
             ask(scheduler, ids(runtime, "Tell me about owls instead."), "copier")  # the copy is cut and rewritten
-        handle = scheduler.submit(ids(runtime, q1, runtime.tokenizer.decode(a1), q2), GREEDY, NO_STOP, "owner")
+        handle = scheduler.submit(ids(runtime, q1, runtime.tokenizer.decode(a1), q2), GREEDY_ANSWER, NO_STOP, "owner")
         return tokens(handle), handle.stats.reused_tokens
 
     alone = Scheduler(make_engine(max_sequences=2), share_prefixes=False)
@@ -97,7 +100,7 @@ def test_a_parked_owners_record_is_restored_as_the_source_of_a_copy(runtime: Run
         answer, copied, rows = ask(shared, newcomer, "n")
         assert copied == common_prefix(owner, newcomer) >= MIN_SHARED_TOKENS
         assert rows == len(newcomer) - copied + ANSWER - 1 and answer == expected
-        handle = shared.submit(owner, GREEDY, NO_STOP, session="owner")  # the owner's record is still whole
+        handle = shared.submit(owner, GREEDY_ANSWER, NO_STOP, session="owner")  # the owner's record is still whole
         list(news(handle))
         assert handle.stats.reused_tokens == len(owner) - 1 and shared.stats()["turns_restored"] == 1
     finally:
@@ -110,10 +113,12 @@ def test_a_room_answers_the_same_with_sharing_on_and_off(runtime: Runtime, make_
     questions = ["What is rain?", "Name a chess piece.", "Why do cats purr?"]
 
     def room(scheduler: Scheduler) -> list[list[int]]:
-        handles = [scheduler.submit(ids(runtime, q), GREEDY, NO_STOP, session=f"p{i}") for i, q in enumerate(questions)]
+        handles = [
+            scheduler.submit(ids(runtime, q), GREEDY_ANSWER, NO_STOP, session=f"p{i}") for i, q in enumerate(questions)
+        ]
         first = [tokens(h) for h in handles]
         seconds = [
-            scheduler.submit(ids(runtime, q, runtime.tokenizer.decode(a), "Say more."), GREEDY, NO_STOP, f"p{i}")
+            scheduler.submit(ids(runtime, q, runtime.tokenizer.decode(a), "Say more."), GREEDY_ANSWER, NO_STOP, f"p{i}")
             for i, (q, a) in enumerate(zip(questions, first, strict=True))
         ]
         return first + [tokens(h) for h in seconds]
@@ -143,7 +148,7 @@ def test_the_rooms_system_prompt_is_read_once_and_pinned(tmp_path) -> None:  # n
             prompt = room.tokenizer.render(
                 [Message(role="system", content=system), Message(role="user", content=question)]
             )
-            handle = scheduler.submit(prompt, GREEDY, NO_STOP, session=f"s{i}")
+            handle = scheduler.submit(prompt, GREEDY_ANSWER, NO_STOP, session=f"s{i}")
             list(news(handle))
             assert handle.stats.shared_tokens >= MIN_SHARED_TOKENS, i
         stats = scheduler.stats()

@@ -16,8 +16,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import openai
@@ -30,10 +30,11 @@ from edgechat.engines.remote import RemoteEngine
 from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import FinishReason, Message, SamplingParams
-from tests.conftest import REPO, run_terminal
+from harness.servers import ThreadServer, end, free_port
+from tests.conftest import GREEDY, REPO, run_terminal
 
 KEY = "edgechat-test-key"
-SHORT = SamplingParams(temperature=0.0, max_new_tokens=24)
+SHORT = replace(GREEDY, max_new_tokens=24)
 WAIT_S = 180.0  # three answers one after another (llama_cpp.server takes one at a time) on a loaded box
 LONG_PROMPT = "Write a very long story about a dragon who learns to bake bread. Use many chapters."
 
@@ -48,19 +49,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        end(self.proc)
 
 
 def start_server(log: Path, api_key: str | None = KEY) -> Server:
@@ -275,7 +264,7 @@ def test_history_is_trimmed_oldest_first_by_an_estimate_of_tokens(server: Server
         Message(role="user", content="What is 2+2?"),
     ]
     # A context of 160: the prompt may take 120 tokens, 240 characters at 2 a token (the server tokenizes).
-    engine = RemoteEngine(server.url, api_key=KEY, model_name="any", context_length=160)
+    engine = RemoteEngine(server.url, api_key=KEY, model_name="any", context_length=160, request_timeout=WAIT_S)
     client = ChatClient(engine)
     kept, dropped = client.fit(messages, max_new_tokens=60)
     assert dropped == 2
@@ -357,9 +346,8 @@ def test_a_turn_after_five_idle_seconds_is_not_lost_to_the_servers_keep_alive_cl
     connection just as the turn is sent on it. edgechat drops idle connections first, so the turn
     goes on a new one; a client that keeps them 5 s (the openai default) loses it, which this
     test also checks so that it can fail."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAliveEdge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    edge = ThreadServer(KeepAliveEdge)
+    url = f"http://{edge.address}/v1"
     try:
         runtime = remote(url)  # asks /v1/models for the model's name: one pooled connection
         assert runtime.info["model_name"] == "edge"
@@ -372,5 +360,4 @@ def test_a_turn_after_five_idle_seconds_is_not_lost_to_the_servers_keep_alive_cl
         keeps_five.close()
         runtime.close()
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        edge.close()

@@ -7,7 +7,8 @@ fragment rerun that arrives during a script run is handled once that run's threa
 worst case of a loaded box, every time; Streamlit's code unchanged). A run's end is lost when a
 fragment run's new_session arrives while the browser has not had the previous full run's
 script_finished: Streamlit dropped it, and the run's last deltas (here "done N"). Needs only
-streamlit and websockets (and the 20-line sitecustomize)."""
+streamlit and websockets (and the 20-line sitecustomize): standalone on purpose, free_port
+included, so that it can go to Streamlit's issue tracker as it is."""
 
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 A process with a big Python heap (here 3 million small objects, as a loaded model, its tokenizer and
 the libraries around it give) and, on every page, a `run_every` fragment like edgechat's server
-panel. Each fragment tick is a script run, and Streamlit runs `gc.collect(2)` after every script run
-(`runner.postScriptGC`, on by default): a full collection of the whole heap that holds the GIL. With
-a few idle pages the event loop that serves every websocket waits behind those collections.
+panel had until issue 23. Each fragment tick is a script run, and Streamlit runs `gc.collect(2)`
+after every script run (`runner.postScriptGC`, on by default): a full collection of the whole heap
+that holds the GIL. With a few idle pages the event loop that serves every websocket waits behind
+those collections.
 """
 
 import os

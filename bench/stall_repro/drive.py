@@ -1,6 +1,8 @@
 """Open N idle pages of app.py, then click "ping" on one page M times: how long each click takes
 to show its answer. `python3 bench/stall_repro/drive.py --pages 6` with and without
-`STREAMLIT_RUNNER_POST_SCRIPT_GC=false` / `REPRO_RUN_EVERY=0`, same box, same minute."""
+`STREAMLIT_RUNNER_POST_SCRIPT_GC=false` / `REPRO_RUN_EVERY=0`, same box, same minute.
+Standalone on purpose (plain Streamlit and playwright, nothing of edgechat or harness/, so its
+own free_port) so that the folder can go to Streamlit's issue tracker as it is."""
 
 from __future__ import annotations
 

@@ -37,7 +37,6 @@ from edgechat.types import (
 )
 
 CONNECT_TIMEOUT_S = 5.0
-DEFAULT_READ_TIMEOUT_S = 300.0  # a busy vLLM may hold a request in its queue this long
 HEALTH_TIMEOUT_S = 2.0  # the page waits for this at most, once per HEALTH_TTL_S
 HEALTH_TTL_S = 5.0
 # Prompt sizes are estimated from characters: the server tokenizes, and a round trip per turn to
@@ -86,15 +85,16 @@ class RemoteEngine:
         *,
         api_key: str | None = None,
         model_name: str | None = None,
-        context_length: int = 2048,
-        request_timeout: float | None = None,
+        context_length: int,
+        request_timeout: float | None,
     ) -> None:
         self.base_url = base_url
         self.max_len = context_length
         self.max_prompt_len = context_length
         self.request_timeout = request_timeout
-        read_timeout = request_timeout or DEFAULT_READ_TIMEOUT_S
-        self._client = openai_client(base_url, api_key, httpx2.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S))
+        # No defaults here: --context-length and --request-timeout (config.py) give them. The deadline
+        # also bounds each read, as a busy vLLM may hold a request in its queue that long; None: neither.
+        self._client = openai_client(base_url, api_key, httpx2.Timeout(request_timeout, connect=CONNECT_TIMEOUT_S))
         self._lock = threading.Lock()
         self._running = 0
         self._rate = TokenRate()  # streamed chunks, for aggregate tok/s

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -37,8 +37,18 @@ def browser():  # noqa: ANN201
         b.close()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    s = Server("--temperature", "0", "--max-new-tokens", "300", "--context-length", "1024", "--max-sessions", "4")
-    yield s
-    s.stop()
+def server_fixture(*flags: str) -> Callable[[], Iterator[Server]]:
+    """A module-scoped fixture: `Server(*flags)` for one test module, stopped after it. A module that
+    needs other flags than the shared `server` below says `server = server_fixture(...)`."""
+
+    @pytest.fixture(scope="module")
+    def fixture() -> Iterator[Server]:
+        with Server(*flags) as s:
+            yield s
+
+    return fixture
+
+
+server = server_fixture(
+    "--temperature", "0", "--max-new-tokens", "300", "--context-length", "1024", "--max-sessions", "4"
+)  # fmt: skip

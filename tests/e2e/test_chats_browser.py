@@ -6,14 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from edgechat.ui_text import t
 from harness.browser import person_options
 from harness.servers import Server
-from tests.e2e.conftest import save_screenshot
+from tests.e2e.conftest import save_screenshot, server_fixture
 from tests.e2e.test_browser import ANSWER_TIMEOUT_MS, ask, messages, wait_answered
 
 LONG = "Write a long story about a dragon and a knight."
@@ -21,11 +18,7 @@ FLAGS = ("--temperature", "0", "--max-new-tokens", "400", "--context-length", "1
 INTERRUPTED = t("en", "interrupted")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    s = Server(*FLAGS)
-    yield s
-    s.stop()
+server = server_fixture(*FLAGS)  # its own flags: a test restarts a server with the same ones
 
 
 def open_chat(browser, url: str):  # noqa: ANN001, ANN201

@@ -8,23 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Iterator
-
-import pytest
 
 from harness.memory import rss_mib
 from harness.servers import Server
 from harness.streamlit_socket import browser_cookies, connect, rerun_message, until_run_ends
+from tests.e2e.conftest import server_fixture
 
 CLEARS = 20
 RSS_SLACK_MIB = 60  # one more loaded runtime (model + KV) is several hundred MiB
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    s = Server("--context-length", "1024", "--max-running", "4")
-    yield s
-    s.stop()
+server = server_fixture("--context-length", "1024", "--max-running", "4")
 
 
 def healthz(server: Server) -> dict:

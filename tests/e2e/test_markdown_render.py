@@ -8,19 +8,14 @@ The same page without the sanitizer must leak, or the check proves nothing.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from harness.servers import free_port
+from harness.servers import Server, ThreadServer
 from tests.conftest import REPO
 from tests.hostile_answers import hostile_answers
 
@@ -28,7 +23,7 @@ PAGE = REPO / "tests" / "e2e" / "markdown_page.py"
 SAFE_HREF = ("http://", "https://", "mailto:")
 
 
-class Sink:
+class Sink(ThreadServer):
     """An HTTP server every hostile URL points at; it records each path asked for."""
 
     def __init__(self) -> None:
@@ -46,35 +41,7 @@ class Sink:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.address = f"127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def start_page(sink: Sink, *, raw: bool) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "EDGECHAT_TEST_SINK": sink.address, "EDGECHAT_TEST_RAW": "1" if raw else "0"}
-    cmd = [
-        sys.executable, "-m", "streamlit", "run", str(PAGE), "--server.address", "127.0.0.1",
-        "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=1):
-                return proc, url
-        except OSError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("streamlit did not start the markdown page")
+        super().__init__(Handler)
 
 
 @pytest.fixture
@@ -87,7 +54,8 @@ def sink() -> Iterator[Sink]:
 @contextmanager
 def rendered(browser, sink: Sink, *, raw: bool):  # noqa: ANN001, ANN201
     """The page with every answer and the math on it, and the requests it made off its origin."""
-    proc, url = start_page(sink, raw=raw)
+    server = Server(script=PAGE, env={"EDGECHAT_TEST_SINK": sink.address, "EDGECHAT_TEST_RAW": "1" if raw else "0"})
+    url = server.url
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -101,8 +69,7 @@ def rendered(browser, sink: Sink, *, raw: bool):  # noqa: ANN001, ANN201
         yield page, outside
     finally:
         context.close()
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
 
 
 def test_streamlit_renders_every_sanitized_hostile_answer_inert(browser, sink: Sink) -> None:  # noqa: ANN001

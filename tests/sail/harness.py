@@ -25,6 +25,7 @@ from edgechat.errors import ConfigError
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import Message, SamplingParams, Token, TokenEvent, TurnStats
 from tests.baichuan_tokenizer_model import REPO
+from tests.conftest import GREEDY
 
 EMULATOR = REPO / "tests" / "sail_emulator"
 if str(EMULATOR) not in sys.path:
@@ -33,7 +34,7 @@ if str(EMULATOR) not in sys.path:
 from sophon import sail  # noqa: E402 — the emulator, found through the path above
 
 MAX_LEN = 128
-GREEDY = SamplingParams(temperature=0.0, max_new_tokens=24)
+GREEDY_24 = replace(GREEDY, max_new_tokens=24)  # answers that leave a MAX_LEN context room for the prompt
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def recording_backend(rt: Runtime) -> tuple[LocalBackend, RecordingScheduler]:
     return backend, recorder  # type: ignore[return-value]
 
 
-def chat(rt: Runtime, questions: Sequence[str], sampling: SamplingParams = GREEDY) -> list[Turn]:
+def chat(rt: Runtime, questions: Sequence[str], sampling: SamplingParams = GREEDY_24) -> list[Turn]:
     """Ask the questions as one session keeping history; prompt ids, answer ids and stats per turn."""
     backend, recorder = recording_backend(rt)
     client = client_for(replace(rt, backend=backend), sampling=sampling)

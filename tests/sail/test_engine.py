@@ -17,7 +17,7 @@ import pytest
 
 from edgechat.types import FinishReason, SamplingParams
 from tests.sail.harness import (
-    GREEDY,
+    GREEDY_24,
     MAX_LEN,
     Mode,
     Reference,
@@ -47,7 +47,7 @@ def test_greedy_chats_match_a_cache_free_reference(runtime: Any, bmodel: Path) -
             prompt = turn.prompt
             assert prompt[-1] == 196 and prompt.count(195) == prompt.count(196) and 2 not in prompt  # no fake turns
             assert len(prompt) <= MAX_LEN // 2  # the sample's answer room: history trimmed to half the context
-            assert turn.answer == ref.generate(prompt, GREEDY.max_new_tokens, stop), prompt
+            assert turn.answer == ref.generate(prompt, GREEDY_24.max_new_tokens, stop), prompt
         calls = net.calls - before
         decoded = sum(len(t.answer) - 1 for t in turns)
         assert calls["block"] == 2 * len(turns)  # one whole-prompt pass per turn and layer
@@ -87,7 +87,7 @@ def test_interleaved_sessions_give_each_alone(runtime: Any) -> None:
     real_decode = engine.decode
     engine.decode = lambda batch: order.extend(seq for seq, _ in batch) or real_decode(batch)  # type: ignore[method-assign]
     together: dict[str, Any] = {}
-    start = threading.Barrier(2)
+    start = threading.Barrier(2, timeout=60)  # bounded like the joins below
 
     def run(name: str) -> None:
         start.wait()

@@ -11,7 +11,7 @@ import pytest
 from edgechat.clients import client_for
 from edgechat.engines import sail_api
 from tests.baichuan_tokenizer_model import train_tokenizer
-from tests.sail.harness import GREEDY, MAX_LEN, Mode, load_error, open_runtime, sail, vocab_of
+from tests.sail.harness import GREEDY_24, MAX_LEN, Mode, load_error, open_runtime, sail, vocab_of
 
 
 def test_no_sophon_sail(bmodel: Path, token_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,7 +56,7 @@ def test_a_tokenizer_whose_vocab_does_not_match_the_model(tmp_path: Path, mode: 
     big = sail.write_bmodel(tmp_path / "big.bmodel", max_len=MAX_LEN, vocab=125696, seed=3, quant=mode.quant)
     rt = open_runtime(big, small)
     try:
-        client = client_for(rt, sampling=GREEDY)
+        client = client_for(rt, sampling=GREEDY_24)
         text = "".join(client.chat_stream("hello", []))
         assert text == "" and client.last_stats.error is not None
         assert "outside the tokenizer's vocabulary of 700" in client.last_stats.error
@@ -85,7 +85,7 @@ def test_a_source_build_without_metadata_is_probed(
     try:
         assert "version unknown" in rt.info["device"] and rt.info["sail_version"] is None
         assert ("index-keyed" if mode.index_keyed else "name-keyed") in rt.info["device"]
-        client = client_for(rt, sampling=GREEDY)
+        client = client_for(rt, sampling=GREEDY_24)
         assert "".join(client.chat_stream("hi", [])) and client.last_stats.error is None
     finally:
         rt.close()

@@ -18,7 +18,7 @@ import pytest
 
 from edgechat.runtime import Runtime
 from edgechat.types import Message
-from tests.sail.harness import GREEDY, REPO, Mode, chat, cli, open_runtime, sail
+from tests.sail.harness import GREEDY_24, REPO, Mode, chat, cli, open_runtime, sail
 from tests.sail.qwen_harness import (
     QWEN_LEN,
     VARIANT_IDS,
@@ -79,7 +79,7 @@ def test_greedy_chats_equal_the_numpy_reference(qwen: tuple[Mode, Variant, Path]
         before = net.calls.copy()
         turns = chat(qwen_runtime, questions)
         for turn in turns:
-            assert turn.answer == ref.generate(turn.prompt, GREEDY.max_new_tokens, stop), turn.prompt
+            assert turn.answer == ref.generate(turn.prompt, GREEDY_24.max_new_tokens, stop), turn.prompt
             spoken += len(turn.answer)
         calls = net.calls - before
         decoded = sum(len(t.answer) - 1 for t in turns)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgechat.runtime import Runtime
-from tests.sail.harness import GREEDY, Mode, chat, open_runtime, sail
+from tests.sail.harness import GREEDY_24, Mode, chat, open_runtime, sail
 from tests.sail.qwen_harness import QwenReference, Variant, write_qwen_bmodel, write_token_config
 
 QUESTIONS = ["What is a TPU?", "And a KV cache?", "Summarize both in one line."]
@@ -62,7 +62,7 @@ def test_a_follow_up_turn_feeds_only_its_new_tokens(history_runtime: Runtime, hi
     turns = chat(history_runtime, QUESTIONS)
     rows = net.fed - before
     for t in turns:
-        assert t.answer == ref.generate(t.prompt, GREEDY.max_new_tokens, stop), t.prompt
+        assert t.answer == ref.generate(t.prompt, GREEDY_24.max_new_tokens, stop), t.prompt
     first, later = turns[0], turns[1:]
     assert first.stats.reused_tokens == 0
     # at least the previous turn's whole prompt is reused (its answer too, as far as the template
@@ -91,7 +91,7 @@ def test_parked_and_restored_sessions_answer_as_alone(history_runtime: Runtime, 
 
     engine.save, engine.restore = counted("save", real_save), counted("restore", real_restore)
     results: dict[int, list] = {}
-    gate = threading.Barrier(3)
+    gate = threading.Barrier(3, timeout=120)  # a person who never comes breaks it: the test fails, not hangs
 
     def run(person: int) -> None:
         gate.wait()
@@ -108,7 +108,7 @@ def test_parked_and_restored_sessions_answer_as_alone(history_runtime: Runtime, 
     assert sorted(results) == [0, 1, 2]
     for turns in results.values():
         for t in turns:
-            assert t.answer == ref.generate(t.prompt, GREEDY.max_new_tokens, stop), t.prompt
+            assert t.answer == ref.generate(t.prompt, GREEDY_24.max_new_tokens, stop), t.prompt
         assert all(t.stats.reused_tokens > 0 for t in turns[1:])
     assert calls["save"] > 0 and calls["restore"] > 0, calls
 
@@ -127,7 +127,9 @@ def test_without_a_dynamic_wheel_the_prompt_is_re_read(
             assert not engine.prefix_cache
             turns = chat(rt, QUESTIONS[:2])
             ref = QwenReference(history_bmodel)
-            assert all(t.answer == ref.generate(t.prompt, GREEDY.max_new_tokens, rt.tokenizer.stop_ids) for t in turns)
+            assert all(
+                t.answer == ref.generate(t.prompt, GREEDY_24.max_new_tokens, rt.tokenizer.stop_ids) for t in turns
+            )
             assert turns[1].stats.reused_tokens == 0 and engine._net.calls["block_kv"] == 0
         finally:
             rt.close()
@@ -153,7 +155,9 @@ def test_a_dynamic_bmodel_without_history_prefills_only_the_prompt(
             assert not engine.prefix_cache
             turns = chat(rt, QUESTIONS[:2])
             ref = QwenReference(bmodel)
-            assert all(t.answer == ref.generate(t.prompt, GREEDY.max_new_tokens, rt.tokenizer.stop_ids) for t in turns)
+            assert all(
+                t.answer == ref.generate(t.prompt, GREEDY_24.max_new_tokens, rt.tokenizer.stop_ids) for t in turns
+            )
             assert engine._net.fed["block"] == sum(len(t.prompt) for t in turns)
             assert turns[1].stats.reused_tokens == 0
         finally:

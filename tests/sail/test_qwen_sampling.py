@@ -14,7 +14,7 @@ import pytest
 
 from edgechat.runtime import Runtime
 from edgechat.types import SamplingParams
-from tests.sail.harness import GREEDY, chat, open_runtime, sail
+from tests.sail.harness import GREEDY_24, chat, open_runtime, sail
 from tests.sail.qwen_harness import QwenReference, Variant, write_qwen_bmodel, write_token_config
 
 QUESTIONS = ["What is a TPU?", "And a KV cache?"]
@@ -88,8 +88,8 @@ def test_temperature_zero_and_top_k_one_are_greedy(sampled: tuple[Runtime, Path]
     rt, bmodel = sampled
     ref, stop = QwenReference(bmodel), rt.tokenizer.stop_ids
     greedy = chat(rt, QUESTIONS)
-    assert all(t.answer == ref.generate(t.prompt, GREEDY.max_new_tokens, stop) for t in greedy)
-    one = chat(rt, QUESTIONS, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=GREEDY.max_new_tokens))
+    assert all(t.answer == ref.generate(t.prompt, GREEDY_24.max_new_tokens, stop) for t in greedy)
+    one = chat(rt, QUESTIONS, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=GREEDY_24.max_new_tokens))
     assert [t.answer for t in one] == [t.answer for t in greedy]
 
 
@@ -101,7 +101,7 @@ def test_without_a_sample_head_sampling_is_fixed(tmp_path: Path) -> None:
     rt = open_runtime(bmodel, cfg)
     try:
         assert rt.info["sampling_fixed"] is True and "not applied" in rt.info["sampling"]
-        hot = SamplingParams(temperature=1.5, top_k=5, max_new_tokens=GREEDY.max_new_tokens)
+        hot = SamplingParams(temperature=1.5, top_k=5, max_new_tokens=GREEDY_24.max_new_tokens)
         assert [t.answer for t in chat(rt, QUESTIONS, hot)] == [t.answer for t in chat(rt, QUESTIONS)]
     finally:
         rt.close()

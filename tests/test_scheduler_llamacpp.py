@@ -1,7 +1,7 @@
 """The scheduler on real llama.cpp: batched answers equal solo ones, cancel and closed streams free
 or keep the cache as they should, a session's next turn reuses its cache, a parked and restored
 cache answers exactly as if it had stayed, a restore llama.cpp rejects falls back to re-prefill,
-the queue cap. Policy details are tested on the FakeEngine in test_scheduler_policy.py."""
+the queue cap. Policy details are tested on the FakeEngine in test_scheduler_fake_engine.py."""
 
 from __future__ import annotations
 

@@ -1,23 +1,25 @@
 """Scheduler policy on the deterministic FakeEngine, stepped by hand with an injected clock: FIFO,
 LRU parking, restore and its fallback, the KV pool and preemption, chunked and multi-newcomer
 prefill, timeouts, cancel, expiry. No threads, no sleeps: every test is a fixed sequence of steps.
-Product behaviour (real answers) is tested on llama.cpp in test_scheduler.py."""
+Product behaviour (real answers) is tested on llama.cpp in test_scheduler_llamacpp.py."""
 
 from __future__ import annotations
 
 import logging
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
 from edgechat.errors import RequestError
 from edgechat.scheduler import RequestHandle, Scheduler
 from edgechat.types import Failed, Finished, FinishReason, Queued, SamplingParams, Token
+from tests.conftest import GREEDY
 from tests.fake_engine import FakeEngine, expected_answer
 
 MIB = 1 << 20
-GREEDY = SamplingParams(temperature=0.0, max_new_tokens=8)
+GREEDY_8 = replace(GREEDY, max_new_tokens=8)
 NO_STOP: frozenset[int] = frozenset()
 MAX_STEPS = 500
 
@@ -65,7 +67,7 @@ def prompt(n: int, seed: int = 0) -> list[int]:
 
 def test_requests_start_in_arrival_order() -> None:
     sched, _, _ = build(max_running=1)
-    handles = [sched.submit(prompt(5, i), GREEDY, NO_STOP) for i in range(3)]
+    handles = [sched.submit(prompt(5, i), GREEDY_8, NO_STOP) for i in range(3)]
     first_token_step: dict[int, int] = {}
     for step in range(MAX_STEPS):
         if not sched.step():
@@ -80,7 +82,7 @@ def test_requests_start_in_arrival_order() -> None:
 
 def test_waiting_requests_hear_their_place_in_the_queue() -> None:
     sched, _, _ = build(max_running=1)
-    first, second = (sched.submit(prompt(5, i), GREEDY, NO_STOP) for i in range(2))
+    first, second = (sched.submit(prompt(5, i), GREEDY_8, NO_STOP) for i in range(2))
     sched.step()
     assert any(isinstance(e, Queued) and e.position == 1 for e in second.poll())
     run(sched)
@@ -89,19 +91,19 @@ def test_waiting_requests_hear_their_place_in_the_queue() -> None:
 
 def test_queue_cap_refuses_with_a_clear_message() -> None:
     sched, _, _ = build(max_running=1, max_queue=1)
-    sched.submit(prompt(5), GREEDY, NO_STOP)
+    sched.submit(prompt(5), GREEDY_8, NO_STOP)
     sched.step()
-    sched.submit(prompt(5), GREEDY, NO_STOP)
+    sched.submit(prompt(5), GREEDY_8, NO_STOP)
     with pytest.raises(RequestError, match="busy"):
-        sched.submit(prompt(5), GREEDY, NO_STOP)
+        sched.submit(prompt(5), GREEDY_8, NO_STOP)
     assert sched.stats()["refused"] == 1
 
 
 def test_several_newcomers_prefill_in_one_step_with_the_running_decodes(fake) -> None:  # noqa: ANN001
     sched, engine, _ = fake
-    runner = sched.submit(prompt(6), GREEDY, NO_STOP)
+    runner = sched.submit(prompt(6), GREEDY_8, NO_STOP)
     sched.step()  # the runner's prompt; its first token
-    newcomers = [sched.submit(prompt(5, i + 1), GREEDY, NO_STOP) for i in range(3)]
+    newcomers = [sched.submit(prompt(5, i + 1), GREEDY_8, NO_STOP) for i in range(3)]
     sched.step()
     step = engine.steps()[-1]
     assert len(step) == 4  # one llama_decode: the runner's next token and three whole prompts
@@ -115,7 +117,7 @@ def test_long_prompt_prefills_in_chunks_while_the_runner_streams() -> None:
     sched, engine, _ = build(FakeEngine(prefill_chunk=8))
     runner = sched.submit(prompt(4), SamplingParams(temperature=0, max_new_tokens=40), NO_STOP)
     sched.step()
-    long = sched.submit(prompt(50, 3), GREEDY, NO_STOP)
+    long = sched.submit(prompt(50, 3), GREEDY_8, NO_STOP)
     before = len(runner.poll())
     for _ in range(7):  # 50 prompt tokens at 8 a step
         sched.step()
@@ -130,7 +132,7 @@ def test_an_idle_session_reuses_its_cached_prefix(fake) -> None:  # noqa: ANN001
     first = prompt(10)
     reply = answer_of(sched, first, "a")
     follow = first + reply + prompt(4, 9)
-    handle = sched.submit(follow, GREEDY, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == len(first) + len(reply) - 1  # all but the unfed last token
@@ -153,7 +155,7 @@ def test_least_recently_used_idle_session_is_parked_and_restored() -> None:
     assert stats["sessions_parked"] == 1 and stats["parks"] == 1 and stats["parked_mib"] > 0
     assert [c for c in engine.calls if c[0] == "save"] == [("save", 0, len(turns["a"]) + 7)]
     follow = turns["a"] + replies["a"] + prompt(3, 5)
-    handle = sched.submit(follow, GREEDY, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == len(turns["a"]) + 7
@@ -166,7 +168,7 @@ def test_restore_keeps_only_the_common_prefix_of_a_parked_cache() -> None:
     answer_of(sched, first, "a")
     answer_of(sched, prompt(9, 4), "b")  # parks "a": 12 + 7 tokens
     edited = first[:8] + prompt(6, 7)  # the person edited their first question
-    handle = sched.submit(edited, GREEDY, NO_STOP, session="a")
+    handle = sched.submit(edited, GREEDY_8, NO_STOP, session="a")
     run(sched)
     assert answer(handle) == expected_answer(edited, 8) and handle.stats.reused_tokens == 8
     assert ("restore", 0, 19, True) in engine.calls and ("start", 0, 8) in engine.calls
@@ -181,7 +183,7 @@ def test_a_restore_the_engine_rejects_falls_back_to_reprefill() -> None:
     engine.corrupt_saves = True
     answer_of(sched, prompt(9, 4), "b")  # parks "a" with bytes the engine will not take back
     follow = first + reply + prompt(3, 5)
-    handle = sched.submit(follow, GREEDY, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == 0
@@ -200,7 +202,7 @@ def test_short_host_ram_stops_parking_with_a_warning_and_nobody_fails(caplog) ->
     assert "host RAM is short" in caplog.text
     assert not any(c[0] == "save" for c in engine.calls) and sched.stats()["sessions_parked"] == 0
     follow = first + reply + prompt(3, 5)
-    handle = sched.submit(follow, GREEDY, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert sched.stats()["turns_reprefilled"] == 1 and sched.stats()["host_ram_short"] is True
@@ -233,7 +235,7 @@ def test_forget_session_drops_its_cache_wherever_it_is(fake) -> None:  # noqa: A
     sched.forget_session("a")
     run(sched)
     assert sched.stats()["sessions_cached"] == 0 and engine.open_sequences == 0
-    handle = sched.submit(prompt(12), GREEDY, NO_STOP, session="a")
+    handle = sched.submit(prompt(12), GREEDY_8, NO_STOP, session="a")
     run(sched)
     assert handle.stats.reused_tokens == 0 and sched.stats()["turns_reprefilled"] == 0  # New chat: not a miss
 
@@ -313,7 +315,7 @@ def test_engine_fault_fails_one_request_and_spares_the_rest(fake) -> None:  # no
 def test_engine_without_batch_prefill_or_prefix_cache() -> None:
     engine = FakeEngine(max_sequences=2, max_batch=1, prefill_chunk=None, batch_prefill=False, prefix_cache=False)
     sched, _, _ = build(engine)
-    handles = [sched.submit(prompt(6, i), GREEDY, NO_STOP, session=f"s{i}") for i in range(3)]
+    handles = [sched.submit(prompt(6, i), GREEDY_8, NO_STOP, session=f"s{i}") for i in range(3)]
     run(sched)
     assert [answer(h) for h in handles] == [expected_answer(prompt(6, i), 8) for i in range(3)]
     assert not any(c[0] in ("step", "save", "restore") for c in engine.calls)
@@ -388,9 +390,9 @@ HEAD = list(range(900, 964))  # a room's system prompt: 64 tokens every chat sta
 def test_a_newcomer_waits_for_the_prefix_being_prefilled_and_copies_it() -> None:
     sched, engine, _ = build(FakeEngine(prefill_chunk=16))
     first, second, other = HEAD + prompt(5, 1), HEAD + prompt(5, 2), prompt(6, 9)
-    a = sched.submit(first, GREEDY, NO_STOP, session="a")
-    b = sched.submit(second, GREEDY, NO_STOP, session="b")
-    c = sched.submit(other, GREEDY, NO_STOP, session="c")  # shares nothing: goes ahead of the waiting b
+    a = sched.submit(first, GREEDY_8, NO_STOP, session="a")
+    b = sched.submit(second, GREEDY_8, NO_STOP, session="b")
+    c = sched.submit(other, GREEDY_8, NO_STOP, session="c")  # shares nothing: goes ahead of the waiting b
     sched.step()
     assert a.stats.started_at is not None and c.stats.started_at is not None and b.stats.started_at is None
     run(sched)
@@ -405,11 +407,11 @@ def test_the_only_sequences_idle_owner_is_parked_and_its_copy_is_the_source() ->
     sched, engine, _ = build(FakeEngine(max_sequences=1))
     first, second = HEAD + prompt(5, 1), HEAD + prompt(5, 2)
     reply = answer_of(sched, first, "a")
-    handle = sched.submit(second, GREEDY, NO_STOP, session="b")
+    handle = sched.submit(second, GREEDY_8, NO_STOP, session="b")
     run(sched)
     assert answer(handle) == expected_answer(second, 8) and handle.stats.shared_tokens == len(HEAD)
     follow = first + reply + prompt(3, 7)  # the owner comes back: its own parked cache, whole
-    again = sched.submit(follow, GREEDY, NO_STOP, session="a")
+    again = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
     run(sched)
     assert answer(again) == expected_answer(follow, 8) and again.stats.reused_tokens == len(first) + len(reply) - 1
     assert sched.stats()["turns_restored"] == 1 and sched.stats()["restore_failures"] == 0
@@ -422,8 +424,8 @@ def test_a_source_evicted_by_a_later_newcomer_of_the_same_step_is_copied_from_it
     answer_of(sched, prompt(6, 9), "z")  # the least recently used idle cache
     answer_of(sched, HEAD + prompt(5, 1), "a")  # the source
     second, other = HEAD + prompt(5, 2), prompt(7, 11)
-    b = sched.submit(second, GREEDY, NO_STOP, session="b")  # copies a; z is evicted for it
-    c = sched.submit(other, GREEDY, NO_STOP, session="c")  # a is evicted for it, in the same step
+    b = sched.submit(second, GREEDY_8, NO_STOP, session="b")  # copies a; z is evicted for it
+    c = sched.submit(other, GREEDY_8, NO_STOP, session="c")  # a is evicted for it, in the same step
     run(sched)
     assert answer(b) == expected_answer(second, 8) and b.stats.shared_tokens == len(HEAD)
     assert answer(c) == expected_answer(other, 8) and sched.stats()["errors"] == 0
