@@ -299,10 +299,15 @@ def test_the_page_answers_through_the_server_and_shows_its_health(
     assert any(server.url in c for c in captions)
 
 
+CLOSE_RACE_S = 4.0  # KeepAliveEdge drops a request on a connection idle this long (its 5 s timer racing it)
+IDLE_BEFORE_TURN_S = 4.5  # the test's pause: past CLOSE_RACE_S, short of httpx's own 5 s expiry (0.5 s slack each side)
+
+
 class KeepAliveEdge(BaseHTTPRequestHandler):
     """An OpenAI-compatible server that closes an idle connection the way uvicorn and llama.cpp's
-    server do after 5 s, at the worst moment every time: a request that arrives on a connection
-    idle for 4.9 s or more is read and the connection closed without an answer."""
+    server do after ~5 s, at the worst moment every time: a request that arrives on a connection
+    idle for CLOSE_RACE_S or more (the close and the request crossing on the wire) is read and the
+    connection closed without an answer."""
 
     protocol_version = "HTTP/1.1"  # keep-alive
     idle_since: float | None = None
@@ -312,7 +317,7 @@ class KeepAliveEdge(BaseHTTPRequestHandler):
         if not self.raw_requestline:
             self.close_connection = True
             return
-        if self.idle_since is not None and time.monotonic() - self.idle_since >= 4.9:
+        if self.idle_since is not None and time.monotonic() - self.idle_since >= CLOSE_RACE_S:
             self.close_connection = True  # the keep-alive timer fired as the request came in
             return
         if self.parse_request():
@@ -353,10 +358,13 @@ def test_a_turn_after_five_idle_seconds_is_not_lost_to_the_servers_keep_alive_cl
         assert runtime.info["model_name"] == "edge"
         keeps_five = openai.OpenAI(base_url=url, api_key="x", max_retries=0)
         keeps_five.models.list()
-        time.sleep(4.95)
-        assert "".join(session(runtime).chat_stream("What is 2+2?")) == "four"
+        time.sleep(IDLE_BEFORE_TURN_S)
+        # The control first, right after the pause: a request any later than 5 s idle would go on a new
+        # connection (httpx's expiry) and not show the loss, so nothing may run between the two.
         with pytest.raises(openai.APIConnectionError):
             keeps_five.models.list()
+        # edgechat's pooled connection is idle at least as long, and any delay only makes it older.
+        assert "".join(session(runtime).chat_stream("What is 2+2?")) == "four"
         keeps_five.close()
         runtime.close()
     finally:
