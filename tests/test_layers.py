@@ -61,8 +61,10 @@ LAYERS: dict[str, int] = {
     "edgechat.chats": 9,
     "edgechat.runtime": 9,
     "edgechat.clients": 10,  # a person's client and conversation over the runtime
-    "edgechat.api": 10,
-    "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
+    "edgechat.api.errors": 9,  # a failure as OpenAI's error body, with its status
+    "edgechat.api": 10,  # the package's face: hands on api_routes
+    "edgechat.api.answer": 10,  # one admitted chat completion, whole or SSE
+    "edgechat.api.routes": 11,  # the routes, and the steps that admit a request
     "edgechat.server": 11,
     "baichuan2": 12,
     "edgechat.tls": 12,  # --tls: the certificate Streamlit serves (uses server.box_names)
