@@ -35,10 +35,10 @@ LAYERS: dict[str, int] = {
     "edgechat.openai_schema": 3,
     "edgechat.structured": 2,  # response_format -> GBNF with llama-cpp-python's converter
     "edgechat.engines": 3,
-    "edgechat.engines.base": 3,
+    "edgechat.engines.base": 1,  # the engine protocol and its Feed: any engine module may import it
     "edgechat.engines.llamacpp": 3,
     "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
-    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits
+    "edgechat.engines.sampling": 2,  # per-sequence sampling over a llama.cpp context's logits
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
     "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
