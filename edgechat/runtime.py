@@ -234,14 +234,14 @@ def _load_sail(settings: Settings, share_prefixes: bool = True) -> Runtime:
 
 
 def _load_remote(settings: Settings, share_prefixes: bool = True) -> Runtime:
-    from edgechat.engines.remote import RemoteEngine
+    from edgechat.engines.remote import RemoteBackend
 
     assert settings.base_url is not None  # config checks --backend openai has one
-    engine = RemoteEngine(
+    backend = RemoteBackend(
         settings.base_url,
         api_key=settings.api_key,
         model_name=settings.model_name,
         context_length=settings.context_length,
         request_timeout=settings.request_timeout,
     )
-    return Runtime(None, engine, None, settings, engine.describe())
+    return Runtime(None, backend, None, settings, backend.describe())
