@@ -47,7 +47,7 @@ import openai  # noqa: E402
 
 from edgechat.clients import client_for  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
-from edgechat.engines.remote import openai_client  # noqa: E402
+from edgechat.remote import openai_client  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Done, Message, SamplingParams, Text  # noqa: E402
 from harness.servers import Server  # noqa: E402

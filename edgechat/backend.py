@@ -1,5 +1,5 @@
 """The one interface the client talks to, whatever answers: a local token engine behind the
-scheduler, or an OpenAI-compatible server (edgechat/engines/remote.py).
+scheduler, or an OpenAI-compatible server (edgechat/remote.py).
 
 `LocalBackend` is the local side: it renders messages into prompt ids with the model's chat
 template, submits them to the scheduler and turns token events into text events (incremental

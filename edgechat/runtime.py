@@ -234,7 +234,7 @@ def _load_sail(settings: Settings, share_prefixes: bool = True) -> Runtime:
 
 
 def _load_remote(settings: Settings, share_prefixes: bool = True) -> Runtime:
-    from edgechat.engines.remote import RemoteBackend
+    from edgechat.remote import RemoteBackend
 
     assert settings.base_url is not None  # config checks --backend openai has one
     backend = RemoteBackend(

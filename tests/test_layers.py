@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
     "edgechat.engines.sail_chips": 4,  # one SailEngine per TPU of --dev_ids, as one engine
-    "edgechat.engines.remote": 3,
+    "edgechat.remote": 3,  # the remote Backend: an OpenAI-compatible server answers
     "edgechat.kvcache": 1,
     "edgechat.prefixes": 1,  # block-hash index of token prefixes
     "edgechat.sequences": 2,

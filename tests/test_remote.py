@@ -26,8 +26,8 @@ import pytest
 from edgechat.client import ChatClient
 from edgechat.clients import client_for
 from edgechat.config import Settings, default_model_path
-from edgechat.engines.remote import RemoteBackend
 from edgechat.errors import ConfigError
+from edgechat.remote import RemoteBackend
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import FinishReason, Message, SamplingParams
 from harness.servers import ThreadServer, end, free_port

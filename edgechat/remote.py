@@ -1,5 +1,6 @@
-"""Chat-level backend: an OpenAI-compatible server (vLLM, llama.cpp server, Ollama) renders the
-chat template, tokenizes and batches; this module streams `/v1/chat/completions` for each turn.
+"""The remote Backend (chat-level, not a token engine): an OpenAI-compatible server (vLLM,
+llama.cpp server, Ollama) renders the chat template, tokenizes and batches; this module streams
+`/v1/chat/completions` for each turn.
 
 It implements the same Backend protocol as the local scheduler (edgechat/backend.py), so the
 client above cannot tell them apart. There is no scheduler on this path: every session's turn is
