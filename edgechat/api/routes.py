@@ -60,7 +60,7 @@ def api_routes(
     api = OpenAIApi(
         settings, runtime or (lambda: shared_runtime(settings)), current, metrics or process_metrics(), limits
     )
-    api.metrics.bind(api.engine_stats, api.engine_info, page_sessions)
+    api.metrics.bind(api.backend_stats, api.backend_info, page_sessions)
     return [
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),
@@ -94,11 +94,11 @@ class OpenAIApi:
 
     # ---- probes ----
 
-    def engine_stats(self) -> dict[str, Any] | None:
+    def backend_stats(self) -> dict[str, Any] | None:
         rt = self.current()
         return None if rt is None else {**rt.backend.stats(), "alive": rt.alive}
 
-    def engine_info(self) -> dict[str, Any] | None:
+    def backend_info(self) -> dict[str, Any] | None:
         rt = self.current()
         return None if rt is None else rt.info
 

@@ -110,7 +110,7 @@ def session_conversation(runtime: Runtime) -> Conversation:
         if chat_id is None or not open_chat(chat_id, runtime):
             start_new_chat(runtime)
         conv = ss.conversation
-    elif conv.client.engine is not runtime.backend:
+    elif conv.client.backend is not runtime.backend:
         fresh = _new_conversation(runtime, conv.client.session)
         fresh.records = conv.records
         if ss.saved is not None:
