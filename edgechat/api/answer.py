@@ -38,7 +38,7 @@ from edgechat.types import (
 KEEPALIVE = b": waiting\n\n"  # an SSE comment while queued: clients ignore it, a hang-up shows
 
 
-class Answer:
+class Completion:
     """One admitted chat completion: its ChatClient, its events, and the clean-up that runs
     exactly once however the request ends (answered, refused, hung up). Errors are counted in
     `metrics`."""

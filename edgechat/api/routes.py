@@ -25,7 +25,7 @@ from starlette.routing import Route
 from edgechat import openai_schema as schema
 from edgechat import structured
 from edgechat.access import ClientLimits, KeyLockout, client_address, password_ok, shared_limits
-from edgechat.api.answer import Answer, Session
+from edgechat.api.answer import Completion, Session
 from edgechat.api.errors import BUSY_RETRY_AFTER_S, error_response, locked_out, rate_limited
 from edgechat.config import Settings
 from edgechat.errors import ConfigError
@@ -152,15 +152,15 @@ class OpenAIApi:
             return self._error(err)
         session = self._session_for(address, call)
         handout = rt.handout if self.settings.handout_api else None  # the room's handout, if the operator shares it
-        answer = Answer(rt, model_id(rt), call, release, session, self.metrics, handout)
+        completion = Completion(rt, model_id(rt), call, release, session, self.metrics, handout)
         try:
-            return await answer.respond(request)
+            return await completion.respond(request)
         except Exception as err:  # a bug of ours: the caller still gets OpenAI's shape, the log the trace
-            await answer.finish()
+            await completion.finish()
             log.exception("chat completion failed")
             return self._error(ApiError(500, f"the answer failed ({type(err).__name__}); try again"))
         except BaseException:  # cancelled (server shutting down)
-            await answer.finish()
+            await completion.finish()
             raise
 
     # ---- steps of a request ----
