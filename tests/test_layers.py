@@ -63,7 +63,7 @@ LAYERS: dict[str, int] = {
     "edgechat.clients": 10,  # a person's client and conversation over the runtime
     "edgechat.api.errors": 9,  # a failure as OpenAI's error body, with its status
     "edgechat.api": 10,  # the package's face: hands on api_routes
-    "edgechat.api.answer": 10,  # one admitted chat completion, whole or SSE
+    "edgechat.api.completion": 10,  # one admitted chat completion, whole or SSE
     "edgechat.api.routes": 11,  # the routes, and the steps that admit a request
     "edgechat.server": 11,
     "baichuan2": 12,

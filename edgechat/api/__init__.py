@@ -6,7 +6,7 @@
     GET  /healthz                200 + {alive, backend, model, loaded_at}, 503 when the engine died
 
 Every answer goes through a ChatClient over the shared runtime's backend, exactly as a page
-session's does: same queue, same figures. `routes` admits a request, `answer` answers it (the
+session's does: same queue, same figures. `routes` admits a request, `completion` answers it (the
 first event of the answer decides the status: a refusal is a 429/400/503, anything else is a 200
 that streams), `errors` maps what went wrong to OpenAI's error body. A client that hangs up
 cancels its answer within a scheduler step.

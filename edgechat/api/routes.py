@@ -2,7 +2,7 @@
 password tries, edgechat.access.KeyLockout), body (capped, JSON only), checked parameters
 (edgechat.openai_schema), what the backend can do (logprobs, structured output:
 edgechat.structured), per-address limits (not for programs holding --server-api-key). An admitted
-request is answered by edgechat.api.answer; whatever goes wrong is answered by edgechat.api.errors.
+request is answered by edgechat.api.completion; whatever goes wrong is answered by edgechat.api.errors.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from starlette.routing import Route
 from edgechat import openai_schema as schema
 from edgechat import structured
 from edgechat.access import ClientLimits, KeyLockout, client_address, password_ok, shared_limits
-from edgechat.api.answer import Completion, Session
+from edgechat.api.completion import Completion, Session
 from edgechat.api.errors import BUSY_RETRY_AFTER_S, error_response, locked_out, rate_limited
 from edgechat.config import Settings
 from edgechat.errors import ConfigError
