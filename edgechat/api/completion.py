@@ -49,7 +49,7 @@ class Completion:
         model: str,
         call: ChatCall,
         release: Callable[[], None],
-        session: Session,
+        cache_key: CacheKey,
         metrics: ServingMetrics,
         handout: str | None = None,
     ) -> None:
@@ -57,11 +57,11 @@ class Completion:
         self.rt = rt
         self.call = call
         self.release = release
-        self.session = session
+        self.cache_key = cache_key
         self.metrics = metrics
         self.model = model
         self.client = ChatClient(
-            rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api", handout=handout
+            rt.backend, rt.tokenizer, sampling=call.sampling, session=cache_key.key, source="api", handout=handout
         )
         self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
@@ -154,7 +154,7 @@ class Completion:
 
     async def finish(self) -> None:
         """Cancel (a no-op once ended), read the answer to its Done so it is counted, give back
-        the session key and the address's slot. Shielded: it runs to the end even when the
+        the cache key and the address's slot. Shielded: it runs to the end even when the
         request was cancelled."""
         if self._finished:
             return
@@ -162,11 +162,11 @@ class Completion:
         with anyio.CancelScope(shield=True):
             self.generation.cancel()
             await anyio.to_thread.run_sync(_drain, self.generation)
-            self.session.end(self.rt)
+            self.cache_key.end(self.rt)
             self.release()
 
 
-class Session:
+class CacheKey:
     """A conversation's cache key while one answer uses it; `in_flight` holds the keys in use
     (touched on the event loop only)."""
 

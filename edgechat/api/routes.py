@@ -25,7 +25,7 @@ from starlette.routing import Route
 from edgechat import openai_schema as schema
 from edgechat import structured
 from edgechat.access import ClientLimits, KeyLockout, client_address, password_ok, shared_limits
-from edgechat.api.completion import Completion, Session
+from edgechat.api.completion import CacheKey, Completion
 from edgechat.api.errors import BUSY_RETRY_AFTER_S, error_response, locked_out, rate_limited
 from edgechat.config import Settings
 from edgechat.errors import ConfigError
@@ -90,7 +90,7 @@ class OpenAIApi:
         self.program_key = settings.server_api_key  # its holders are programs serving many people
         self.started = int(time.time())
         self.lockout = KeyLockout(limits)
-        self._sessions_in_flight: set[str] = set()  # touched on the event loop only
+        self._keys_in_flight: set[str] = set()  # touched on the event loop only
 
     # ---- probes ----
 
@@ -150,9 +150,9 @@ class OpenAIApi:
             address, release = self._admit(request, program)
         except ApiError as err:
             return self._error(err)
-        session = self._session_for(address, call)
+        cache_key = self._cache_key_for(address, call)
         handout = rt.handout if self.settings.handout_api else None  # the room's handout, if the operator shares it
-        completion = Completion(rt, model_id(rt), call, release, session, self.metrics, handout)
+        completion = Completion(rt, model_id(rt), call, release, cache_key, self.metrics, handout)
         try:
             return await completion.respond(request)
         except Exception as err:  # a bug of ours: the caller still gets OpenAI's shape, the log the trace
@@ -259,7 +259,7 @@ class OpenAIApi:
             raise rate_limited(message, BUSY_RETRY_AFTER_S)
         return address, release
 
-    def _session_for(self, address: str, call: ChatCall) -> Session:
+    def _cache_key_for(self, address: str, call: ChatCall) -> CacheKey:
         """The KV-cache key of this conversation, so its next turn reuses what this one read.
         An API call carries its whole history, and the history's start (system prompt and first
         question) stays the same from turn to turn, so that start and the caller's address name
@@ -273,10 +273,10 @@ class OpenAIApi:
                 break
         digest = hashlib.sha256(json.dumps([address, head], ensure_ascii=False).encode()).hexdigest()
         key = "api:" + digest[:32]
-        if key in self._sessions_in_flight:
-            return Session(self._sessions_in_flight, "api-once:" + uuid.uuid4().hex, keep=False)
-        self._sessions_in_flight.add(key)
-        return Session(self._sessions_in_flight, key, keep=True)
+        if key in self._keys_in_flight:
+            return CacheKey(self._keys_in_flight, "api-once:" + uuid.uuid4().hex, keep=False)
+        self._keys_in_flight.add(key)
+        return CacheKey(self._keys_in_flight, key, keep=True)
 
     def _error(self, err: ApiError) -> JSONResponse:
         return error_response(err, self.metrics)
