@@ -21,7 +21,7 @@ from edgechat.config import Settings, default_model_path, options, parse_host_ca
 from edgechat.errors import ConfigError
 from edgechat.kvcache import MIB, meminfo_bytes
 from edgechat.prefixes import MIN_SHARED_TOKENS
-from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.sequences import common_prefix
 from edgechat.templates import ChatTokenizer
 from edgechat.types import Message
@@ -112,7 +112,7 @@ def load_runtime(settings: Settings, share_prefixes: bool = True) -> Runtime:
     return runtime
 
 
-def pin_room_prefix(runtime: Runtime) -> RequestHandle | None:
+def pin_room_prefix(runtime: Runtime) -> RequestEvents | None:
     """Prefill the room's system prompt (--handout, then --system) once and pin it, so every new
     conversation copies it instead of reading it (edgechat.sharing): the tokens two conversations
     with that system prompt have in common, up to where their first questions begin."""

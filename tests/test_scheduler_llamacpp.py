@@ -15,7 +15,7 @@ import pytest
 from edgechat.engines.llamacpp import LlamaCppEngine
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
-from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.types import Finished, FinishReason, Message, Queued, Tick, Token, TokenEvent
 from tests.conftest import GREEDY
 
@@ -31,11 +31,11 @@ def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], session: str
     return tokens(scheduler.submit(ids, GREEDY, stop, session=session))
 
 
-def tokens(handle: RequestHandle) -> list[int]:
+def tokens(handle: RequestEvents) -> list[int]:
     return [e.id for e in news(handle) if isinstance(e, Token)]
 
 
-def news(handle: RequestHandle) -> Iterator[TokenEvent]:
+def news(handle: RequestEvents) -> Iterator[TokenEvent]:
     """A handle's events without the idle ticks, for at most WAIT_S."""
     end = time.monotonic() + WAIT_S
     for event in handle:
