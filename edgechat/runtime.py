@@ -1,4 +1,4 @@
-"""Builds the ONE runtime of a process: handle, backend (engine behind its scheduler, or a remote
+"""Builds the ONE runtime of a process: sail handle, backend (engine behind its scheduler, or a remote
 server), chat tokenizer.
 
 The page, the terminal and the API all use `shared_runtime()`: a process-wide singleton behind a
@@ -34,7 +34,7 @@ KV_RAM_SHARE = 0.25  # the default --kv-budget takes at most this share of the R
 
 @dataclass
 class Runtime:
-    handle: Any  # sail.Handle on a Sophgo TPU; None on other backends
+    sail_handle: Any  # sail.Handle on a Sophgo TPU; None on other backends
     backend: Backend  # the seed's `engine`: what every client submits to
     tokenizer: ChatTokenizer | None  # None for a remote server: it renders and tokenizes
     settings: Settings
