@@ -58,7 +58,9 @@ class Backend(Protocol):
         """A remote server's reachability line for the server panel; None for a local engine."""
         ...
 
-    def forget_session(self, session: str) -> None: ...
+    def forget_cache(self, cache_key: str) -> None:
+        """New chat, or a conversation gone: drop what is cached under its key."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -87,7 +89,7 @@ class LocalBackend:
     def generate(self, request: ChatRequest) -> Generation:
         ids = self.chat.render(request.messages, continue_last=request.continue_last)
         try:
-            events = self.scheduler.submit(ids, request.sampling, self.chat.stop_ids, session=request.session)
+            events = self.scheduler.submit(ids, request.sampling, self.chat.stop_ids, session=request.cache_key)
         except RequestError as err:
             stats = TurnStats.measured(RequestStats(prompt_tokens=len(ids), finish_reason=FinishReason.ERROR))
             stats.error = str(err)
@@ -151,8 +153,8 @@ class LocalBackend:
     def health(self) -> str | None:
         return None
 
-    def forget_session(self, session: str) -> None:
-        self.scheduler.forget_session(session)
+    def forget_cache(self, cache_key: str) -> None:
+        self.scheduler.forget_session(cache_key)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)

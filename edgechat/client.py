@@ -61,7 +61,7 @@ class ChatClient:
         *,
         sampling: SamplingParams | None = None,
         system: str | None = None,
-        session: str | None = None,
+        cache_key: str | None = None,
         source: str = "page",
         handout: str | None = None,
     ) -> None:
@@ -72,7 +72,7 @@ class ChatClient:
         self.tokenizer = tokenizer  # for --show-prompt; None when a remote server tokenizes
         self.sampling = sampling or SamplingParams()
         self.system = system
-        self.session = session or uuid.uuid4().hex  # the KV cache key of this conversation
+        self.cache_key = cache_key or uuid.uuid4().hex  # the KV cache key of this conversation
         self.last_stats = TurnStats()
 
     @property
@@ -159,7 +159,9 @@ class ChatClient:
             stats = TurnStats(finish_reason=FinishReason.ERROR, error=str(err))
             kind = FailKind.TOO_LONG if isinstance(err, ContextOverflow) else FailKind.BAD_REQUEST
             return Generation(iter([Failed(str(err), refused=True, kind=kind), self._done(stats)]))
-        inner = self.backend.generate(ChatRequest(kept, sampling, session=self.session, continue_last=continue_last))
+        inner = self.backend.generate(
+            ChatRequest(kept, sampling, cache_key=self.cache_key, continue_last=continue_last)
+        )
         return Generation(self._relay(inner, dropped), inner.cancel)
 
     def _relay(self, inner: Generation, dropped: int) -> Iterator[ChatEvent]:

@@ -162,7 +162,7 @@ class RemoteBackend:
     def alive(self) -> bool:
         return True  # nothing of ours can die here; the server's own health is health()
 
-    def forget_session(self, session: str) -> None:
+    def forget_cache(self, cache_key: str) -> None:
         """New chat: nothing to drop here; the server's prefix cache is the server's business."""
 
     def describe(self) -> dict[str, Any]:

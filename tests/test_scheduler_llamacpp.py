@@ -98,7 +98,7 @@ def test_closing_the_stream_stops_the_answer_and_keeps_its_cache(runtime: Runtim
     assert stats["running"] == 0 and stats["prefilling"] == 0
     assert stats["sessions_cached"] == cached + 1  # kept for a Continue
     assert client.last_stats.finish_reason is FinishReason.CANCELLED and client.last_stats.completion_tokens < 400
-    client.backend.forget_session(client.session)
+    client.backend.forget_cache(client.cache_key)
 
 
 def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runtime) -> None:

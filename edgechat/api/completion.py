@@ -61,7 +61,7 @@ class Completion:
         self.metrics = metrics
         self.model = model
         self.client = ChatClient(
-            rt.backend, rt.tokenizer, sampling=call.sampling, session=cache_key.key, source="api", handout=handout
+            rt.backend, rt.tokenizer, sampling=call.sampling, cache_key=cache_key.key, source="api", handout=handout
         )
         self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
@@ -177,7 +177,7 @@ class CacheKey:
         if self.keep:
             self.in_flight.discard(self.key)
         else:
-            rt.backend.forget_session(self.key)
+            rt.backend.forget_cache(self.key)
 
 
 class _Stream(StreamingResponse):
