@@ -141,7 +141,7 @@ def interactive(conversation: Conversation, saved: SavedChat | None) -> SavedCha
         if command == "exit":
             break
         if command == "stats":
-            print(json.dumps(conversation.client.engine.stats(), indent=1))
+            print(json.dumps(conversation.client.backend.stats(), indent=1))
             continue
         if command == "clear":
             saved = new_chat(conversation, saved)

@@ -47,7 +47,7 @@ import openai  # noqa: E402
 
 from edgechat.clients import client_for  # noqa: E402
 from edgechat.config import parse_settings  # noqa: E402
-from edgechat.engines.remote import openai_client  # noqa: E402
+from edgechat.remote import openai_client  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Done, Message, SamplingParams, Text  # noqa: E402
 from harness.servers import Server  # noqa: E402
@@ -122,7 +122,7 @@ def in_process(rt: Runtime, sampling: SamplingParams, fresh_sessions: bool) -> C
 
         def ask(history: list[Message]) -> tuple[str, int, int, int, float | None]:
             if fresh_sessions:
-                client.session = uuid.uuid4().hex
+                client.cache_key = uuid.uuid4().hex
             start, first, text, stats = time.perf_counter(), None, [], None
             for event in client.stream(history, sampling):
                 if isinstance(event, Text):
@@ -131,7 +131,7 @@ def in_process(rt: Runtime, sampling: SamplingParams, fresh_sessions: bool) -> C
                 elif isinstance(event, Done):
                     stats = event.stats
             if fresh_sessions:
-                rt.backend.forget_session(client.session)
+                rt.backend.forget_cache(client.cache_key)
             assert stats is not None and stats.error is None, stats
             return "".join(text), stats.completion_tokens, stats.prompt_tokens, stats.reused_tokens, first
 

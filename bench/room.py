@@ -168,7 +168,7 @@ def client_decode_rate(runtime: Runtime, people: int, tokens: int) -> float:
         start.wait(60)
         for _ in client.chat_stream(question(i, 0), []):
             times[i].append(time.perf_counter())
-        room.backend.forget_session(client.session)
+        room.backend.forget_cache(client.cache_key)
 
     threads = [threading.Thread(target=person, args=(i,)) for i in range(people)]
     for t in threads:

@@ -46,7 +46,7 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
         action = rng.choices(["chat", "stop", "close_tab", "new_chat"], weights=[6, 2, 1, 1])[0]
         if action == "new_chat":
             history = []
-            rt.backend.forget_session(client.session)
+            rt.backend.forget_cache(client.cache_key)
         stream = client.chat_stream(question, history)
         pieces: list[str] = []
         cut = rng.randint(1, 20) if action in ("stop", "close_tab") else None
@@ -56,7 +56,7 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
                 stream.close()  # Stop button / tab closed: the generator is closed mid-answer
                 break
         if action == "close_tab":
-            rt.backend.forget_session(client.session)
+            rt.backend.forget_cache(client.cache_key)
             client = client_for(rt, sampling=client.sampling)
             history = []
         else:
@@ -67,7 +67,7 @@ def person(rt: Runtime, seed: int, until: float, tally: Counter, lock: threading
             tally["tokens"] += client.last_stats.completion_tokens
             if client.last_stats.error:
                 tally["errors"] += 1
-    rt.backend.forget_session(client.session)
+    rt.backend.forget_cache(client.cache_key)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 
 PASSWORD_ATTEMPTS_PER_MINUTE = 5
 MAX_TRACKED_ADDRESSES = 10_000
+LOCKED_ADDRESSES = 1024  # addresses locked out for wrong API keys, remembered at once
 
 
 def password_ok(given: str, expected: str) -> bool:
@@ -111,6 +112,37 @@ class ClientLimits:
                 table.clear()
             limiter = table[address] = RateLimiter(limit, clock=self._clock)
         return limiter
+
+
+class KeyLockout:
+    """Addresses locked out of the API for wrong keys. Wrong keys spend the address's password
+    tries (the same the page's form spends, in `limits`); once they are spent the address is
+    locked out for the wait: even the right key is refused until then, so a guesser learns
+    nothing. At most `remembered` addresses are kept; ended lockouts are forgotten first."""
+
+    def __init__(
+        self, limits: ClientLimits, remembered: int = LOCKED_ADDRESSES, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limits = limits
+        self.remembered = remembered
+        self._clock = clock
+        self._until: dict[str, float] = {}  # address -> when its lockout ends (event loop only)
+
+    def wait(self, address: str) -> int:
+        """Whole seconds until `address` may present a key again; 0 when it is not locked out."""
+        left = self._until.get(address, 0.0) - self._clock()
+        return math.ceil(left) if left > 0 else 0
+
+    def wrong_key(self, address: str) -> int:
+        """Count a wrong key: 0 while the address has tries left, else the seconds it is now
+        locked out for."""
+        wait = self.limits.password_try(address)
+        if wait:
+            now = self._clock()
+            if len(self._until) >= self.remembered:
+                self._until = {a: t for a, t in self._until.items() if t > now}
+            self._until[address] = now + wait
+        return wait
 
 
 def client_address(peer: str | None, headers: Mapping[str, str], trusted_proxy: str | None) -> str:

@@ -1,5 +1,5 @@
 """The one interface the client talks to, whatever answers: a local token engine behind the
-scheduler, or an OpenAI-compatible server (edgechat/engines/remote.py).
+scheduler, or an OpenAI-compatible server (edgechat/remote.py).
 
 `LocalBackend` is the local side: it renders messages into prompt ids with the model's chat
 template, submits them to the scheduler and turns token events into text events (incremental
@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 from edgechat.errors import RequestError
-from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.templates import ChatTokenizer
 from edgechat.types import (
     ChatEvent,
@@ -58,7 +58,9 @@ class Backend(Protocol):
         """A remote server's reachability line for the server panel; None for a local engine."""
         ...
 
-    def forget_session(self, session: str) -> None: ...
+    def forget_cache(self, cache_key: str) -> None:
+        """New chat, or a conversation gone: drop what is cached under its key."""
+        ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -87,12 +89,12 @@ class LocalBackend:
     def generate(self, request: ChatRequest) -> Generation:
         ids = self.chat.render(request.messages, continue_last=request.continue_last)
         try:
-            handle = self.scheduler.submit(ids, request.sampling, self.chat.stop_ids, session=request.session)
+            events = self.scheduler.submit(ids, request.sampling, self.chat.stop_ids, session=request.cache_key)
         except RequestError as err:
             stats = TurnStats.measured(RequestStats(prompt_tokens=len(ids), finish_reason=FinishReason.ERROR))
             stats.error = str(err)
             return Generation(iter([Failed(str(err), refused=True, kind=self._refusal_kind(ids)), Done(stats)]))
-        return Generation(self._stream(handle, request.sampling.stop), handle.cancel)
+        return Generation(self._stream(events, request.sampling.stop), events.cancel)
 
     def _refusal_kind(self, ids: Sequence[int]) -> FailKind:
         """Why submit refused, from its contract: a dead engine, a prompt too long, else busy."""
@@ -100,7 +102,7 @@ class LocalBackend:
             return FailKind.UNAVAILABLE
         return FailKind.TOO_LONG if len(ids) >= self.max_len else FailKind.BUSY
 
-    def _stream(self, handle: RequestHandle, stop: Sequence[str]) -> Iterator[ChatEvent]:
+    def _stream(self, events: RequestEvents, stop: Sequence[str]) -> Iterator[ChatEvent]:
         """Text from tokens; the answer's tokens are counted up to the one that completes a stop
         string (the scheduler may have generated one more before it saw the stop), so the usage
         agrees with what was streamed, as OpenAI, vLLM and llama.cpp count."""
@@ -111,7 +113,7 @@ class LocalBackend:
         used = 0  # tokens of the answer, up to the one that completed a stop string
         pending: list[Logprob] = []  # log-probabilities of tokens whose text is not out yet
         try:
-            for event in handle:
+            for event in events:
                 if isinstance(event, Token):
                     if stopped:
                         continue  # generated before the scheduler saw the stop
@@ -124,7 +126,7 @@ class LocalBackend:
                         yield Text(shown, tuple(pending))
                         pending.clear()
                     if stopped:
-                        handle.cancel(FinishReason.STOP)
+                        events.cancel(FinishReason.STOP)
                 elif isinstance(event, Failed):
                     error = event.message
                     yield event
@@ -135,8 +137,8 @@ class LocalBackend:
                 if shown or pending:
                     yield Text(shown, tuple(pending))
         finally:
-            handle.cancel()  # no-op when finished; frees the sequence when the consumer went away
-        stats = TurnStats.measured(handle.stats, error=error)
+            events.cancel()  # no-op when finished; frees the sequence when the consumer went away
+        stats = TurnStats.measured(events.stats, error=error)
         if stopped:
             stats.completion_tokens = used
         yield Done(stats)
@@ -151,8 +153,8 @@ class LocalBackend:
     def health(self) -> str | None:
         return None
 
-    def forget_session(self, session: str) -> None:
-        self.scheduler.forget_session(session)
+    def forget_cache(self, cache_key: str) -> None:
+        self.scheduler.forget_session(cache_key)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)

@@ -80,7 +80,7 @@ class SavedChat:
     def attach(self, conversation: Conversation) -> None:
         conversation.on_change = self.sync
         if self.chat_id is not None:
-            conversation.client.session = self.chat_id  # the chat's KV cache survives a reload
+            conversation.client.cache_key = self.chat_id  # the chat's KV cache survives a reload
             _live[self.chat_id] = conversation
 
     def sync(self, conversation: Conversation) -> None:

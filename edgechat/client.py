@@ -56,28 +56,28 @@ class ChatClient:
 
     def __init__(
         self,
-        engine: Backend,
+        backend: Backend,
         tokenizer: ChatTokenizer | None = None,
         *,
         sampling: SamplingParams | None = None,
         system: str | None = None,
-        session: str | None = None,
+        cache_key: str | None = None,
         source: str = "page",
         handout: str | None = None,
     ) -> None:
         """`handout`: the room's --handout, put at the start of every prompt's system message."""
-        self.engine = engine
+        self.backend = backend
         self.handout = handout
         self.source = source  # who asks, for /metrics: "page", "api" or "terminal"
         self.tokenizer = tokenizer  # for --show-prompt; None when a remote server tokenizes
         self.sampling = sampling or SamplingParams()
         self.system = system
-        self.session = session or uuid.uuid4().hex  # the KV cache key of this conversation
+        self.cache_key = cache_key or uuid.uuid4().hex  # the KV cache key of this conversation
         self.last_stats = TurnStats()
 
     @property
     def max_len(self) -> int:
-        return self.engine.max_len
+        return self.backend.max_len
 
     def messages_for(self, input: str, history: Sequence[Message], system: str | None = None) -> list[Message]:
         """System prompt + history + the new question. A history that already ends with this
@@ -93,8 +93,8 @@ class ChatClient:
         return [*head, *turns, Message(role="user", content=input)]
 
     def prompt_budget(self, max_new_tokens: int) -> int:
-        room = min(max_new_tokens, self.engine.max_len // ANSWER_SHARE)
-        return min(self.engine.max_len - room, self.engine.max_prompt_len)
+        room = min(max_new_tokens, self.backend.max_len // ANSWER_SHARE)
+        return min(self.backend.max_len - room, self.backend.max_prompt_len)
 
     def fit(
         self, messages: Sequence[Message], max_new_tokens: int, continue_last: bool = False, trim: bool = True
@@ -118,8 +118,8 @@ class ChatClient:
             return messages[:head] + messages[start:]
 
         low, high = 0, len(starts) - 1
-        if self.engine.prompt_size(kept(starts[high]), continue_last) > budget:
-            size = self.engine.prompt_size(kept(starts[high]), continue_last)
+        if self.backend.prompt_size(kept(starts[high]), continue_last) > budget:
+            size = self.backend.prompt_size(kept(starts[high]), continue_last)
             what = "your message is" if trim else "the conversation is"
             raise ContextOverflow(
                 f"input length is too long: {what} {size} tokens with the prompt format, and this "
@@ -127,7 +127,7 @@ class ChatClient:
             )
         while low < high:  # the first start whose prompt fits
             mid = (low + high) // 2
-            if self.engine.prompt_size(kept(starts[mid]), continue_last) <= budget:
+            if self.backend.prompt_size(kept(starts[mid]), continue_last) <= budget:
                 high = mid
             else:
                 low = mid + 1
@@ -159,7 +159,9 @@ class ChatClient:
             stats = TurnStats(finish_reason=FinishReason.ERROR, error=str(err))
             kind = FailKind.TOO_LONG if isinstance(err, ContextOverflow) else FailKind.BAD_REQUEST
             return Generation(iter([Failed(str(err), refused=True, kind=kind), self._done(stats)]))
-        inner = self.engine.generate(ChatRequest(kept, sampling, session=self.session, continue_last=continue_last))
+        inner = self.backend.generate(
+            ChatRequest(kept, sampling, cache_key=self.cache_key, continue_last=continue_last)
+        )
         return Generation(self._relay(inner, dropped), inner.cancel)
 
     def _relay(self, inner: Generation, dropped: int) -> Iterator[ChatEvent]:

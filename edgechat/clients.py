@@ -18,11 +18,11 @@ def client_for(
     *,
     sampling: SamplingParams | None = None,
     system: str | None = None,
-    session: str | None = None,
+    cache_key: str | None = None,
     source: str = "page",
 ) -> ChatClient:
     """A client with the answer defaults of `settings` (the runtime's own when None), unless
-    `sampling` or `system` say otherwise. `session` keys its KV cache (a new one when None);
+    `sampling` or `system` say otherwise. `cache_key` keys its KV cache (a new one when None);
     `source` says who asks, for /metrics."""
     settings = settings or runtime.settings
     return ChatClient(
@@ -30,18 +30,18 @@ def client_for(
         runtime.tokenizer,
         sampling=sampling or settings.sampling,
         system=settings.system if system is None else system,
-        session=session,
+        cache_key=cache_key,
         source=source,
         handout=runtime.handout,
     )
 
 
 def conversation_for(
-    runtime: Runtime, settings: Settings, session: str | None = None, source: str = "page"
+    runtime: Runtime, settings: Settings, cache_key: str | None = None, source: str = "page"
 ) -> Conversation:
     """A conversation over a fresh client, with the settings' sampling, system prompt and cap."""
     return Conversation(
-        client_for(runtime, settings, session=session, source=source),
+        client_for(runtime, settings, cache_key=cache_key, source=source),
         sampling=settings.sampling,
         system=settings.system or "",
         max_input_chars=settings.max_input_chars,

@@ -293,7 +293,7 @@ class Conversation:
         with self._lock:
             self.records = []
             self.refusals = []
-        self.client.engine.forget_session(self.client.session)
+        self.client.backend.forget_cache(self.client.cache_key)
         self.changed()
 
     # ---- the answer thread's callbacks ----

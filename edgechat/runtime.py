@@ -1,4 +1,4 @@
-"""Builds the ONE runtime of a process: handle, backend (engine behind its scheduler, or a remote
+"""Builds the ONE runtime of a process: sail handle, backend (engine behind its scheduler, or a remote
 server), chat tokenizer.
 
 The page, the terminal and the API all use `shared_runtime()`: a process-wide singleton behind a
@@ -21,7 +21,7 @@ from edgechat.config import Settings, default_model_path, options, parse_host_ca
 from edgechat.errors import ConfigError
 from edgechat.kvcache import MIB, meminfo_bytes
 from edgechat.prefixes import MIN_SHARED_TOKENS
-from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.sequences import common_prefix
 from edgechat.templates import ChatTokenizer
 from edgechat.types import Message
@@ -34,7 +34,7 @@ KV_RAM_SHARE = 0.25  # the default --kv-budget takes at most this share of the R
 
 @dataclass
 class Runtime:
-    handle: Any  # sail.Handle on a Sophgo TPU; None on other backends
+    sail_handle: Any  # sail.Handle on a Sophgo TPU; None on other backends
     backend: Backend  # the seed's `engine`: what every client submits to
     tokenizer: ChatTokenizer | None  # None for a remote server: it renders and tokenizes
     settings: Settings
@@ -112,7 +112,7 @@ def load_runtime(settings: Settings, share_prefixes: bool = True) -> Runtime:
     return runtime
 
 
-def pin_room_prefix(runtime: Runtime) -> RequestHandle | None:
+def pin_room_prefix(runtime: Runtime) -> RequestEvents | None:
     """Prefill the room's system prompt (--handout, then --system) once and pin it, so every new
     conversation copies it instead of reading it (edgechat.sharing): the tokens two conversations
     with that system prompt have in common, up to where their first questions begin."""
@@ -234,14 +234,14 @@ def _load_sail(settings: Settings, share_prefixes: bool = True) -> Runtime:
 
 
 def _load_remote(settings: Settings, share_prefixes: bool = True) -> Runtime:
-    from edgechat.engines.remote import RemoteEngine
+    from edgechat.remote import RemoteBackend
 
     assert settings.base_url is not None  # config checks --backend openai has one
-    engine = RemoteEngine(
+    backend = RemoteBackend(
         settings.base_url,
         api_key=settings.api_key,
         model_name=settings.model_name,
         context_length=settings.context_length,
         request_timeout=settings.request_timeout,
     )
-    return Runtime(None, engine, None, settings, engine.describe())
+    return Runtime(None, backend, None, settings, backend.describe())

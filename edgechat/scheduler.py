@@ -1,7 +1,7 @@
 """The one thread that owns the engine: queue, admission, batching, fairness, cancellation, KV reuse,
 parking idle caches in host RAM.
 
-Any number of threads `submit()` a prompt and iterate the returned `RequestHandle` for events;
+Any number of threads `submit()` a prompt and iterate the returned `RequestEvents`;
 one worker thread runs the loop, shaped like vLLM's scheduler step:
 
     plan = policy.decide()   finish cancelled/expired, admit waiting, park or evict idle caches
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5  # a waiting reader gets a Tick this often without news
 
 
-class RequestHandle:
+class RequestEvents:
     """The consumer's side of one request: iterate events; `cancel()` (or closing the iterator)
     frees the sequence within one scheduler step."""
 
@@ -165,7 +165,7 @@ class Scheduler:
         sampling: SamplingParams,
         stop_ids: frozenset[int],
         session: str | None = None,
-    ) -> RequestHandle:
+    ) -> RequestEvents:
         if self.failure is not None:
             raise RequestError(f"the engine stopped: {self.failure}; reload the runtime")
         if not prompt:
@@ -195,9 +195,9 @@ class Scheduler:
                 raise RequestError("busy: too many people are waiting; try again in a moment")
             self._inbox.append(request)
             self._cond.notify()
-        return RequestHandle(request, self)
+        return RequestEvents(request, self)
 
-    def pin(self, prompt: Sequence[int]) -> RequestHandle | None:
+    def pin(self, prompt: Sequence[int]) -> RequestEvents | None:
         """Prefill `prompt` (the room's system prompt and handout, up to where conversations part)
         once and keep its cache as a pinned prefix every new conversation may copy: resident while
         a sequence is free, then in host RAM, never dropped for room or age. None on engines

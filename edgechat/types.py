@@ -225,7 +225,7 @@ class ChatRequest:
 
     messages: Sequence[Message]  # already fitted to the context by the client
     sampling: SamplingParams
-    session: str | None = None  # KV-cache key: the same conversation reuses its cached prefix
+    cache_key: str | None = None  # the same conversation's key: its next turn reuses its cached prefix
     continue_last: bool = False  # the last message is a partial answer to go on with
 
 

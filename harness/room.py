@@ -122,7 +122,7 @@ def run_room(
         except Exception as err:  # noqa: BLE001 — a crash is a room error, reported with the rest
             me.errors.append(f"{type(err).__name__}: {err}")
         finally:
-            client.engine.forget_session(client.session)  # the tab closes: its cache goes
+            client.backend.forget_cache(client.cache_key)  # the tab closes: its cache goes
 
     threads = [threading.Thread(target=person, args=(i,), daemon=True) for i in range(people)]
     for t in threads:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgechat.access import RateLimiter, password_ok
+from edgechat.access import ClientLimits, KeyLockout, RateLimiter, password_ok
 
 
 class Clock:
@@ -46,6 +46,19 @@ def test_refused_attempts_do_not_extend_the_wait() -> None:
 def test_zero_means_no_limit() -> None:
     limiter = RateLimiter(0)
     assert all(limiter.hit() == 0 for _ in range(1000))
+
+
+def test_wrong_keys_spend_the_password_tries_then_lock_the_address_out() -> None:
+    clock = Clock()
+    limits = ClientLimits(rate_limit=0, max_in_flight=4, password_tries=2, clock=clock)
+    lockout = KeyLockout(limits, clock=clock)
+    assert [lockout.wrong_key("a"), lockout.wrong_key("a")] == [0, 0] and lockout.wait("a") == 0
+    assert lockout.wrong_key("a") == 60 and lockout.wait("a") == 60  # locked: the right key waits too
+    assert lockout.wait("b") == 0  # another address is not
+    clock.now += 59.5
+    assert lockout.wait("a") == 1
+    clock.now += 0.5
+    assert lockout.wait("a") == 0
 
 
 def test_forwarded_for_is_believed_from_the_named_proxy_only() -> None:

@@ -43,7 +43,7 @@ def test_nothing_is_saved_until_the_first_question(runtime: Runtime, tmp_path: P
     assert saved.chat_id is None and store.list_conversations(owner) == []
     conv.ask("What is 2+2?")
     finish(conv)
-    assert stored(store, owner, saved) == conv.records and conv.client.session == saved.chat_id
+    assert stored(store, owner, saved) == conv.records and conv.client.cache_key == saved.chat_id
     assert [c.title for c in store.list_conversations(owner)] == ["What is 2+2?"]
 
 

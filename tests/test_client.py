@@ -17,8 +17,10 @@ def client(runtime: Runtime, system: str | None = None) -> ChatClient:
 def test_the_seeds_client_class_answers_with_its_own_signature(runtime: Runtime) -> None:
     """`Baichuan2(handle, engine, tokenizer).chat_stream(input, history)`: scripts written
     against the seed still run (baichuan2.py keeps the class)."""
-    seed = Baichuan2(runtime.handle, runtime.backend, runtime.tokenizer, sampling=GREEDY)
-    assert seed.handle is runtime.handle and seed.engine is runtime.backend and seed.tokenizer is runtime.tokenizer
+    seed = Baichuan2(runtime.sail_handle, runtime.backend, runtime.tokenizer, sampling=GREEDY)
+    assert (
+        seed.handle is runtime.sail_handle and seed.backend is runtime.backend and seed.tokenizer is runtime.tokenizer
+    )
     history = [Message(role="user", content="Hello"), Message(role="assistant", content="Hi!")]
     assert "4" in "".join(seed.chat_stream("What is 2+2?", history))
     assert seed.last_stats.completion_tokens > 0 and seed.last_stats.error is None

@@ -17,14 +17,14 @@ QUESTIONS = ["What is 2+2?", "Name a fruit that is yellow.", "Say hello in Frenc
 def test_moves_put_the_step_on_consecutive_streams_with_fewest_swaps() -> None:
     streams = StreamMap(8)
     assert streams.moves_to_pack([3, 4, 5]) == [] and streams.moves_to_pack([5]) == []
-    for handles in ([0, 2, 4, 6], [7, 6, 0], [1, 5, 7], [0, 7]):
+    for seqs in ([0, 2, 4, 6], [7, 6, 0], [1, 5, 7], [0, 7]):
         streams = StreamMap(8)
-        moves = streams.moves_to_pack(handles)
+        moves = streams.moves_to_pack(seqs)
         for a, b in moves:
             streams.swap(a, b)
-        placed = sorted(streams.stream(h) for h in handles)
-        assert placed == list(range(placed[0], placed[0] + len(handles))), (handles, moves)
-        assert len(moves) <= len(handles) - 1
+        placed = sorted(streams.stream(s) for s in seqs)
+        assert placed == list(range(placed[0], placed[0] + len(seqs))), (seqs, moves)
+        assert len(moves) <= len(seqs) - 1
         assert sorted(streams.stream_of) == list(range(8))  # still a permutation
     assert StreamMap(8).moves_to_pack([0, 1, 2, 7]) == [(7, 3)]  # one swap, not three
     assert StreamMap(4).lowest({3, 1, 2}) == 1
@@ -49,7 +49,7 @@ def test_scattered_groups_and_moved_caches_answer_as_alone(runtime: Runtime, mak
 
     engine = make_engine(max_sequences=8)
     seqs = [engine.open_sequence() for _ in range(8)]
-    mine = [seqs[6], seqs[1], seqs[4], seqs[2]]  # prompts on scattered handles, others left empty
+    mine = [seqs[6], seqs[1], seqs[4], seqs[2]]  # prompts on scattered seqs, others left empty
     got: list[list[int]] = [[] for _ in prompts]
     for i, seq in enumerate(mine):
         engine.start(seq, GREEDY, 0)

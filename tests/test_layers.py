@@ -35,10 +35,10 @@ LAYERS: dict[str, int] = {
     "edgechat.openai_schema": 3,
     "edgechat.structured": 2,  # response_format -> GBNF with llama-cpp-python's converter
     "edgechat.engines": 3,
-    "edgechat.engines.base": 3,
+    "edgechat.engines.base": 1,  # the engine protocol and its Feed: any engine module may import it
     "edgechat.engines.llamacpp": 3,
     "edgechat.engines.streams": 1,  # which llama.cpp KV stream holds which sequence
-    "edgechat.engines.sampling": 1,  # per-sequence sampling over a llama.cpp context's logits
+    "edgechat.engines.sampling": 2,  # per-sequence sampling over a llama.cpp context's logits
     "edgechat.engines.sail_api": 1,  # the sail engine's adapter to the two sophon-sail API generations
     "edgechat.engines.sail_bmodel": 2,  # what a Baichuan2 or LLM-TPU bmodel must look like
     "edgechat.engines.sail_memory": 2,  # verifying the sail engine's TPU allocations
@@ -47,7 +47,7 @@ LAYERS: dict[str, int] = {
     "edgechat.engines.sail_heads": 2,  # lm_head / greedy_head and the mask value of a bmodel
     "edgechat.engines.sail": 3,
     "edgechat.engines.sail_chips": 4,  # one SailEngine per TPU of --dev_ids, as one engine
-    "edgechat.engines.remote": 3,
+    "edgechat.remote": 3,  # the remote Backend: an OpenAI-compatible server answers
     "edgechat.kvcache": 1,
     "edgechat.prefixes": 1,  # block-hash index of token prefixes
     "edgechat.sequences": 2,
@@ -61,8 +61,10 @@ LAYERS: dict[str, int] = {
     "edgechat.chats": 9,
     "edgechat.runtime": 9,
     "edgechat.clients": 10,  # a person's client and conversation over the runtime
-    "edgechat.api": 10,
-    "edgechat.api.answer": 10,  # one admitted chat completion (the package's routes admit it)
+    "edgechat.api.errors": 9,  # a failure as OpenAI's error body, with its status
+    "edgechat.api": 10,  # the package's face: hands on api_routes
+    "edgechat.api.completion": 10,  # one admitted chat completion, whole or SSE
+    "edgechat.api.routes": 11,  # the routes, and the steps that admit a request
     "edgechat.server": 11,
     "baichuan2": 12,
     "edgechat.tls": 12,  # --tls: the certificate Streamlit serves (uses server.box_names)

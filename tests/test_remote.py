@@ -26,8 +26,8 @@ import pytest
 from edgechat.client import ChatClient
 from edgechat.clients import client_for
 from edgechat.config import Settings, default_model_path
-from edgechat.engines.remote import RemoteEngine
 from edgechat.errors import ConfigError
+from edgechat.remote import RemoteBackend
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import FinishReason, Message, SamplingParams
 from harness.servers import ThreadServer, end, free_port
@@ -264,18 +264,18 @@ def test_history_is_trimmed_oldest_first_by_an_estimate_of_tokens(server: Server
         Message(role="user", content="What is 2+2?"),
     ]
     # A context of 160: the prompt may take 120 tokens, 240 characters at 2 a token (the server tokenizes).
-    engine = RemoteEngine(server.url, api_key=KEY, model_name="any", context_length=160, request_timeout=WAIT_S)
-    client = ChatClient(engine)
+    backend = RemoteBackend(server.url, api_key=KEY, model_name="any", context_length=160, request_timeout=WAIT_S)
+    client = ChatClient(backend)
     kept, dropped = client.fit(messages, max_new_tokens=60)
     assert dropped == 2
     assert [m["content"] for m in kept] == ["Be brief.", "second", "ok", "What is 2+2?"]
     with pytest.raises(ValueError, match="input length is too long"):
         client.fit([Message(role="user", content=long)], max_new_tokens=60)
-    engine.close()
+    backend.close()
 
 
-def test_remote_engine_reports_health_and_the_served_model(rt: Runtime) -> None:
-    assert isinstance(rt.backend, RemoteEngine) and rt.tokenizer is None
+def test_remote_backend_reports_health_and_the_served_model(rt: Runtime) -> None:
+    assert isinstance(rt.backend, RemoteBackend) and rt.tokenizer is None
     assert rt.info["backend"] == "openai" and rt.info["model_name"].startswith("SmolLM2")
     assert rt.backend.health().startswith("server up")
 

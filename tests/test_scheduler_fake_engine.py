@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from edgechat.errors import RequestError
-from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.types import Failed, Finished, FinishReason, Queued, SamplingParams, Token
 from tests.conftest import GREEDY
 from tests.fake_engine import FakeEngine, expected_answer
@@ -55,7 +55,7 @@ def run(sched: Scheduler) -> int:
     raise AssertionError("the scheduler never went idle")
 
 
-def answer(handle: RequestHandle) -> list[int]:
+def answer(handle: RequestEvents) -> list[int]:
     events = handle.poll()
     assert isinstance(events[-1], (Finished, Failed)), events[-1:]
     return [e.id for e in events if isinstance(e, Token)]
@@ -347,7 +347,7 @@ def test_random_traffic_keeps_every_cache_record_exact(seed: int, head: int) -> 
     rng = random.Random(seed)
     sched, engine, clock = build(FakeEngine(max_sequences=3, max_len=400, prefill_chunk=16), session_ttl_s=30)
     history: dict[str, list[int]] = {f"s{i}": [] for i in range(6)}
-    live: dict[str, tuple[RequestHandle, list[int], list[int]]] = {}
+    live: dict[str, tuple[RequestEvents, list[int], list[int]]] = {}
     for _ in range(250):
         session = rng.choice(sorted(history))
         roll = rng.random()

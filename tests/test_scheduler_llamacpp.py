@@ -15,7 +15,7 @@ import pytest
 from edgechat.engines.llamacpp import LlamaCppEngine
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
-from edgechat.scheduler import RequestHandle, Scheduler
+from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.types import Finished, FinishReason, Message, Queued, Tick, Token, TokenEvent
 from tests.conftest import GREEDY
 
@@ -31,11 +31,11 @@ def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], session: str
     return tokens(scheduler.submit(ids, GREEDY, stop, session=session))
 
 
-def tokens(handle: RequestHandle) -> list[int]:
+def tokens(handle: RequestEvents) -> list[int]:
     return [e.id for e in news(handle) if isinstance(e, Token)]
 
 
-def news(handle: RequestHandle) -> Iterator[TokenEvent]:
+def news(handle: RequestEvents) -> Iterator[TokenEvent]:
     """A handle's events without the idle ticks, for at most WAIT_S."""
     end = time.monotonic() + WAIT_S
     for event in handle:
@@ -98,7 +98,7 @@ def test_closing_the_stream_stops_the_answer_and_keeps_its_cache(runtime: Runtim
     assert stats["running"] == 0 and stats["prefilling"] == 0
     assert stats["sessions_cached"] == cached + 1  # kept for a Continue
     assert client.last_stats.finish_reason is FinishReason.CANCELLED and client.last_stats.completion_tokens < 400
-    client.engine.forget_session(client.session)
+    client.backend.forget_cache(client.cache_key)
 
 
 def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runtime) -> None:

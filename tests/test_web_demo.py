@@ -234,15 +234,15 @@ def test_server_panel_shows_the_lan_address_to_share(monkeypatch: pytest.MonkeyP
 def test_a_dead_engine_is_rebuilt_without_restarting_the_server() -> None:
     at = ask(page(), "What is 2+2?")
     other = page()
-    old = at.session_state.conversation.client.engine
+    old = at.session_state.conversation.client.backend
     old.scheduler.failure = "simulated scheduler death"  # what the worker records when its thread dies
     ask(at, "What is 3+3?")
-    new = at.session_state.conversation.client.engine
+    new = at.session_state.conversation.client.backend
     assert new is not old and new.alive and new.stats()["alive"]
     assert [r for r, _ in transcript(at)] == ["user", "assistant", "user", "assistant"]
     assert "6" in transcript(at)[3][1]
     ask(other, "What is 2+2?")  # another session moves to the new runtime too
-    assert other.session_state.conversation.client.engine is new and "4" in transcript(other)[1][1]
+    assert other.session_state.conversation.client.backend is new and "4" in transcript(other)[1][1]
 
 
 def test_the_handout_is_shown_folded_at_the_top_and_read_by_every_answer(

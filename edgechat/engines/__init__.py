@@ -1,2 +1,2 @@
-"""Engines: token-level backends owned by the scheduler thread (sail, llamacpp) and the
-chat-level remote backend. `edgechat.runtime.load_runtime` picks one from the settings."""
+"""Engines: the token-level model runners the scheduler thread owns (sail, llamacpp; the
+protocol in base.py). `edgechat.runtime.load_runtime` picks one from the settings."""

@@ -32,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import llama_cpp as lc  # noqa: E402
 import numpy as np  # noqa: E402
 
+from edgechat.engines.base import Feed  # noqa: E402
 from edgechat.engines.sampling import Samplers  # noqa: E402
 from edgechat.engines.streams import StreamMap  # noqa: E402
 from edgechat.errors import ConfigError  # noqa: E402
@@ -43,7 +44,6 @@ GGUF_MAGIC = b"GGUF"
 MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
 UBATCH = 63  # rows per llama.cpp micro-batch: below the 64 where flash attention switches kernel
 STATE_FLAGS = 0  # llama_state_seq_*_ext flags: the whole sequence, copied to host memory
-Feed = tuple[int, Sequence[int], bool]  # edgechat.engines.base.Feed (engines import no sibling)
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -184,7 +184,7 @@ class LlamaCppEngine:
         self._want = np.ctypeslib.as_array(self._batch.logits, shape=(cap,))
         np.ctypeslib.as_array(self._batch.n_seq_id, shape=(cap,))[:] = 1
         self._seq_rows = [self._batch.seq_id[i] for i in range(cap)]
-        self._streams = StreamMap(max_sequences)  # sequence handle -> llama.cpp sequence id
+        self._streams = StreamMap(max_sequences)  # our sequence number -> llama.cpp sequence id (its KV stream)
         self._free = set(range(max_sequences))
         self._pos: dict[int, int] = {}  # seq -> tokens in its cache
         self._sampling = Samplers(self.ctx, self.vocab, self.n_vocab)  # each sequence's sampler state
@@ -216,8 +216,8 @@ class LlamaCppEngine:
         per sequence). Tokens come back in the order of `feeds`."""
         timings = self.timings
         began = time.perf_counter()
-        for handle, other in self._streams.moves_to_pack([seq for seq, _, _ in feeds]):
-            self._swap_caches(handle, other)
+        for seq, other in self._streams.moves_to_pack([f[0] for f in feeds]):
+            self._swap_caches(seq, other)
             timings["cache_moves"] += 1
         timings["cache_moves_s"] += time.perf_counter() - began
         order = sorted(range(len(feeds)), key=lambda i: self._streams.stream(feeds[i][0]))
@@ -365,16 +365,16 @@ class LlamaCppEngine:
         return True
 
     def _swap_caches(self, a: int, b: int) -> None:
-        """Handles `a` and `b` trade KV streams, caches and all (either may be empty or free)."""
+        """Sequences `a` and `b` trade KV streams, caches and all (either may be empty or free)."""
         sa, sb = self._streams.stream(a), self._streams.stream(b)
         data_a = self._save_stream(sa) if self._pos.get(a) else None
         data_b = self._save_stream(sb) if self._pos.get(b) else None
         lc.llama_memory_seq_rm(self.memory, sa, -1, -1)
         lc.llama_memory_seq_rm(self.memory, sb, -1, -1)
         self._streams.swap(a, b)
-        for handle, stream, data in ((a, sb, data_a), (b, sa, data_b)):
-            if data is not None and not self._restore_stream(stream, data, self._pos[handle]):
-                raise RuntimeError(f"could not move the cache of sequence {handle} to KV stream {stream}")
+        for seq, stream, data in ((a, sb, data_a), (b, sa, data_b)):
+            if data is not None and not self._restore_stream(stream, data, self._pos[seq]):
+                raise RuntimeError(f"could not move the cache of sequence {seq} to KV stream {stream}")
 
 
 def _read_metadata(model: Any) -> dict[str, str]:

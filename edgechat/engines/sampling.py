@@ -19,11 +19,11 @@ from typing import Any
 import llama_cpp as lc
 import numpy as np
 
+from edgechat.engines.base import Feed
 from edgechat.types import SamplingParams, TokenLogprobs
 
 PENALTY_LAST_N = 64
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
-Feed = tuple[int, Sequence[int], bool]  # edgechat.engines.base.Feed
 
 
 class Samplers:

@@ -70,10 +70,10 @@ def context_meter(conv: Conversation, lang: str) -> None:
     version = (id(conv), len(conv.records), sum(len(r["content"]) for r in conv.records[-2:]), conv.system)
     ss = st.session_state
     if ss.get("meter_version") != version:
-        engine = conv.client.engine
-        ss.meter_used = engine.prompt_size(conv.messages_for_model()) if conv.records or conv.system else 0
+        backend = conv.client.backend
+        ss.meter_used = backend.prompt_size(conv.messages_for_model()) if conv.records or conv.system else 0
         ss.meter_version = version
-    st.caption(t(lang, "meter", used=ss.meter_used, context=conv.client.engine.max_len))
+    st.caption(t(lang, "meter", used=ss.meter_used, context=conv.client.backend.max_len))
 
 
 def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) -> None:

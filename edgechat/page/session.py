@@ -110,8 +110,8 @@ def session_conversation(runtime: Runtime) -> Conversation:
         if chat_id is None or not open_chat(chat_id, runtime):
             start_new_chat(runtime)
         conv = ss.conversation
-    elif conv.client.engine is not runtime.backend:
-        fresh = _new_conversation(runtime, conv.client.session)
+    elif conv.client.backend is not runtime.backend:
+        fresh = _new_conversation(runtime, conv.client.cache_key)
         fresh.records = conv.records
         if ss.saved is not None:
             ss.saved.attach(fresh)
@@ -130,9 +130,9 @@ def live_conversation() -> Conversation:
     return session_conversation(shared_runtime(st.session_state.settings))
 
 
-def _new_conversation(runtime: Runtime, session: str | None = None) -> Conversation:
+def _new_conversation(runtime: Runtime, cache_key: str | None = None) -> Conversation:
     ss = st.session_state
-    conv = conversation_for(runtime, ss.settings, session)
+    conv = conversation_for(runtime, ss.settings, cache_key)
     conv.watch_s = GONE_S
     conv.alive = session_alive()
     conv.admission = lambda address=ss.address: limits().acquire(address)

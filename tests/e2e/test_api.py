@@ -23,8 +23,8 @@ from starlette.testclient import TestClient
 from edgechat.api import api_routes
 from edgechat.client import ChatClient
 from edgechat.config import parse_settings
-from edgechat.engines.remote import openai_client
 from edgechat.metrics import ServingMetrics
+from edgechat.remote import openai_client
 from edgechat.runtime import Runtime, load_runtime
 from edgechat.types import Message, SamplingParams, Text
 from harness.browser import person_options

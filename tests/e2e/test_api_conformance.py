@@ -16,7 +16,7 @@ import jsonschema
 import openai
 import pytest
 
-from edgechat.engines.remote import openai_client
+from edgechat.remote import openai_client
 from harness.servers import Server
 
 TOOL = "http://tool.lan:3000"  # the origin of a browser-based client the operator allows

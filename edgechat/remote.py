@@ -1,5 +1,6 @@
-"""Chat-level backend: an OpenAI-compatible server (vLLM, llama.cpp server, Ollama) renders the
-chat template, tokenizes and batches; this module streams `/v1/chat/completions` for each turn.
+"""The remote Backend (chat-level, not a token engine): an OpenAI-compatible server (vLLM,
+llama.cpp server, Ollama) renders the chat template, tokenizes and batches; this module streams
+`/v1/chat/completions` for each turn.
 
 It implements the same Backend protocol as the local scheduler (edgechat/backend.py), so the
 client above cannot tell them apart. There is no scheduler on this path: every session's turn is
@@ -70,7 +71,7 @@ def openai_client(base_url: str, api_key: str | None, timeout: float | httpx2.Ti
     )
 
 
-class RemoteEngine:
+class RemoteBackend:
     """One OpenAI-compatible endpoint shared by every session of the process."""
 
     name = "openai"
@@ -161,7 +162,7 @@ class RemoteEngine:
     def alive(self) -> bool:
         return True  # nothing of ours can die here; the server's own health is health()
 
-    def forget_session(self, session: str) -> None:
+    def forget_cache(self, cache_key: str) -> None:
         """New chat: nothing to drop here; the server's prefix cache is the server's business."""
 
     def describe(self) -> dict[str, Any]:
@@ -189,8 +190,8 @@ class _RemoteTurn:
     """One answer streamed from the server. `cancel()` may come from another thread: it closes
     the HTTP stream, which ends the iteration with the figures of what arrived."""
 
-    def __init__(self, engine: RemoteEngine, request: ChatRequest) -> None:
-        self._engine = engine
+    def __init__(self, backend: RemoteBackend, request: ChatRequest) -> None:
+        self._backend = backend
         self._request = request
         self._cancelled = threading.Event()
         self._stream: Any = None
@@ -203,12 +204,12 @@ class _RemoteTurn:
             stream.close()
 
     def events(self) -> Iterator[ChatEvent]:
-        engine, stats = self._engine, self.stats
-        deadline = None if engine.request_timeout is None else stats.submitted_at + engine.request_timeout
+        backend, stats = self._backend, self.stats
+        deadline = None if backend.request_timeout is None else stats.submitted_at + backend.request_timeout
         chunks, usage_tokens, error, kind = 0, None, None, FailKind.ERROR
-        engine._count(running=1)
+        backend._count(running=1)
         try:
-            self._stream = engine._client.chat.completions.create(**self._arguments())
+            self._stream = backend._client.chat.completions.create(**self._arguments())
             stats.started_at = stats.submitted_at  # the server's own queue is not visible from here
             for chunk in self._stream:
                 if chunk.usage is not None:
@@ -219,14 +220,14 @@ class _RemoteTurn:
                     if stats.first_token_at is None:
                         stats.first_token_at = time.monotonic()
                     chunks += 1
-                    engine._count(chunks=1)
+                    backend._count(chunks=1)
                     yield Text(choice.delta.content)
                 if choice is not None and choice.finish_reason:
                     stats.finish_reason = FinishReason.LENGTH if choice.finish_reason == "length" else FinishReason.STOP
                 if self._cancelled.is_set():
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    error = f"stopped after {engine.request_timeout:g} s (--request-timeout)"
+                    error = f"stopped after {backend.request_timeout:g} s (--request-timeout)"
                     stats.finish_reason = FinishReason.TIMEOUT
                     break
             if self._cancelled.is_set():
@@ -238,13 +239,13 @@ class _RemoteTurn:
             if self._cancelled.is_set():  # our own close() broke the read
                 stats.finish_reason = FinishReason.CANCELLED
             else:
-                error = describe_error(err, engine.base_url, engine.model_name, midway=chunks > 0)
+                error = describe_error(err, backend.base_url, backend.model_name, midway=chunks > 0)
                 kind = error_kind(err)
                 stats.finish_reason = FinishReason.ERROR
         finally:
             if self._stream is not None:
                 self._stream.close()  # Stop / closed tab: the server sees the disconnect and stops
-            engine._count(running=-1)
+            backend._count(running=-1)
             stats.finished_at = time.monotonic()
             # Servers that send usage (vLLM with include_usage) count tokens; otherwise one chunk
             # is one token, which is what vLLM, llama.cpp and Ollama stream.
@@ -265,7 +266,7 @@ class _RemoteTurn:
         if self._request.continue_last:  # vLLM's names; llama.cpp's server continues a final assistant turn itself
             extra.update(continue_final_message=True, add_generation_prompt=False)
         arguments: dict[str, Any] = {
-            "model": self._engine.model_name,
+            "model": self._backend.model_name,
             "messages": list(self._request.messages),
             "stream": True,
             "stream_options": {"include_usage": True},  # exact token counts where the server sends them

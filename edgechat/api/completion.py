@@ -17,16 +17,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from edgechat import openai_schema as schema
+from edgechat.api.errors import error_response, failure_error
 from edgechat.client import ChatClient
 from edgechat.metrics import ServingMetrics
-from edgechat.openai_schema import ApiError, ChatCall
+from edgechat.openai_schema import ChatCall
 from edgechat.reasoning import REASONING, ReasoningStream, split_reasoning
 from edgechat.runtime import Runtime
 from edgechat.types import (
     ChatEvent,
     Done,
     Failed,
-    FailKind,
     Generation,
     Queued,
     Text,
@@ -35,14 +35,13 @@ from edgechat.types import (
     TurnStats,
 )
 
-BUSY_RETRY_AFTER_S = 2  # the queue moves every answer; ask again soon
 KEEPALIVE = b": waiting\n\n"  # an SSE comment while queued: clients ignore it, a hang-up shows
 
 
-class Answer:
+class Completion:
     """One admitted chat completion: its ChatClient, its events, and the clean-up that runs
-    exactly once however the request ends (answered, refused, hung up). `error` answers an
-    ApiError (counted in `metrics`)."""
+    exactly once however the request ends (answered, refused, hung up). Errors are counted in
+    `metrics`."""
 
     def __init__(
         self,
@@ -50,8 +49,7 @@ class Answer:
         model: str,
         call: ChatCall,
         release: Callable[[], None],
-        session: Session,
-        error: Callable[[ApiError], JSONResponse],
+        cache_key: CacheKey,
         metrics: ServingMetrics,
         handout: str | None = None,
     ) -> None:
@@ -59,12 +57,11 @@ class Answer:
         self.rt = rt
         self.call = call
         self.release = release
-        self.session = session
-        self.error = error
+        self.cache_key = cache_key
         self.metrics = metrics
         self.model = model
         self.client = ChatClient(
-            rt.backend, rt.tokenizer, sampling=call.sampling, session=session.key, source="api", handout=handout
+            rt.backend, rt.tokenizer, sampling=call.sampling, cache_key=cache_key.key, source="api", handout=handout
         )
         self.generation = Generation(iter(()))  # until start(): nothing to cancel yet
         self._finished = False
@@ -79,7 +76,7 @@ class Answer:
         first = await self._watching(request, self._first)
         if first and isinstance(first[-1], Failed):  # refused, or broke before its first word: a status says why
             await self.finish()
-            return self.error(self._failure_error(first[-1]))
+            return error_response(failure_error(first[-1], self.rt.alive), self.metrics)
         if self.call.stream:
             return _Stream(self._sse(first), self.finish, self.generation.cancel)
         rest = await self._watching(request, lambda: list(self.generation))
@@ -88,7 +85,7 @@ class Answer:
         failed = next((e for e in events if isinstance(e, Failed)), None)
         done = next((e for e in events if isinstance(e, Done)), None)
         if failed is not None:
-            return self.error(self._failure_error(failed))
+            return error_response(failure_error(failed, self.rt.alive), self.metrics)
         stats = done.stats if done is not None else TurnStats()
         texts = [e for e in events if isinstance(e, Text)]
         tokens = [t for e in texts for t in e.logprobs]
@@ -146,7 +143,7 @@ class Answer:
                 for key, piece in split.flush() if split is not None else ():
                     yield _sse(schema.chunk(call, model, {key: piece}))
         if failed is not None:
-            err = self._failure_error(failed)
+            err = failure_error(failed, self.rt.alive)
             self.metrics.api_error(err.status)
             yield _sse(err.body())
         else:
@@ -155,21 +152,9 @@ class Answer:
                 yield _sse(schema.chunk(call, model, {}, last_usage=stats))
         yield b"data: [DONE]\n\n"
 
-    def _failure_error(self, failed: Failed) -> ApiError:
-        kind = FailKind.UNAVAILABLE if not self.rt.alive else failed.kind
-        if kind is FailKind.BUSY:
-            return ApiError(429, failed.message, code="server_busy", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
-        if kind is FailKind.TOO_LONG:
-            return ApiError(400, failed.message, param="messages", code="context_length_exceeded")
-        if kind is FailKind.BAD_REQUEST:
-            return ApiError(400, failed.message, param="messages")
-        if kind is FailKind.UNAVAILABLE:
-            return ApiError(503, failed.message, code="engine_down")
-        return ApiError(500, failed.message)
-
     async def finish(self) -> None:
         """Cancel (a no-op once ended), read the answer to its Done so it is counted, give back
-        the session key and the address's slot. Shielded: it runs to the end even when the
+        the cache key and the address's slot. Shielded: it runs to the end even when the
         request was cancelled."""
         if self._finished:
             return
@@ -177,11 +162,11 @@ class Answer:
         with anyio.CancelScope(shield=True):
             self.generation.cancel()
             await anyio.to_thread.run_sync(_drain, self.generation)
-            self.session.end(self.rt)
+            self.cache_key.end(self.rt)
             self.release()
 
 
-class Session:
+class CacheKey:
     """A conversation's cache key while one answer uses it; `in_flight` holds the keys in use
     (touched on the event loop only)."""
 
@@ -192,7 +177,7 @@ class Session:
         if self.keep:
             self.in_flight.discard(self.key)
         else:
-            rt.backend.forget_session(self.key)
+            rt.backend.forget_cache(self.key)
 
 
 class _Stream(StreamingResponse):
