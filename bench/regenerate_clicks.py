@@ -37,13 +37,30 @@ STOP_LIFE = """() => {
 }"""
 
 
-def hooks(trace: Path, slow_run_s: float) -> dict[str, str]:
+# Keeps a full run going `end_s` after its body: the click then lands while the run that drew the
+# finished answer (and its Regenerate) is still running, so the click's rerun stops that run.
+SLOW_END = """
+import sys, time
+if "streamlit" in sys.orig_argv[1:4]:
+    from streamlit.runtime.scriptrunner import script_runner
+    _exec = script_runner.exec_func_with_error_handling
+    def _late_end(func, ctx):
+        result = _exec(func, ctx)
+        if not ctx.fragment_ids_this_run and result[2] is None:  # a full run that ends, not a rerun
+            time.sleep({end_s})
+        return result
+    script_runner.exec_func_with_error_handling = _late_end
+"""
+
+
+def hooks(trace: Path, slow_run_s: float, slow_end_s: float) -> dict[str, str]:
     """PYTHONPATH for the server: one sitecustomize that loads harness/stalltrace's and, when asked,
-    harness/slowruns' (Python imports only the first sitecustomize on the path)."""
+    harness/slowruns' (Python imports only the first sitecustomize on the path) and SLOW_END."""
     folder = Path(tempfile.mkdtemp(prefix="edgechat-hooks-"))
     names = ["stalltrace"] + (["slowruns"] if slow_run_s > 0 else [])
     runs = "".join(f"runpy.run_path({str(REPO / 'harness' / n / 'sitecustomize.py')!r})\n" for n in names)
-    (folder / "sitecustomize.py").write_text("import runpy\n" + runs)
+    end = SLOW_END.format(end_s=slow_end_s) if slow_end_s > 0 else ""
+    (folder / "sitecustomize.py").write_text("import runpy\n" + runs + end)
     return {"PYTHONPATH": str(folder), "EDGECHAT_TRACE": str(trace), "EDGECHAT_SLOW_RUN_S": str(slow_run_s)}
 
 
@@ -91,11 +108,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--slow-run-s", type=float, default=0.0, help="delay every full script run (harness/slowruns)")
+    ap.add_argument("--slow-run-end-s", type=float, default=0.0, help="keep every full run going after its body")
     ap.add_argument("--question", default="What is 2+2?")
     args = ap.parse_args()
     trace = Path(tempfile.mkdtemp(prefix="edgechat-trace-")) / "trace.jsonl"
     server = Server("--temperature", "0", "--max-new-tokens", "800", "--context-length", "1024",
-                    "--max-running", "1", env=hooks(trace, args.slow_run_s))  # fmt: skip
+                    "--max-running", "1", env=hooks(trace, args.slow_run_s, args.slow_run_end_s))  # fmt: skip
     try:
         rows = clicks(server, args.clicks, args.question)
     finally:
@@ -107,14 +125,17 @@ def main() -> None:
         mine = [t for t in got if row["t"] - 0.05 <= t < end - 0.05]
         row["server_click_s"] = round(mine[0] - row.pop("t"), 3) if mine else None
         print(json.dumps(row))
+    how = [e.get("how") for e in events if e["ev"] == "rerun_request"]
     print(json.dumps({
         "clicks": len(rows),
+        "rerun_requests_that_stopped_a_running_run": how.count("stopped-old+new-runner"),
         "lost": sum(1 for r in rows if not r["answered"]),
         "server_got": sum(1 for r in rows if r["server_click_s"] is not None),
         "stop_missed_by_wait": sum(1 for r in rows if not r["wait_saw_stop"]),
         "stop_never_drawn": sum(1 for r in rows if not r["stop_ms"]),
         "shortest_stop_ms": min((m for r in rows for m in r["stop_ms"]), default=None),
         "slow_run_s": args.slow_run_s,
+        "slow_run_end_s": args.slow_run_end_s,
         "trace": str(trace),
     }))  # fmt: skip
 
