@@ -136,7 +136,7 @@ def main() -> None:
     handout_box(runtime, lang)
     presenter_qr(settings, lang)
     sidebar(runtime, conv, settings, lang, busy)
-    show_history(conv, runtime, lang, last_turn_actions)
+    answer_place = show_history(conv, runtime, lang, busy, last_turn_actions)  # the answer being written goes there
     ss.flash += [("warning", plain_text(message, max_chars=1000)) for message in conv.refusals]
     conv.refusals.clear()
     if conv.dropped:
@@ -149,8 +149,8 @@ def main() -> None:
     st.chat_input(t(lang, "ask"), key="prompt", disabled=busy, max_chars=settings.max_input_chars,
                   on_submit=lambda: act("ask", st.session_state.prompt))  # fmt: skip
     context_meter(conv, lang)
-    if busy:
-        follow_answer(conv, lang, stop)
+    if answer_place is not None:
+        follow_answer(conv, lang, answer_place, stop)
     tab_title(st.sidebar, "idle", lang, id(conv.answer))  # one that ended in a hidden tab: "✓ answered"
 
 

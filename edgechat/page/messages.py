@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from edgechat.conversation import Conversation
@@ -52,16 +53,22 @@ def message_body(record: dict[str, Any], runtime: Runtime, lang: str) -> None:
         st.caption(stats_line(record["stats"], lang))
 
 
-def show_history(conv: Conversation, runtime: Runtime, lang: str, actions: Callable[[Conversation, str], None]) -> None:
-    """Every message but the answer being written; the last answer gets its actions."""
-    records = conv.records[:-1] if conv.busy else list(conv.records)
+def show_history(
+    conv: Conversation, runtime: Runtime, lang: str, busy: bool, actions: Callable[[Conversation, str], None]
+) -> DeltaGenerator | None:
+    """Every message but the answer being written; the last answer gets its actions. While `busy`,
+    returns the place of the answer being written, right after the history: the run after the
+    answer ends draws the finished answer at that same place, so Streamlit replaces it there
+    instead of showing it twice (finished above the context meter, still streaming below it)."""
+    records = conv.records[:-1] if busy else list(conv.records)
     for i, record in enumerate(records):
         with st.chat_message(record["role"]):
             message_body(record, runtime, lang)
             if record["role"] == "assistant" and record["content"]:
                 copy_button(record["content"], key=f"copy_{i}", lang=lang)
-            if i == len(records) - 1 and record["role"] == "assistant" and not conv.busy:
+            if i == len(records) - 1 and record["role"] == "assistant" and not busy:
                 actions(conv, lang)
+    return st.empty() if busy else None
 
 
 def context_meter(conv: Conversation, lang: str) -> None:
@@ -76,7 +83,7 @@ def context_meter(conv: Conversation, lang: str) -> None:
     st.caption(t(lang, "meter", used=ss.meter_used, context=conv.client.backend.max_len))
 
 
-def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) -> None:
+def follow_answer(conv: Conversation, lang: str, place: DeltaGenerator, on_stop: Callable[[], None]) -> None:
     """Render the answer in progress until it ends. Every redraw is a point where Streamlit can
     end this run: for a rerun (Stop's callback, any widget; with runner.fastReruns a rerun stops
     this run and starts a new one, which follows the answer again) or because the page went away
@@ -85,7 +92,10 @@ def follow_answer(conv: Conversation, lang: str, on_stop: Callable[[], None]) ->
     assert answer is not None
     chat = conv.client.tokenizer  # a reasoning model's think part is shown apart while it streams
     thinks = chat is not None and chat.reasoning
-    with st.chat_message("assistant"):
+    # In a container of its own at `place`: a block of another type than the chat message drawn
+    # there before (the answer Regenerate replaces) or after (the finished answer) shares none of
+    # its elements, so no stale button of the old answer lingers while this one is written.
+    with place.container(), st.chat_message("assistant"):
         status, body = st.empty(), st.empty()
         st.button(t(lang, "stop"), key="stop", on_click=on_stop, help=t(lang, "stop_help"),
                   icon=":material/stop_circle:")  # fmt: skip

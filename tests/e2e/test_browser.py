@@ -30,8 +30,8 @@ def ask(page, text: str) -> None:  # noqa: ANN001
 
 def wait_answered(page, turns: int) -> None:  # noqa: ANN001
     """The `turns`-th answer is finished and drawn: its stats caption (tok/s) is shown, and the
-    page holds exactly its 2 x `turns` messages. The run that draws the finished answer into the
-    history ends by removing the copy that streamed below it; until then a reader sees one more."""
+    page holds exactly its 2 x `turns` messages (the finished answer replaces the streamed one in
+    place: test_answer_place.py)."""
     page.get_by_test_id("stChatMessage").filter(has_text="tok/s").nth(turns - 1).wait_for(timeout=ANSWER_TIMEOUT_MS)
     page.wait_for_function(
         "(n) => document.querySelectorAll('[data-testid=stChatMessage]').length === n", arg=2 * turns, timeout=60_000
