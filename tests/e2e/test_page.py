@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgechat.page.session import GONE_S
 from harness.browser import person_options
 from harness.servers import Server
 from tests.e2e.conftest import save_screenshot
@@ -75,9 +76,12 @@ def test_closing_a_tab_mid_answer_frees_the_engine_for_the_next_person(browser, 
     watcher.get_by_text("generating 1 · waiting 1").wait_for(timeout=30_000)
     writer_ctx.close()  # the tab closes mid-answer
     closed = time.monotonic()
-    watcher.get_by_text(re.compile(r"generating \d · waiting 0")).wait_for(timeout=5_000)
+    watcher.get_by_text(re.compile(r"generating \d · waiting 0")).wait_for(timeout=15_000)
     freed_s = time.monotonic() - closed
-    assert freed_s <= 2.0, f"the queue moved {freed_s:.1f} s after the tab closed"
+    # Freed by the closed websocket, not by the backstop that stops an answer GONE_S after the page's
+    # last sign of life: a 1 s margin below it (the watcher's panel refreshes once a second; on a
+    # loaded box the whole path took 2-3 s, so a tighter bound measured the box, not the page).
+    assert freed_s < GONE_S - 1.0, f"the queue moved {freed_s:.1f} s after the tab closed (backstop: {GONE_S} s)"
     wait_answered(waiter, 1)
     assert "4" in messages(waiter)[1]
     waiter_ctx.close()
