@@ -3,10 +3,10 @@
 `Policy` owns the state the scheduler's worker thread keeps: the waiting queue, the requests in
 service, the slots (engine sequences) and what their caches hold, idle sessions, the host-RAM
 cache of parked sessions, counters. Each step, `decide()` turns it into a `Plan` (finish cancelled
-and expired requests, admit waiting ones FIFO, park or evict idle caches for room, preempt when a
-KV pool runs out, pick the feeds) and `update()` folds what the engine did back in (tokens become
-events, requests finish). It sees the engine's facts only (sizes and capability flags, an
-`EngineFacts`), never the engine: every call into it is the scheduler's execute step.
+and expired requests, admit waiting ones FIFO, park or evict idle caches for room, pick the
+feeds) and `update()` folds what the engine did back in (tokens become events, requests finish).
+It sees the engine's facts only (sizes and capability flags, an `EngineFacts`), never the engine:
+every call into it is the scheduler's execute step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections import OrderedDict, deque
 from typing import Any
 
 from edgechat.kvcache import MIB, HostCache, ParkedState
-from edgechat.kvpool import KvPool
 from edgechat.prefixes import MIN_SHARED_TOKENS, is_pin
 from edgechat.sequences import Admit, EngineFacts, Feed, Outputs, Park, Plan, Request, Slot, Status, common_prefix
 from edgechat.sharing import Sharing
@@ -25,11 +24,10 @@ from edgechat.types import Failed, Finished, FinishReason, Queued, Token, TokenE
 
 log = logging.getLogger(__name__)
 
-ANSWER_ROOM = 16  # KV tokens a request must find free beyond its prompt to be admitted (pool engines)
 SEEN_SESSIONS = 4096  # sessions remembered to count re-prefilled turns
 
 
-class Policy(KvPool):
+class Policy:
     """Decide / update for one engine; see the module docstring."""
 
     def __init__(
@@ -37,15 +35,12 @@ class Policy(KvPool):
         engine: EngineFacts,
         *,
         max_running: int,
-        kv_budget_tokens: int,
         host: HostCache | None,
         session_ttl_s: float,
         share_prefixes: bool = True,
     ) -> None:
         self.engine = engine
         self.max_running = max_running
-        self.kv_budget_tokens = kv_budget_tokens
-        self.pool_limited = kv_budget_tokens < engine.max_sequences * engine.max_len
         self.session_ttl_s = session_ttl_s
         self.host = host
         self.sharing = Sharing(enabled=share_prefixes and engine.prefix_cache)
@@ -60,7 +55,7 @@ class Policy(KvPool):
         self._sources: set[Slot] = set()
         self._seen: OrderedDict[str, None] = OrderedDict()  # sessions that completed a turn
         self._rr = 0  # round-robin offset for engines that batch fewer than all running
-        self.counts = dict.fromkeys(("completed", "cancelled", "errors", "preemptions", "parks", "restore_failures"), 0)
+        self.counts = dict.fromkeys(("completed", "cancelled", "errors", "parks", "restore_failures"), 0)
         self.turns = dict.fromkeys(("reused", "restored", "reprefilled"), 0)
         self.service_s = 10.0  # moving average of a request's time in service, for queue ETAs
         self.outbox: list[tuple[Request, TokenEvent]] = []  # delivered once the step's stats are out
@@ -114,8 +109,6 @@ class Policy(KvPool):
         self.waiting.extendleft(reversed(waiting_for_prefix))
         self._report_queue()
         self._plan_feeds(plan)
-        if self.pool_limited:
-            self._fit_pool(plan, now)
         return plan
 
     def _place(self, request: Request, now: float, plan: Plan) -> Admit | None:
@@ -124,16 +117,16 @@ class Policy(KvPool):
         target = request.target()
         session = request.session
         idle = self.idle.pop(session, None) if session is not None else None
-        parked = request.resume
-        if idle is None and parked is None and session is not None and self.host is not None:
+        parked = None
+        if idle is None and session is not None and self.host is not None:
             parked = self.host.take(session)
         # Before any eviction: the least recently used cache may be the best source (then its
         # parked copy is the source: the scheduler saves it before this admit runs).
-        source = self.sharing.find(target, self._placed) if idle is None and request.resume is None else None
+        source = self.sharing.find(target, self._placed) if idle is None else None
         if source is not None and source.slot is not None:
             self._sources.add(source.slot)
         if idle is None and not self._free_sequence(plan):
-            if parked is not None and parked is not request.resume:
+            if parked is not None:
                 self.host.put(parked)  # type: ignore[union-attr] — not this step: back it goes
             return None
         if idle is not None:
@@ -141,7 +134,7 @@ class Policy(KvPool):
             kind = "reused"
         elif parked is not None:
             slot, restore = Slot(tokens=list(parked.tokens)), parked  # restored whole, then cut to `keep`
-            keep = min(common_prefix(parked.tokens, target), len(target) - (0 if parked is request.resume else 1))
+            keep = min(common_prefix(parked.tokens, target), len(target) - 1)
             kind = "restored"
             if keep == 0:  # nothing in common: not worth restoring
                 slot, restore = Slot(), None
@@ -154,20 +147,11 @@ class Policy(KvPool):
             slot, restore, keep, kind = Slot(tokens=list(source.held)), source.record, source.tokens, "shared"
         else:
             source = None
-        claim = len(target) + min(ANSWER_ROOM, request.max_new_tokens)
-        if not self._pool_room(claim, plan, exclude=idle):
-            if idle is not None:
-                self.idle[session] = idle  # type: ignore[index]
-                self.idle.move_to_end(session, last=False)  # type: ignore[arg-type]
-            elif parked is not None and parked is not request.resume:
-                self.host.put(parked)  # type: ignore[union-attr]
-            return None
         if source is not None and source.slot is not None and source.slot not in self.resident:
             if not any(park.slot is source.slot for park in plan.parks):  # evicted and dropped
                 slot, keep, kind, source = Slot(), 0, "fresh", None
-        if request.resume is None and session is not None and kind != "shared":
+        if session is not None and kind != "shared":
             self._count_turn(kind if keep else "fresh", session)
-        request.resume = None
         slot.session, slot.request, slot.last_used = session, request, now
         if slot not in self.resident:
             self.resident.append(slot)
@@ -185,7 +169,7 @@ class Policy(KvPool):
         return Admit(request, slot, keep, restore, share=source.slot if source else None)
 
     def _waits_for_prefix(self, request: Request) -> bool:
-        own = request.resume is not None or request.session in self.idle or request.session in (self.host or ())
+        own = request.session in self.idle or request.session in (self.host or ())
         return not own and self.sharing.should_wait(request, self._placed)
 
     def _unresident(self, slot: Slot) -> None:
@@ -206,6 +190,9 @@ class Policy(KvPool):
             return False
         self._evict(next(iter(self.idle)), plan)
         return True
+
+    def _kv_used(self) -> int:
+        return sum(len(s.tokens) for s in self.resident)
 
     def _evict(self, session: str, plan: Plan) -> None:
         """Free an idle slot: park its cache in host RAM when it will be kept, else drop it. A
@@ -268,10 +255,7 @@ class Policy(KvPool):
         """Fold the engine's outputs in; how many tokens were produced."""
         for park in plan.parks:
             data = out.saved.get(park)
-            if park.request is not None:
-                if data is not None:
-                    park.request.resume = ParkedState(park.request.session or "", park.tokens, data, now)
-            elif is_pin(park.session):
+            if is_pin(park.session):
                 if data is not None:
                     self.sharing.pin(ParkedState(park.session, park.tokens, data, now))  # type: ignore[arg-type]
             elif (
@@ -398,7 +382,7 @@ class Policy(KvPool):
             "idle_sessions": len(self.idle),
             "sequences_in_use": len(self.resident),  # to_release ones are free: the next step frees them
             "kv_tokens_used": self._kv_used(),
-            "kv_tokens_budget": self.kv_budget_tokens,
+            "kv_tokens_budget": self.engine.max_sequences * self.engine.max_len,
             "max_running": self.max_running,
             "max_sequences": self.engine.max_sequences,
             "context_per_answer": self.engine.max_len,

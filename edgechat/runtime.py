@@ -133,14 +133,11 @@ def pin_room_prefix(runtime: Runtime) -> RequestHandle | None:
     return runtime.backend.scheduler.pin(prefix)
 
 
-def _scheduler(
-    engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None, share_prefixes: bool = True
-) -> Scheduler:
+def _scheduler(engine: Any, settings: Settings, max_running: int | None, share_prefixes: bool = True) -> Scheduler:
     return Scheduler(
         engine,
         max_running=max_running,
         max_queue=settings.max_queue,
-        kv_budget_tokens=kv_budget,
         request_timeout_s=settings.request_timeout,
         host_cache_bytes=None if settings.host_cache is None else parse_host_cache(settings.host_cache),
         session_ttl_s=settings.session_ttl,
@@ -172,12 +169,11 @@ def _local(
     chat: ChatTokenizer,
     settings: Settings,
     max_running: int | None = None,
-    kv_budget: int | None = None,
     share_prefixes: bool = True,
 ) -> Runtime:
     info = {**engine.describe(), "template": chat.template.name}
     try:
-        scheduler = _scheduler(engine, settings, max_running, kv_budget, share_prefixes)
+        scheduler = _scheduler(engine, settings, max_running, share_prefixes)
     except ConfigError:
         engine.close()
         raise

@@ -5,7 +5,7 @@ Any number of threads `submit()` a prompt and iterate the returned `RequestHandl
 one worker thread runs the loop, shaped like vLLM's scheduler step:
 
     plan = policy.decide()   finish cancelled/expired, admit waiting, park or evict idle caches
-                             for room, preempt when a KV pool runs out, pick the feeds
+                             for room, pick the feeds
     out  = _execute(plan)    every engine call, in plan order
     policy.update(plan, out) sampled tokens become per-request events, requests finish
 
@@ -101,7 +101,6 @@ class Scheduler:
         *,
         max_running: int | None = None,
         max_queue: int = 64,
-        kv_budget_tokens: int | None = None,
         request_timeout_s: float | None = None,
         host_cache_bytes: int | None = None,
         session_ttl_s: float = DEFAULT_SESSION_TTL_S,
@@ -110,15 +109,11 @@ class Scheduler:
         share_prefixes: bool = True,
         start: bool = True,
     ) -> None:
-        """`kv_budget_tokens` below what the engine's sequences hold makes a shared pool (idle
-        caches are parked and the youngest answer preempted to stay within it); `clock` and
-        `available_ram` are injectable for tests; `share_prefixes=False` turns off prompt prefixes
+        """`clock` and `available_ram` are injectable for tests; `share_prefixes=False` turns off prompt prefixes
         shared across sessions (benches compare); `start=False` leaves the stepping to the caller."""
         self.engine = engine
         self.max_running = min(max_running or engine.max_sequences, engine.max_sequences)
         self.max_queue = max_queue
-        capacity = engine.max_sequences * engine.max_len
-        self.kv_budget_tokens = min(kv_budget_tokens or capacity, capacity)
         self.request_timeout_s = request_timeout_s
         self.failure: str | None = None
         self._clock = clock
@@ -134,7 +129,6 @@ class Scheduler:
         self._policy = Policy(
             EngineFacts.of(engine),
             max_running=self.max_running,
-            kv_budget_tokens=self.kv_budget_tokens,
             host=host,
             session_ttl_s=session_ttl_s,
             share_prefixes=share_prefixes,

@@ -2,7 +2,7 @@
 
 Plain data owned by the scheduler's worker thread (edgechat.scheduler); nothing here calls the
 engine. A request's KV target is `prompt + generated`: while its sequence holds less than all but
-the last of those tokens it is PREFILL (prompt chunks, or a recompute after preemption); once the
+the last of those tokens it is PREFILL (prompt chunks); once the
 sequence holds everything but the last generated token it is RUNNING and each step feeds that
 token.
 """
@@ -72,7 +72,6 @@ class Request:
     slot: Slot | None = None
     generated: list[int] = field(default_factory=list)
     last_position: int = -1  # last queue position reported
-    resume: ParkedState | None = None  # preempted: its own cache, parked in host RAM
 
     def target_len(self) -> int:
         return len(self.prompt) + len(self.generated)
@@ -89,13 +88,11 @@ class Request:
 
 @dataclass(eq=False)
 class Park:
-    """Copy a sequence's cache to host RAM, then free it: for the session's next turn (`session`)
-    or for a preempted request to resume from (`request`)."""
+    """Copy a sequence's cache to host RAM, then free it, for the session's next turn."""
 
     slot: Slot
     tokens: list[int]
-    session: str | None = None
-    request: Request | None = None
+    session: str
 
 
 @dataclass(eq=False)

@@ -146,10 +146,9 @@ class Sharing:
 
     def count(self, request: Request) -> None:
         """A request's prompt tokens, once admitted: from its own cache, from another's."""
-        if not request.generated:  # a preempted request coming back was counted once
-            self.tokens["reused"] += request.stats.reused_tokens
-            self.tokens["shared"] += request.stats.shared_tokens
-            self.turns_shared += request.stats.shared_tokens > 0
+        self.tokens["reused"] += request.stats.reused_tokens
+        self.tokens["shared"] += request.stats.shared_tokens
+        self.turns_shared += request.stats.shared_tokens > 0
 
     def figures(self, resident_pins: Sequence[Slot]) -> dict[str, float]:
         """The counters, and the pinned prefixes: parked ones and `resident_pins` (in a sequence)."""

@@ -49,7 +49,6 @@ LAYERS: dict[str, int] = {
     "edgechat.prefixes": 1,  # block-hash index of token prefixes
     "edgechat.sequences": 2,
     "edgechat.sharing": 3,  # prefixes shared across sessions, pinned prefixes
-    "edgechat.kvpool": 3,  # the policy's KV pool: admission by tokens, preemption
     "edgechat.policy": 4,
     "edgechat.scheduler": 5,
     "edgechat.backend": 6,

@@ -1,5 +1,5 @@
 """Scheduler policy on the deterministic FakeEngine, stepped by hand with an injected clock: FIFO,
-LRU parking, restore and its fallback, the KV pool and preemption, chunked and multi-newcomer
+LRU parking, restore and its fallback, chunked and multi-newcomer
 prefill, timeouts, cancel, expiry. No threads, no sleeps: every test is a fixed sequence of steps.
 Product behaviour (real answers) is tested on llama.cpp in test_scheduler.py."""
 
@@ -238,28 +238,6 @@ def test_forget_session_drops_its_cache_wherever_it_is(fake) -> None:  # noqa: A
     assert handle.stats.reused_tokens == 0 and sched.stats()["turns_reprefilled"] == 0  # New chat: not a miss
 
 
-def test_full_kv_pool_preempts_the_youngest_and_everyone_finishes() -> None:
-    engine = FakeEngine(max_sequences=3, max_len=64, pool_tokens=70)
-    sched, _, _ = build(engine, kv_budget_tokens=70)
-    long = SamplingParams(temperature=0, max_new_tokens=30)
-    handles = [sched.submit(prompt(10, i), long, NO_STOP) for i in range(3)]  # 3 x 40 > 70 at the end
-    run(sched)
-    assert [answer(h) for h in handles] == [expected_answer(prompt(10, i), 30) for i in range(3)]
-    stats = sched.stats()
-    assert stats["preemptions"] >= 1 and stats["errors"] == 0
-    assert any(c[0] == "restore" and c[3] for c in engine.calls)  # parked and resumed, not recomputed
-
-
-def test_preempted_request_is_recomputed_when_it_cannot_be_parked() -> None:
-    engine = FakeEngine(max_sequences=3, max_len=64, pool_tokens=70)
-    sched, _, _ = build(engine, kv_budget_tokens=70, available_ram=lambda: 0)
-    long = SamplingParams(temperature=0, max_new_tokens=30)
-    handles = [sched.submit(prompt(10, i), long, NO_STOP) for i in range(3)]
-    run(sched)
-    assert [answer(h) for h in handles] == [expected_answer(prompt(10, i), 30) for i in range(3)]
-    assert sched.stats()["preemptions"] >= 1 and not any(c[0] == "restore" for c in engine.calls)
-
-
 def test_timeout_by_the_clock_stops_and_frees() -> None:
     sched, engine, clock = build(request_timeout_s=5)
     handle = sched.submit(prompt(5), SamplingParams(temperature=0, max_new_tokens=100), NO_STOP)
@@ -328,7 +306,7 @@ def test_stats_report_kv_use_and_the_keys_the_page_reads(fake) -> None:  # noqa:
     for key in (
         "running", "prefilling", "waiting", "aggregate_tps", "kv_tokens_used", "kv_tokens_budget",
         "sequences_in_use", "idle_sessions", "completed", "cancelled", "errors", "refused", "alive",
-        "sessions_cached", "sessions_parked", "parked_mib", "turns_restored", "turns_reprefilled", "preemptions",
+        "sessions_cached", "sessions_parked", "parked_mib", "turns_restored", "turns_reprefilled",
     ):  # fmt: skip
         assert key in stats, key
     assert stats["kv_tokens_used"] == 17 and stats["kv_tokens_budget"] == 4 * 256 and stats["alive"] is True
