@@ -99,13 +99,15 @@ class Park:
 class Admit:
     """Give a waiting request a sequence: a new one (opened in execute), or its session's idle one;
     keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM,
-    or copying the cache of `share` (another session's sequence) first (edgechat.sharing)."""
+    or copying the cache of `share` (another session's sequence) first (edgechat.sharing). `kind`
+    says where the kept tokens come from: reused, restored, shared or fresh (nothing kept)."""
 
     request: Request
     slot: Slot
     keep: int
     restore: ParkedState | None = None
     share: Slot | None = None
+    kind: str = "fresh"
 
 
 @dataclass(eq=False)

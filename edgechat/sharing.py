@@ -1,4 +1,4 @@
-"""The room's shared prefixes, as the scheduler's policy sees them (edgechat.prefixes does the
+"""The room's shared prefixes, as edgechat.room sees them (edgechat.prefixes does the
 indexing): which cache a newcomer's prompt can start from, whether a prefix it wants is being
 prefilled right now, the room's pinned prefixes, and the prompt-token counters.
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from edgechat.stats import ChipLoad, EngineTimings
 from edgechat.types import SamplingParams
 
 VOCAB = 997
@@ -154,6 +155,12 @@ class FakeEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_path, "context_length": self.max_len}
+
+    def timings(self) -> EngineTimings | None:
+        return None
+
+    def chip_load(self) -> tuple[ChipLoad, ...]:
+        return ()
 
     def close(self) -> None:
         self._cache.clear()

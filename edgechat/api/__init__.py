@@ -41,6 +41,7 @@ from edgechat.errors import ConfigError
 from edgechat.metrics import ServingMetrics, process_metrics
 from edgechat.openai_schema import ApiError, ChatCall
 from edgechat.runtime import Runtime, current_runtime, shared_runtime
+from edgechat.stats import BackendStats
 from edgechat.types import Message
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,9 @@ class OpenAIApi:
 
     # ---- probes ----
 
-    def engine_stats(self) -> dict[str, Any] | None:
+    def engine_stats(self) -> BackendStats | None:
         rt = self.current()
-        return None if rt is None else {**rt.backend.stats(), "alive": rt.alive}
+        return None if rt is None else dataclasses.replace(rt.backend.stats(), alive=rt.alive)
 
     def engine_info(self) -> dict[str, Any] | None:
         rt = self.current()

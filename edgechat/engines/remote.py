@@ -21,6 +21,7 @@ import httpx2
 import openai
 
 from edgechat.errors import ConfigError
+from edgechat.stats import BackendStats
 from edgechat.types import (
     ChatEvent,
     ChatRequest,
@@ -146,16 +147,10 @@ class RemoteEngine:
         finally:
             self._health_check.release()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BackendStats:
         """This process's view (the server's queue is its own): streams open, recent tok/s."""
         with self._lock:
-            return {
-                "running": self._running,
-                "prefilling": 0,
-                "waiting": 0,
-                "aggregate_tps": self._rate.per_second(time.monotonic()),
-                "alive": True,
-            }
+            return BackendStats(running=self._running, aggregate_tps=self._rate.per_second(time.monotonic()))
 
     @property
     def alive(self) -> bool:

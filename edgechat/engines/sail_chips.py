@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from edgechat.engines.sail import DEFAULT_PROMPT_SHARE, SailEngine, load_sail
 from edgechat.engines.sail_api import ChipError, check_dev_ids, first_line, import_sail
 from edgechat.errors import ConfigError
+from edgechat.stats import ChipLoad, EngineTimings
 from edgechat.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -258,12 +259,12 @@ class ChipsEngine:
         if chip.engine is not None:
             chip.engine.release(local)
 
-    def chip_load(self) -> list[dict[str, Any]]:
+    def chip_load(self) -> tuple[ChipLoad, ...]:
         """Per TPU: in service or why not, sequences in use, KV slots (the server panel, /metrics)."""
-        return [
-            {"tpu": c.dev_id, "alive": c.alive, "busy": len(c.busy), "slots": c.slots, "problem": c.problem}
-            for c in self.chips
-        ]
+        return tuple(ChipLoad(c.dev_id, c.alive, len(c.busy), c.slots, c.problem) for c in self.chips)
+
+    def timings(self) -> EngineTimings | None:
+        return None
 
     def describe(self) -> dict[str, Any]:
         live = [c for c in self.chips if c.alive]
