@@ -31,7 +31,7 @@ from typing import Any
 import openai
 
 from bench.api import over_http, room
-from edgechat.config import default_model_path
+from edgechat.config_values import default_model_path
 from harness.peer import LlamaServer, cpu_seconds
 from harness.servers import Server
 

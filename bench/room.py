@@ -296,7 +296,7 @@ def parking(turns: int, tokens: int) -> dict:
         "reused_tokens": restored.reused_tokens,
         "ftl_restored_s": round(restored.first_token_s or 0, 3),
         "ftl_reprefilled_s": round(fresh.last_stats.first_token_s or 0, 3),
-        "turns_restored": stats["turns_restored"],
+        "turns_restored": stats.scheduler.turns_restored,
         "cache_tokens": len(ids),
         "state_mib": round(len(data) / 2**20, 2),
         "save_ms": round(save_s * 1000, 2),
