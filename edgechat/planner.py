@@ -2,8 +2,9 @@
 
 `Planner` keeps the waiting queue, the requests in service, the answers' counters and the turn
 counts; every KV cache is the room's (edgechat.room), which the planner asks for a sequence. Each
-step, `decide()` turns that state into a `Plan` (finish cancelled and expired requests, admit
-waiting ones FIFO where the room places them, pick the feeds) and `update()` folds what the engine
+step, `decide()` turns that state into a `Plan` (finish cancelled and expired requests, take a
+place back from an answer whose time slice is up while people wait, admit waiting ones FIFO where
+the room places them, pick the feeds) and `update()` folds what the engine
 did back in (tokens become events, requests finish). It sees the engine's facts only (sizes and
 capability flags, an `EngineFacts`), never the engine: every call into it is the scheduler's
 execute step. In vLLM's terms this is the Scheduler's schedule() / update_from_output(), the room
@@ -31,15 +32,16 @@ SEEN_SESSIONS = 4096  # sessions remembered to count re-prefilled turns
 class Planner:
     """Decide / update for one engine; see the module docstring."""
 
-    def __init__(self, engine: EngineFacts, room: Room, *, max_running: int) -> None:
+    def __init__(self, engine: EngineFacts, room: Room, *, max_running: int, time_slice: int = 0) -> None:
         self.engine = engine
         self.room = room
         self.max_running = max_running
+        self.time_slice = time_slice  # tokens per turn on a sequence while people wait; 0 = FIFO
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []  # PREFILL or RUNNING, in admission order (last = youngest)
         self._seen: OrderedDict[str, None] = OrderedDict()  # sessions that completed a turn
         self._rr = 0  # round-robin offset for engines that batch fewer than all running
-        self.counts = dict.fromkeys(("completed", "cancelled", "errors", "restore_failures"), 0)
+        self.counts = dict.fromkeys(("completed", "cancelled", "errors", "restore_failures", "slices"), 0)
         self.turns = dict.fromkeys(("reused", "restored", "reprefilled"), 0)
         self.service_s = 10.0  # moving average of a request's time in service, for queue ETAs
         self.outbox: list[tuple[Request, TokenEvent]] = []  # delivered once the step's stats are out
@@ -77,6 +79,7 @@ class Planner:
                 self._finish(request, request.cancel_reason, now, plan)
             elif request.deadline is not None and now > request.deadline:
                 self._finish(request, FinishReason.TIMEOUT, now, plan)
+        sliced = self._slice(plan)  # back in line after this step's admits: round-robin
         waiting_for_prefix: list[Request] = []  # stay in line while someone prefills their prefix
         while self.waiting and len(self.active) < self.max_running:
             if self.room.waits_for_prefix(self.waiting[0]):
@@ -88,18 +91,48 @@ class Planner:
             self.waiting.popleft()
             plan.admits.append(admit)
         self.waiting.extendleft(reversed(waiting_for_prefix))
+        self.waiting.extend(sliced)
         self._report_queue()
         self._plan_feeds(plan)
         return plan
+
+    def _slice(self, plan: Plan) -> list[Request]:
+        """Time slicing (--time-slice): while more people wait than there are free places, an
+        answer that has made `time_slice` tokens since it got its sequence gives it up: the room
+        parks its cache in host RAM (restored whole when its turn comes round again) and it goes
+        to the back of the line, so a newcomer's first token waits for a slice, not for whole
+        answers. The longest-running slices go first. Only answers whose next token the cache
+        alone decides (`SamplingParams.stateless`) and whose cache host RAM can take now: the
+        others keep their place (a sampler's state or a recompute is not worth a slice)."""
+        waiting = len(self.waiting) - (self.max_running - len(self.active))
+        if self.time_slice <= 0 or waiting <= 0:
+            return []
+        due = [
+            r
+            for r in self.active
+            if r.status is Status.RUNNING
+            and len(r.generated) - r.slice_start >= self.time_slice
+            and r.sampling.stateless
+            and self.room.can_park(r.slot)  # type: ignore[arg-type]
+        ]
+        due.sort(key=lambda r: r.slice_start - len(r.generated))  # stable: oldest admit first among equals
+        sliced = due[:waiting]
+        for request in sliced:
+            self.active.remove(request)
+            self.room.park_answer(request, plan)
+            request.slot, request.status = None, Status.WAITING
+        self.counts["slices"] += len(sliced)
+        return sliced
 
     def _place(self, request: Request, now: float, plan: Plan) -> Admit | None:
         """The room places `request` (None: no sequence this step); it goes into service."""
         admit = self.room.place(request, now, plan)
         if admit is None:
             return None
-        if request.session is not None and admit.kind != "shared":
+        if request.session is not None and admit.kind not in ("shared", "resumed"):  # a resume is no turn
             self._count_turn(admit.kind, request.session)
         request.slot = admit.slot
+        request.slice_start = len(request.generated)
         if request.stats.started_at is None:
             shared = admit.kind == "shared"
             request.stats.started_at = now
@@ -153,7 +186,7 @@ class Planner:
             self.room.sharing.cut(admit.slot)
             if request in out.restore_failed:
                 self.counts["restore_failures"] += 1
-                if not request.stats.shared_tokens:  # a shared record is not the session's turn
+                if admit.kind == "restored":  # a shared record or a sliced answer's is not a turn
                     self.turns["restored"] -= 1
                     self.turns["reprefilled"] += 1
                 log.warning("restoring a parked cache failed: request %d re-prefills", request.id)

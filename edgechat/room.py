@@ -12,7 +12,9 @@ scheduler owns what the sequences and host RAM hold:
 - prefixes shared across sessions and the room's pinned prefix (edgechat.sharing).
 
 `place` gives a request a sequence (its idle one, a restored one, a copy of a shared prefix, or a
-fresh one); `keep_idle`, `release`, `drop` and `expire` end a cache's stay; `parked` folds the
+fresh one); `keep_idle`, `release`, `drop` and `expire` end a cache's stay; `park_answer` takes a
+sequence back from a running answer (time slicing), its cache parked for that answer to resume
+from, whole, when it is placed again; `parked` folds the
 saved bytes of a step's parks back in; `stats` returns a typed `RoomStats`. The planner
 (edgechat.planner) asks the room and never touches a cache itself; the scheduler makes every
 engine call the plan names. Only the scheduler's worker thread uses a Room.
@@ -123,19 +125,26 @@ class Room:
         """A sequence for `request`: its session's idle one, one restored from host RAM, a copy of
         a shared prefix, or a fresh one (parking or evicting the least recently used idle cache
         for it); None when every sequence is busy. A parked cache leaves host RAM only once the
-        request is placed."""
+        request is placed. A time-sliced answer goes on from its own parked cache, restored whole."""
         target = request.target()
         session = request.session
-        idle = self.idle.pop(session, None) if session is not None else None
-        parked = self.host.get(session) if idle is None and session is not None and self.host is not None else None
+        resume = request.resume
+        idle = self.idle.pop(session, None) if session is not None and resume is None else None
+        parked = None
+        if idle is None and resume is None and session is not None and self.host is not None:
+            parked = self.host.get(session)
         # Before any eviction: the least recently used cache may be the best source (then its
         # parked copy is the source: the scheduler saves it before this admit runs).
-        source = self.sharing.find(target, self._placed) if idle is None else None
+        source = self.sharing.find(target, self._placed) if idle is None and resume is None else None
         if source is not None and source.slot is not None:
             self._sources.add(source.slot)
         if idle is None and not self._free_sequence(plan):
             return None
-        if idle is not None:
+        if resume is not None:
+            slot, restore, kind = Slot(tokens=list(resume.tokens)), resume, "resumed"
+            keep = common_prefix(resume.tokens, target)
+            request.resume = None
+        elif idle is not None:
             slot, restore, keep = idle, None, min(common_prefix(idle.tokens, target), len(target) - 1)
             kind = "reused"
         elif parked is not None:
@@ -166,7 +175,8 @@ class Room:
 
     def waits_for_prefix(self, request: Request) -> bool:
         """A newcomer without a cache of its own whose prefix someone is prefilling right now."""
-        return not self.owns_cache(request.session) and self.sharing.should_wait(request, self._placed)
+        own = request.resume is not None or self.owns_cache(request.session)
+        return not own and self.sharing.should_wait(request, self._placed)
 
     def _free_sequence(self, plan: Plan) -> bool:
         """Whether an admit this step can open a sequence, evicting an idle cache if needed."""
@@ -191,6 +201,22 @@ class Room:
             plan.parks.append(Park(slot, list(slot.tokens), session=session))
         else:
             plan.releases.append(slot)
+
+    def can_park(self, slot: Slot) -> bool:
+        """Whether host RAM can take `slot`'s cache now (else taking its sequence back would mean
+        reading the answer again: time slicing does not do that)."""
+        held = len(slot.tokens) * self.engine.kv_bytes_per_token
+        return self.host is not None and held > 0 and self.host.can_take(held)
+
+    def park_answer(self, request: Request, plan: Plan) -> None:
+        """Time slicing: take `request`'s sequence back mid-answer. Its cache is parked for the
+        request itself (`request.resume`, set by `parked`), outside the sessions' LRU, and `place`
+        restores it whole when the request's turn comes round again."""
+        slot = request.slot
+        assert slot is not None and slot.seq >= 0
+        self._unresident(slot)
+        self.sharing.settled(request)
+        plan.parks.append(Park(slot, list(slot.tokens), session=request.session or "", request=request))
 
     def keep_idle(self, slot: Slot, session: str, now: float, plan: Plan | None) -> None:
         """A finished answer's cache stays in its sequence for the session's next turn."""
@@ -237,9 +263,11 @@ class Room:
         for park in plan.parks:
             data = out.saved.get(park)
             if data is None:
-                continue
+                continue  # a sliced answer without its bytes re-reads its prompt and answer so far
             state = ParkedState(park.session, park.tokens, data, now)
-            if is_pin(park.session):
+            if park.request is not None:
+                park.request.resume = state
+            elif is_pin(park.session):
                 self.sharing.pin(state)
             elif self.host is not None and self.host.put(state):
                 self.parks += 1

@@ -110,10 +110,14 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         available_ram: Callable[[], int | None] = lambda: meminfo_bytes("MemAvailable"),
         share_prefixes: bool = True,
+        time_slice: int = 0,
         start: bool = True,
     ) -> None:
         """`clock` and `available_ram` are injectable for tests; `share_prefixes=False` turns off prompt prefixes
-        shared across sessions (benches compare); `start=False` leaves the stepping to the caller."""
+        shared across sessions (benches compare); `time_slice` > 0 parks an answer after that many
+        tokens while people wait and every place is busy (--time-slice, which the runtime passes;
+        0 here, so a scheduler built by hand serves first come, first served unless it asks);
+        `start=False` leaves the stepping to the caller."""
         self.engine = engine
         self.max_running = min(max_running or engine.max_sequences, engine.max_sequences)
         self.max_queue = max_queue
@@ -133,7 +137,7 @@ class Scheduler:
             available_ram=available_ram,
             share_prefixes=share_prefixes,
         )
-        self._planner = Planner(facts, room, max_running=self.max_running)
+        self._planner = Planner(facts, room, max_running=self.max_running, time_slice=time_slice)
         self._pins = itertools.count(1)
         self._ids = itertools.count(1)
         self._rate = TokenRate()

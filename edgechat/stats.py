@@ -74,6 +74,7 @@ class SchedulerStats:
     cancelled: int = 0
     errors: int = 0
     restore_failures: int = 0  # parked caches the engine rejected (those turns re-prefilled)
+    slices: int = 0  # answers that lent their sequence to someone waiting (--time-slice)
     turns_reused: int = 0  # turns that went on from their cache in a sequence
     turns_restored: int = 0  # ... restored from host RAM
     turns_reprefilled: int = 0  # turns of a known conversation that read their whole prompt again

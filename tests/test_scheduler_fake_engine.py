@@ -328,16 +328,20 @@ def test_stats_report_kv_use_the_layout_and_one_idle_cache(fake) -> None:  # noq
     assert room.sessions_cached == 1 and room.sequences_in_use == 1 and stats.scheduler.completed == 1
 
 
+@pytest.mark.parametrize("time_slice", [0, 3])
 @pytest.mark.parametrize("head", [0, 64])
 @pytest.mark.parametrize("seed", range(12))
-def test_random_traffic_keeps_every_cache_record_exact(seed: int, head: int) -> None:
+def test_random_traffic_keeps_every_cache_record_exact(seed: int, head: int, time_slice: int) -> None:
     """Questions, follow-ups that share some or none of the cache, Stop, New chat and expiry in a
     random order: after every step the scheduler's record of each sequence equals what the engine
     holds, so every keep, park and restore is planned on the truth. With `head`, every new chat
     starts with the same tokens (a room's system prompt): sources are copied, parked, restored and
-    rewritten too, and every answer is still the one its prompt gets alone."""
+    rewritten too, and every answer is still the one its prompt gets alone. With `time_slice`,
+    answers are also parked mid-way and resumed whenever people wait (issue 29)."""
     rng = random.Random(seed)
-    sched, engine, clock = build(FakeEngine(max_sequences=3, max_len=400, prefill_chunk=16), session_ttl_s=30)
+    sched, engine, clock = build(
+        FakeEngine(max_sequences=3, max_len=400, prefill_chunk=16), session_ttl_s=30, time_slice=time_slice
+    )
     history: dict[str, list[int]] = {f"s{i}": [] for i in range(6)}
     live: dict[str, tuple[RequestEvents, list[int], list[int]]] = {}
     for _ in range(250):
@@ -372,6 +376,7 @@ def test_random_traffic_keeps_every_cache_record_exact(seed: int, head: int) -> 
                 del live[name]
     assert sched.stats().scheduler.errors == 0 and sched.stats().scheduler.restore_failures == 0
     assert (sched.stats().scheduler.room.turns_shared > 0) == (head > 0)
+    assert (sched.stats().scheduler.slices > 0) == (time_slice > 0)
 
 
 # ---- prompt prefixes shared across sessions (issue 25) ----
