@@ -96,7 +96,14 @@ class Settings:
     )  # fmt: skip
     max_running: int | None = option(
         None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot, per chip); more wait "
-        "in a FIFO queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
+        "in line, first come first served, taking turns by --time-slice", "serving", minimum=1, maximum=256,
+        shown_default="16 (llama.cpp), 2 (TPU)",
+    )  # fmt: skip
+    time_slice: int = option(
+        16, "tokens an answer makes before it lends its place to someone waiting, while people wait and every "
+        "place is busy: it is parked in host RAM and goes on, unchanged, when its turn comes round again (greedy "
+        "answers without penalties or a grammar; others keep their place); 0 = first come, first served",
+        "serving", minimum=0, maximum=1 << 20,
     )  # fmt: skip
     max_prompt_share: float = option(
         0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",
@@ -345,17 +352,7 @@ def parse_settings(
         if many:  # nargs="+" of lists: flatten `0,1` and `0 1`
             ns[name] = tuple(item for part in ns[name] for item in (part if isinstance(part, list) else [part]))
         ns[name] = _checked(name, ns[name])
-    if ns["password"] == "":
-        ns["password"] = None
-    if ns["backend"] == "openai" and not ns["base_url"]:
-        raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
-    if (ns["tls_cert"] is None) != (ns["tls_key"] is None):
-        raise ConfigError("--tls-cert and --tls-key go together: the certificate and its private key (PEM files)")
-    if ns["tls_cert"] is not None:
-        ns["tls"] = True
-    if not ns["dev_ids"]:
-        raise ConfigError("--dev_ids needs at least one TPU id")
-    return Settings(**ns)
+    return Settings(**values.together(ns))
 
 
 def markdown_tables() -> str:

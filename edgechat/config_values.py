@@ -1,6 +1,6 @@
 """Settings' values from text, checked: sizes, the handout file, web origins, a server's base URL,
-and where the embedded default model is. edgechat.config declares each setting with one of these
-as its check; the runtime converts sizes with them once the model is loaded.
+the checks across settings, and where the embedded default model is. edgechat.config declares each
+setting with one of these as its check; the runtime converts sizes with them once the model is loaded.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from edgechat.errors import ConfigError
@@ -68,6 +69,21 @@ def normalize_base_url(url: str) -> str:
         raise ConfigError(f"--base-url {url!r}: the port is not a number in 1..65535") from None
     path = parts.path.rstrip("/") or "/v1"
     return parts._replace(path=path, query="", fragment="").geturl()
+
+
+def together(ns: dict[str, Any]) -> dict[str, Any]:
+    """The checks that read several parsed settings at once (`ns`: field name -> value)."""
+    if ns["password"] == "":
+        ns["password"] = None
+    if ns["backend"] == "openai" and not ns["base_url"]:
+        raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
+    if (ns["tls_cert"] is None) != (ns["tls_key"] is None):
+        raise ConfigError("--tls-cert and --tls-key go together: the certificate and its private key (PEM files)")
+    if ns["tls_cert"] is not None:
+        ns["tls"] = True
+    if not ns["dev_ids"]:
+        raise ConfigError("--dev_ids needs at least one TPU id")
+    return ns
 
 
 def default_model_path() -> Path:

@@ -74,6 +74,8 @@ STATS_COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Turns of a known conversation that re-read their whole prompt."),
     ("sessions_dropped", "scheduler.room.sessions_dropped",
      "Parked KV caches dropped for room (their next turn re-reads)."),
+    ("time_slices", "scheduler.slices",
+     "Answers that lent their sequence to someone waiting after --time-slice tokens (parked, resumed later)."),
     ("turns_shared", "scheduler.room.turns_shared",
      "Turns that started from a copy of another conversation's prompt prefix."),
     ("engine_prompt_tokens_prefilled", "scheduler.room.prompt_tokens_prefilled",
