@@ -54,7 +54,7 @@ def handout(words: int = 600) -> str:
 
 
 ENGINE_COUNTERS = (
-    "parks", "turns_reused", "turns_restored", "turns_reprefilled", "restore_failures", "turns_shared",
+    "parks", "turns_reused", "turns_restored", "turns_reprefilled", "restore_failures", "slices", "turns_shared",
     "prompt_tokens_reused", "prompt_tokens_shared", "prompt_tokens_prefilled",
 )  # fmt: skip
 
