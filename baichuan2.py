@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 from edgechat.backend import Backend
@@ -141,7 +142,7 @@ def interactive(conversation: Conversation, saved: SavedChat | None) -> SavedCha
         if command == "exit":
             break
         if command == "stats":
-            print(json.dumps(conversation.client.backend.stats(), indent=1))
+            print(json.dumps(asdict(conversation.client.backend.stats()), indent=1))
             continue
         if command == "clear":
             saved = new_chat(conversation, saved)

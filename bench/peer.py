@@ -31,7 +31,7 @@ from typing import Any
 import openai
 
 from bench.api import over_http, room
-from edgechat.config import default_model_path
+from edgechat.config_values import default_model_path
 from harness.peer import LlamaServer, cpu_seconds
 from harness.servers import Server
 
@@ -41,7 +41,7 @@ SLOTS = {"16": 16, "8": 8}
 PROFILE_KEYS = (
     "steps", "step_s", "step_cpu_s", "decode_s", "cache_moves", "cache_moves_s", "sampling_s",
     "generation_tokens", "engine_prompt_tokens_prefilled", "turns_reused", "turns_restored", "turns_reprefilled",
-    "sessions_dropped",
+    "sessions_dropped", "slices",
 )  # fmt: skip
 EDGECHAT_SERIES = {
     "scheduler_steps_total": "steps", "scheduler_step_seconds_total": "step_s",
@@ -51,6 +51,7 @@ EDGECHAT_SERIES = {
     "engine_prompt_tokens_prefilled_total": "engine_prompt_tokens_prefilled",
     "turns_reused_total": "turns_reused", "turns_restored_total": "turns_restored",
     "turns_reprefilled_total": "turns_reprefilled", "sessions_dropped_total": "sessions_dropped",
+    "time_slices_total": "slices",
 }  # fmt: skip
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgechat.engines.llamacpp import LlamaCppEngine  # noqa: E402, I001 — first: it sets OMP_WAIT_POLICY
+from edgechat.engines.llamacpp import LlamaCppEngine, LlamaCppModel  # noqa: E402, I001 — first: it sets OMP_WAIT_POLICY
 
 import llama_cpp as lc  # noqa: E402
 
-from edgechat.config import default_model_path  # noqa: E402
+from edgechat.config_values import default_model_path  # noqa: E402
 from edgechat.templates import template_for_gguf, ChatTokenizer  # noqa: E402
 from edgechat.tokenizers.gguf import GgufTokenizer  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
@@ -143,7 +143,9 @@ def main() -> None:
     parser.add_argument("--engine-ubatches", default="63,256", help="the engine's --ubatch values to compare")
     args = parser.parse_args()
     engines = {
-        int(u): LlamaCppEngine(default_model_path(), context_length=CONTEXT, max_sequences=2, ubatch=int(u))
+        int(u): LlamaCppEngine(
+            LlamaCppModel(default_model_path()), context_length=CONTEXT, max_sequences=2, ubatch=int(u)
+        )
         for u in args.engine_ubatches.split(",")
     }
     engine = engines[min(engines)]

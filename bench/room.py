@@ -11,6 +11,8 @@ two 50-second runs of the same flags differed by 8–16 % on this shared 2-core 
   c  tight: KV for 8 full contexts, U people             --kv-budget 8*ctx
   d  2U people on the tight KV                            --kv-budget 8*ctx
   c8 (shown, no target) the tight KV as 8 full contexts  --kv-budget 8*ctx --max-running 8
+     (with the default --time-slice: the second eight people get a place a slice after the first)
+  c8f, c8s8, c8s32 (issue 29, shown) c8 with --time-slice 0 (first come, first served), 8 and 32
   e  a room that shares its context (issue 25): E people join 0.75 s apart, every system prompt
      the same 600-word handout, 2 turns x 64 tokens, defaults; run with prompt prefixes shared
      across sessions and without (a bench-only switch), then the prefix lookup's cost with 200
@@ -78,6 +80,10 @@ def configurations(people: int) -> dict[str, tuple[int, list[str]]]:
         "c": (people, [*ctx, "--kv-budget", tight]),
         "d": (2 * people, [*ctx, "--kv-budget", tight]),
         "c8": (people, [*ctx, "--kv-budget", tight, "--max-running", "8"]),
+        **{
+            f"c8{name}": (people, [*ctx, "--kv-budget", tight, "--max-running", "8", "--time-slice", quantum])
+            for name, quantum in (("f", "0"), ("s8", "8"), ("s32", "32"))
+        },
     }
 
 
@@ -296,7 +302,7 @@ def parking(turns: int, tokens: int) -> dict:
         "reused_tokens": restored.reused_tokens,
         "ftl_restored_s": round(restored.first_token_s or 0, 3),
         "ftl_reprefilled_s": round(fresh.last_stats.first_token_s or 0, 3),
-        "turns_restored": stats["turns_restored"],
+        "turns_restored": stats.scheduler.turns_restored,
         "cache_tokens": len(ids),
         "state_mib": round(len(data) / 2**20, 2),
         "save_ms": round(save_s * 1000, 2),

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edgechat.clients import client_for  # noqa: E402
-from edgechat.config import default_model_path, parse_settings  # noqa: E402
+from edgechat.config import parse_settings  # noqa: E402
+from edgechat.config_values import default_model_path  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
 from harness.memory import peak_rss_mib, rss_mib  # noqa: E402

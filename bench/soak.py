@@ -25,6 +25,7 @@ from edgechat.config import parse_settings  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import Message, SamplingParams  # noqa: E402
 from harness.memory import rss_mib  # noqa: E402
+from harness.room import counters  # noqa: E402
 
 QUESTIONS = [
     "What is 2+2?",
@@ -95,12 +96,13 @@ def main() -> None:
         time.sleep(1.0)
     rss_end = rss_mib()
     deadline = time.monotonic() + 5
-    while (rt.backend.stats()["sequences_in_use"] or rt.backend.stats()["sessions_parked"]) and (
-        time.monotonic() < deadline
-    ):
+    while (
+        rt.backend.stats().scheduler.room.sequences_in_use or rt.backend.stats().scheduler.room.sessions_parked
+    ) and (time.monotonic() < deadline):
         time.sleep(0.05)
     end = rt.backend.stats()
     rt.close()
+    counts = counters(end)
     result = {
         "seconds": round(time.monotonic() - start, 1),
         "people": args.people,
@@ -111,21 +113,21 @@ def main() -> None:
         "rss_max_after_warmup_mib": round(max(rss_samples, default=rss_end), 1),
         "rss_end_mib": round(rss_end, 1),
         "rss_growth_after_warmup": round((rss_end - rss_warm) / rss_warm, 4),
-        "sequences_in_use_end": end["sequences_in_use"],
-        "kv_tokens_used_baseline": baseline["kv_tokens_used"],
-        "kv_tokens_used_end": end["kv_tokens_used"],
-        "sessions_parked_end": end["sessions_parked"],
-        "parked_mib_end": round(end["parked_mib"], 2),
+        "sequences_in_use_end": end.scheduler.room.sequences_in_use,
+        "kv_tokens_used_baseline": baseline.scheduler.room.kv_tokens_used,
+        "kv_tokens_used_end": end.scheduler.room.kv_tokens_used,
+        "sessions_parked_end": end.scheduler.room.sessions_parked,
+        "parked_mib_end": round(end.scheduler.room.parked_mib, 2),
         "engine_counts": {
-            k: end[k]
+            k: counts[k]
             for k in ("completed", "cancelled", "errors", "refused", "parks", "turns_restored", "turns_reprefilled")
         },
     }
     result["targets_met"] = {
         "rss_growth_le_5pct": result["rss_growth_after_warmup"] <= 0.05,
-        "sequences_back_to_zero": end["sequences_in_use"] == 0,
-        "kv_back_to_baseline": end["kv_tokens_used"] == baseline["kv_tokens_used"],
-        "nothing_left_parked": end["sessions_parked"] == 0,
+        "sequences_back_to_zero": end.scheduler.room.sequences_in_use == 0,
+        "kv_back_to_baseline": end.scheduler.room.kv_tokens_used == baseline.scheduler.room.kv_tokens_used,
+        "nothing_left_parked": end.scheduler.room.sessions_parked == 0,
         "no_errors": tally["errors"] == 0,
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))

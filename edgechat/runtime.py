@@ -17,10 +17,12 @@ from typing import Any
 
 from edgechat.backend import Backend, LocalBackend
 from edgechat.client import with_handout
-from edgechat.config import Settings, default_model_path, options, parse_host_cache, parse_kv_budget, read_handout
+from edgechat.config import Settings, options
+from edgechat.config_values import default_model_path, parse_host_cache, read_handout
 from edgechat.errors import ConfigError
-from edgechat.kvcache import MIB, meminfo_bytes
+from edgechat.kvcache import MIB
 from edgechat.prefixes import MIN_SHARED_TOKENS
+from edgechat.room import layout
 from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.sequences import common_prefix
 from edgechat.templates import ChatTokenizer
@@ -29,7 +31,6 @@ from edgechat.types import Message
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RUNNING = 16  # llama.cpp: answers generating at once unless --max-running says
-KV_RAM_SHARE = 0.25  # the default --kv-budget takes at most this share of the RAM available at start
 
 
 @dataclass
@@ -133,37 +134,17 @@ def pin_room_prefix(runtime: Runtime) -> RequestEvents | None:
     return runtime.backend.scheduler.pin(prefix)
 
 
-def _scheduler(
-    engine: Any, settings: Settings, max_running: int | None, kv_budget: int | None, share_prefixes: bool = True
-) -> Scheduler:
+def _scheduler(engine: Any, settings: Settings, max_running: int | None, share_prefixes: bool = True) -> Scheduler:
     return Scheduler(
         engine,
         max_running=max_running,
         max_queue=settings.max_queue,
-        kv_budget_tokens=kv_budget,
+        time_slice=settings.time_slice,
         request_timeout_s=settings.request_timeout,
         host_cache_bytes=None if settings.host_cache is None else parse_host_cache(settings.host_cache),
         session_ttl_s=settings.session_ttl,
         share_prefixes=share_prefixes,
     )
-
-
-def _kv_budget_tokens(settings: Settings, bytes_per_token: int, context: int, running: int) -> int:
-    """--kv-budget in tokens; by default `running` full contexts, at most a quarter of the RAM
-    available now (but always one context)."""
-    if settings.kv_budget is None:
-        available = meminfo_bytes("MemAvailable")
-        tokens = running * context
-        if available is not None:
-            tokens = min(tokens, max(context, int(available * KV_RAM_SHARE) // max(1, bytes_per_token)))
-        return tokens
-    tokens = parse_kv_budget(settings.kv_budget, bytes_per_token)
-    if tokens < context:
-        raise ConfigError(
-            f"--kv-budget {settings.kv_budget} holds {tokens} tokens, less than one session's context of "
-            f"{context}; raise it or lower --context-length"
-        )
-    return tokens
 
 
 def _local(
@@ -172,12 +153,11 @@ def _local(
     chat: ChatTokenizer,
     settings: Settings,
     max_running: int | None = None,
-    kv_budget: int | None = None,
     share_prefixes: bool = True,
 ) -> Runtime:
     info = {**engine.describe(), "template": chat.template.name}
     try:
-        scheduler = _scheduler(engine, settings, max_running, kv_budget, share_prefixes)
+        scheduler = _scheduler(engine, settings, max_running, share_prefixes)
     except ConfigError:
         engine.close()
         raise
@@ -185,28 +165,33 @@ def _local(
 
 
 def _load_llamacpp(settings: Settings, share_prefixes: bool = True) -> Runtime:
-    from edgechat.engines.llamacpp import LlamaCppEngine
+    """Load the model, compute the KV layout from what a cached token costs (edgechat.room), then
+    create the engine's context with it."""
+    from edgechat.engines.llamacpp import LlamaCppEngine, LlamaCppModel
     from edgechat.templates import template_for_gguf
     from edgechat.tokenizers.gguf import GgufTokenizer
 
-    path = settings.model or default_model_path()
+    model = LlamaCppModel(settings.model or default_model_path())
     running = settings.max_running or DEFAULT_MAX_RUNNING
+    context = model.context(settings.context_length)
+    try:
+        kv = layout(settings, model.kv_bytes_per_token, context, running)
+    except ConfigError:
+        model.free()
+        raise
     engine = LlamaCppEngine(
-        path,
-        context_length=settings.context_length,
-        max_sequences=running,
+        model,
+        context_length=kv.tokens_per_sequence,
+        max_sequences=kv.sequences,
         threads=settings.threads,
         ubatch=settings.ubatch,
-        kv_budget_tokens=lambda bytes_per_token, context: _kv_budget_tokens(
-            settings, bytes_per_token, context, running
-        ),
     )
     kv_mib = engine.kv_budget_tokens * engine.kv_bytes_per_token / MIB
     log.info(
         "KV cache: %d sequences of %d tokens (%.0f MiB); %d answers at once",
         engine.max_sequences, engine.max_len, kv_mib, running,
     )  # fmt: skip
-    if engine.max_len < min(settings.context_length, engine.trained_context):
+    if engine.max_len < context:
         log.warning(
             "--kv-budget over --max-running %d answers leaves each %d tokens of context (--context-length %d): "
             "raise --kv-budget or lower --max-running for longer chats", running, engine.max_len,

@@ -4,12 +4,13 @@ parking idle caches in host RAM.
 Any number of threads `submit()` a prompt and iterate the returned `RequestEvents`;
 one worker thread runs the loop, shaped like vLLM's scheduler step:
 
-    plan = policy.decide()   finish cancelled/expired, admit waiting, park or evict idle caches
-                             for room, preempt when a KV pool runs out, pick the feeds
-    out  = _execute(plan)    every engine call, in plan order
-    policy.update(plan, out) sampled tokens become per-request events, requests finish
+    plan = planner.decide()   finish cancelled/expired, admit waiting where the room places them
+                              (parking or evicting idle caches), pick the feeds
+    out  = execute(plan)      every engine call, in plan order (edgechat.execute)
+    planner.update(plan, out) sampled tokens become per-request events, requests finish
 
-`edgechat.policy` holds the decisions and the state; this module holds the threads and the engine.
+`edgechat.planner` holds the decisions, `edgechat.room` the caches; this module holds the threads
+and the engine (vLLM's engine-core loop: its Scheduler role is the planner and the room).
 The lock guards only the hand-off (inbox, forget list, close); `stats()` reads the snapshot the
 worker publishes after each step.
 
@@ -31,15 +32,17 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from typing import Any
 
 from edgechat.config import Settings
 from edgechat.engines.base import Engine
 from edgechat.errors import RequestError
-from edgechat.kvcache import HostCache, default_host_cache_bytes, meminfo_bytes
-from edgechat.policy import Policy
+from edgechat.execute import execute
+from edgechat.kvcache import meminfo_bytes
+from edgechat.planner import Planner
 from edgechat.prefixes import pin_key
-from edgechat.sequences import EngineFacts, Feed, Outputs, Plan, Request, Slot, Status
+from edgechat.room import Room
+from edgechat.sequences import EngineFacts, Request, Status
+from edgechat.stats import BackendStats
 from edgechat.types import Failed, Finished, FinishReason, RequestStats, SamplingParams, Tick, TokenEvent, TokenRate
 
 log = logging.getLogger(__name__)
@@ -101,24 +104,23 @@ class Scheduler:
         *,
         max_running: int | None = None,
         max_queue: int = Settings.max_queue,
-        kv_budget_tokens: int | None = None,
         request_timeout_s: float | None = None,
         host_cache_bytes: int | None = None,
         session_ttl_s: float = Settings.session_ttl,
         clock: Callable[[], float] = time.monotonic,
         available_ram: Callable[[], int | None] = lambda: meminfo_bytes("MemAvailable"),
         share_prefixes: bool = True,
+        time_slice: int = 0,
         start: bool = True,
     ) -> None:
-        """`kv_budget_tokens` below what the engine's sequences hold makes a shared pool (idle
-        caches are parked and the youngest answer preempted to stay within it); `clock` and
-        `available_ram` are injectable for tests; `share_prefixes=False` turns off prompt prefixes
-        shared across sessions (benches compare); `start=False` leaves the stepping to the caller."""
+        """`clock` and `available_ram` are injectable for tests; `share_prefixes=False` turns off prompt prefixes
+        shared across sessions (benches compare); `time_slice` > 0 parks an answer after that many
+        tokens while people wait and every place is busy (--time-slice, which the runtime passes;
+        0 here, so a scheduler built by hand serves first come, first served unless it asks);
+        `start=False` leaves the stepping to the caller."""
         self.engine = engine
         self.max_running = min(max_running or engine.max_sequences, engine.max_sequences)
         self.max_queue = max_queue
-        capacity = engine.max_sequences * engine.max_len
-        self.kv_budget_tokens = min(kv_budget_tokens or capacity, capacity)
         self.request_timeout_s = request_timeout_s
         self.failure: str | None = None
         self._clock = clock
@@ -127,18 +129,15 @@ class Scheduler:
         self._forget: list[str] = []
         self._closing = False
         self._refused = 0
-        host = None
-        if engine.prefix_cache:
-            size = default_host_cache_bytes() if host_cache_bytes is None else host_cache_bytes
-            host = HostCache(size, session_ttl_s, available_ram=available_ram)
-        self._policy = Policy(
-            EngineFacts.of(engine),
-            max_running=self.max_running,
-            kv_budget_tokens=self.kv_budget_tokens,
-            host=host,
+        facts = EngineFacts.of(engine)
+        room = Room(
+            facts,
+            host_cache_bytes=host_cache_bytes,
             session_ttl_s=session_ttl_s,
+            available_ram=available_ram,
             share_prefixes=share_prefixes,
         )
+        self._planner = Planner(facts, room, max_running=self.max_running, time_slice=time_slice)
         self._pins = itertools.count(1)
         self._ids = itertools.count(1)
         self._rate = TokenRate()
@@ -189,8 +188,8 @@ class Scheduler:
             if self._closing:
                 raise RequestError("the server is shutting down")
             snap = self._snapshot
-            full = snap["running"] + snap["prefilling"] >= self.max_running
-            if full and snap["waiting"] + len(self._inbox) >= self.max_queue:
+            full = snap.running + snap.prefilling >= self.max_running
+            if full and snap.waiting + len(self._inbox) >= self.max_queue:
                 self._refused += 1
                 raise RequestError("busy: too many people are waiting; try again in a moment")
             self._inbox.append(request)
@@ -202,7 +201,7 @@ class Scheduler:
         once and keep its cache as a pinned prefix every new conversation may copy: resident while
         a sequence is free, then in host RAM, never dropped for room or age. None on engines
         without a prefix cache, or with prefix sharing off."""
-        if not self._policy.sharing.enabled:
+        if not self._planner.room.sharing.enabled:
             return None
         greedy = SamplingParams(temperature=0.0, max_new_tokens=1)
         return self.submit(prompt, greedy, frozenset(), session=pin_key(next(self._pins)))
@@ -214,18 +213,25 @@ class Scheduler:
             self._forget.append(session)
             self._cond.notify()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> BackendStats:
         """Engine-wide figures for the page's server panel, `stats` in the terminal and /metrics."""
-        out = dict(self._snapshot)
-        out["waiting"] += len(self._inbox)
+        snap = self._snapshot
         with self._rate_lock:
-            out["aggregate_tps"] = self._rate.per_second(self._clock())
-        out["max_queue"] = self.max_queue
-        out["refused"] = self._refused
-        out["alive"] = self.failure is None and (self._worker is None or self._worker.is_alive())
-        out.update(self._step_time)
-        out.update(getattr(self.engine, "timings", {}))
-        return out
+            tps = self._rate.per_second(self._clock())
+        timing = self._step_time
+        scheduler = replace(
+            snap.scheduler,  # type: ignore[type-var]
+            max_queue=self.max_queue,
+            refused=self._refused,
+            steps=timing["steps"],
+            step_s=timing["step_s"],
+            step_cpu_s=timing["step_cpu_s"],
+            engine=self.engine.timings(),
+        )
+        alive = self.failure is None and (self._worker is None or self._worker.is_alive())
+        return replace(
+            snap, alive=alive, waiting=snap.waiting + len(self._inbox), aggregate_tps=tps, scheduler=scheduler
+        )
 
     def close(self) -> None:
         with self._cond:
@@ -246,8 +252,8 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
-                    while not (self._inbox or self._forget or self._policy.busy() or self._closing):
-                        expiry = self._policy.next_expiry()
+                    while not (self._inbox or self._forget or self._planner.busy() or self._closing):
+                        expiry = self._planner.room.next_expiry()
                         wait = None if expiry is None else max(0.05, expiry - self._clock())
                         if not self._cond.wait(timeout=wait):
                             break  # an idle or parked cache is due to expire
@@ -267,16 +273,16 @@ class Scheduler:
             inbox, self._inbox = self._inbox, deque()
             forget, self._forget = self._forget, []
         began, began_cpu = time.perf_counter(), time.thread_time()
-        plan = self._policy.decide(inbox, forget, self._clock())
+        plan = self._planner.decide(inbox, forget, self._clock())
         if not plan.empty():
-            outputs = self._execute(plan)
+            outputs = execute(self.engine, plan)
             now = self._clock()
-            produced = self._policy.update(plan, outputs, now)
+            produced = self._planner.update(plan, outputs, now)
             if produced:
                 with self._rate_lock:
                     self._rate.add(produced, now)
         self._snapshot = self._publish()
-        self._policy.deliver()
+        self._planner.deliver()
         if not plan.empty():
             timing = self._step_time
             timing["steps"] += 1
@@ -284,125 +290,24 @@ class Scheduler:
             timing["step_cpu_s"] += time.thread_time() - began_cpu
         return not plan.empty()
 
-    def _publish(self) -> dict[str, Any]:
-        """The policy's figures, and the per-TPU load of an engine over several chips."""
-        snapshot = self._policy.snapshot()
-        chip_load = getattr(self.engine, "chip_load", None)
-        if chip_load is not None:
-            snapshot["chips"] = chip_load()
-            live = self.engine.live_sequences  # type: ignore[attr-defined]
-            if live < self._policy.engine.max_sequences:  # a TPU went out: fewer answers at once
-                self._policy.engine = replace(self._policy.engine, max_sequences=live)
-                self._policy.max_running = min(self._policy.max_running, live)
+    def _publish(self) -> BackendStats:
+        """The planner's figures, and the per-TPU load of an engine over several chips."""
+        snapshot = self._planner.snapshot()
+        chips = self.engine.chip_load()
+        if chips:
+            snapshot = replace(snapshot, scheduler=replace(snapshot.scheduler, chips=chips))  # type: ignore[type-var]
+            live = sum(c.slots for c in chips if c.alive)
+            if live < self._planner.engine.max_sequences:  # a TPU went out: fewer answers at once
+                self._planner.lose_sequences(live)
         return snapshot
-
-    # ---- execute: every engine call ----
-
-    def _execute(self, plan: Plan) -> Outputs:
-        out = Outputs()
-        engine = self.engine
-        for park in plan.parks:
-            try:
-                out.saved[park] = engine.save(park.slot.seq)
-            except Exception as err:  # noqa: BLE001 — a cache that cannot be saved is dropped
-                log.warning("could not park a cache (%s); it will be re-prefilled", _describe(err))
-            engine.release(park.slot.seq)
-        for slot in plan.releases:
-            engine.release(slot.seq)
-        planned: dict[Request, int] = {}
-        saved = {park.slot: data for park, data in out.saved.items()}  # a source evicted this step
-        for admit in plan.admits:
-            request, slot = admit.request, admit.slot
-            planned[request] = admit.keep
-            try:
-                if slot.seq < 0:
-                    slot.seq = engine.open_sequence()
-                keep = admit.keep
-                restore = admit.restore
-                if restore is not None and not engine.restore(slot.seq, restore.data, len(restore.tokens)):
-                    out.restore_failed.add(request)
-                    keep = 0
-                if admit.share is not None and not self._copy(slot.seq, admit.share, saved):
-                    keep = 0  # the newcomer prefills its whole prompt
-                out.kept[request] = engine.start(slot.seq, request.sampling, keep)
-            except Exception as err:  # noqa: BLE001 — this request fails, the step goes on
-                out.failed[request] = _describe(err)
-        # A request the engine kept fewer tokens for than planned is fed from there next step.
-        feeds = [
-            f
-            for f in plan.feeds
-            if f.request not in out.failed and out.kept.get(f.request, -1) == planned.get(f.request, -1)
-        ]
-        if feeds:
-            if engine.batch_prefill:
-                self._run_batch(feeds, out)
-            else:
-                self._run_in_turns(feeds, out)
-        return out
-
-    def _copy(self, seq: int, source: Slot, saved: dict[Slot, bytearray]) -> bool:
-        """A prefix shared across sessions: the source sequence's cache, or its copy saved when it
-        was parked this step (its sequence may be this very one now)."""
-        if source in saved:
-            return self.engine.restore(seq, saved[source], len(source.tokens))
-        return source.seq >= 0 and self.engine.copy(seq, source.seq)
-
-    def _run_batch(self, feeds: list[Feed], out: Outputs) -> None:
-        try:
-            tokens = self.engine.step([(f.request.slot.seq, f.tokens, f.sample) for f in feeds])  # type: ignore[union-attr]
-            for feed, token in zip(feeds, tokens, strict=True):
-                if isinstance(token, Exception):  # that sequence alone failed (one TPU of several)
-                    out.failed[feed.request] = _describe(token)
-                else:
-                    out.tokens[feed.request] = token
-            for feed in feeds:
-                if feed.request in out.failed:
-                    continue
-                if feed.sample and feed.request.sampling.logprobs is not None:
-                    found = self.engine.token_logprobs(feed.request.slot.seq)  # type: ignore[union-attr]
-                    if found is not None:
-                        out.logprobs[feed.request] = found
-        except Exception as err:  # noqa: BLE001 — isolate the failing sequence, serve the rest
-            if len(feeds) == 1:
-                out.failed[feeds[0].request] = _describe(err)
-                return
-            log.warning("batched step failed (%s); retrying one by one", _describe(err))
-            for feed in feeds:
-                self._run_batch([feed], out)
-
-    def _run_in_turns(self, feeds: list[Feed], out: Outputs) -> None:
-        """Engines without batch_prefill: decode the running ones together, then each prompt."""
-        decodes = [f for f in feeds if f.request.status is Status.RUNNING]
-        if decodes:
-            try:
-                tokens = self.engine.decode([(f.request.slot.seq, f.tokens[0]) for f in decodes])  # type: ignore[union-attr]
-                for feed, token in zip(decodes, tokens, strict=True):
-                    if isinstance(token, Exception):  # that sequence alone failed (one TPU of several)
-                        out.failed[feed.request] = _describe(token)
-                    else:
-                        out.tokens[feed.request] = token
-            except Exception as err:  # noqa: BLE001
-                if len(decodes) == 1:
-                    out.failed[decodes[0].request] = _describe(err)
-                else:
-                    log.warning("batched decode failed (%s); retrying one by one", _describe(err))
-                    for feed in decodes:
-                        self._run_in_turns([feed], out)
-        for feed in feeds:
-            if feed.request.status is Status.PREFILL:
-                try:
-                    token = self.engine.prefill(feed.request.slot.seq, feed.tokens)  # type: ignore[union-attr]
-                    out.tokens[feed.request] = token if feed.sample else None
-                except Exception as err:  # noqa: BLE001
-                    out.failed[feed.request] = _describe(err)
 
     def _shutdown(self) -> None:
         with self._cond:
             self._closing = True
             inbox = list(self._inbox)
             self._inbox.clear()
-        self._policy.deliver()
-        pending, slots = self._policy.drain()
+        self._planner.deliver()
+        pending, slots = self._planner.drain()
         message = self.failure or "the server is shutting down"
         for request in [*inbox, *pending]:
             request.events.put(Failed(message))
@@ -413,8 +318,4 @@ class Scheduler:
                     self.engine.release(slot.seq)
                 except Exception:  # noqa: BLE001 — a dead engine cannot free; the process goes on
                     log.exception("releasing a sequence at shutdown failed")
-        self._snapshot = self._policy.snapshot()
-
-
-def _describe(err: Exception) -> str:
-    return f"the engine failed on this request ({type(err).__name__}: {err}); try again"
+        self._snapshot = self._planner.snapshot()

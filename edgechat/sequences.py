@@ -2,9 +2,9 @@
 
 Plain data owned by the scheduler's worker thread (edgechat.scheduler); nothing here calls the
 engine. A request's KV target is `prompt + generated`: while its sequence holds less than all but
-the last of those tokens it is PREFILL (prompt chunks, or a recompute after preemption); once the
-sequence holds everything but the last generated token it is RUNNING and each step feeds that
-token.
+the last of those tokens it is PREFILL (prompt chunks, or a recompute when a time-sliced answer's
+parked cache was lost); once the sequence holds everything but the last generated token it is
+RUNNING and each step feeds that token.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from edgechat.types import FinishReason, RequestStats, SamplingParams, TokenEven
 
 @dataclass(frozen=True)
 class EngineFacts:
-    """What the policy may know of the engine: sizes and capability flags (edgechat.engines.base),
+    """What the planner may know of the engine: sizes and capability flags (edgechat.engines.base),
     never the engine itself, so deciding cannot call into it."""
 
     max_sequences: int
@@ -72,7 +72,8 @@ class Request:
     slot: Slot | None = None
     generated: list[int] = field(default_factory=list)
     last_position: int = -1  # last queue position reported
-    resume: ParkedState | None = None  # preempted: its own cache, parked in host RAM
+    resume: ParkedState | None = None  # time-sliced: its own cache, parked mid-answer in host RAM
+    slice_start: int = 0  # tokens it had generated when it last got a sequence (time slicing)
 
     def target_len(self) -> int:
         return len(self.prompt) + len(self.generated)
@@ -89,12 +90,12 @@ class Request:
 
 @dataclass(eq=False)
 class Park:
-    """Copy a sequence's cache to host RAM, then free it: for the session's next turn (`session`)
-    or for a preempted request to resume from (`request`)."""
+    """Copy a sequence's cache to host RAM, then free it: for the session's next turn, or for a
+    time-sliced answer to go on from (`request`) when its turn comes round again."""
 
     slot: Slot
     tokens: list[int]
-    session: str | None = None
+    session: str
     request: Request | None = None
 
 
@@ -102,13 +103,16 @@ class Park:
 class Admit:
     """Give a waiting request a sequence: a new one (opened in execute), or its session's idle one;
     keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM,
-    or copying the cache of `share` (another session's sequence) first (edgechat.sharing)."""
+    or copying the cache of `share` (another session's sequence) first (edgechat.sharing). `kind`
+    says where the kept tokens come from: reused, restored, shared, resumed (a time-sliced answer's
+    own cache) or fresh (nothing kept)."""
 
     request: Request
     slot: Slot
     keep: int
     restore: ParkedState | None = None
     share: Slot | None = None
+    kind: str = "fresh"
 
 
 @dataclass(eq=False)

@@ -27,6 +27,7 @@ from edgechat.config import Settings
 from edgechat.errors import ConfigError
 from edgechat.owner import OwnerCookieMiddleware
 from edgechat.runtime import current_runtime, shared_runtime
+from edgechat.stats import BackendStats
 
 log = logging.getLogger(__name__)
 LOAD_PATH = "/_edgechat/load"  # the server panel's load line, fetched by every open page once a second
@@ -143,14 +144,10 @@ def page_sessions_open() -> int | None:
     return int(sum(stat.value for stat in stats))
 
 
-def load_figures(stats: dict[str, Any]) -> dict[str, int | float]:
+def load_figures(stats: BackendStats) -> dict[str, int | float]:
     """The load line's three numbers from the backend's stats: the page draws them at each run and
     LOAD_PATH serves them between runs."""
-    return {
-        "running": int(stats.get("running", 0)) + int(stats.get("prefilling", 0)),
-        "waiting": int(stats.get("waiting", 0)),
-        "tps": float(stats.get("aggregate_tps", 0.0)),
-    }
+    return {"running": stats.running + stats.prefilling, "waiting": stats.waiting, "tps": stats.aggregate_tps}
 
 
 async def room_load(request: Request) -> JSONResponse:
@@ -160,7 +157,7 @@ async def room_load(request: Request) -> JSONResponse:
     of a page's run (issue 23)."""
     runtime = current_runtime()
     try:
-        stats = runtime.backend.stats() if runtime is not None else {}
+        stats = runtime.backend.stats() if runtime is not None else BackendStats()
     except Exception:  # noqa: BLE001 — a dead engine: the panel keeps its last line
         return JSONResponse({"error": "engine unavailable"}, status_code=503)
     body = load_figures(stats)

@@ -1,4 +1,4 @@
-"""The room's shared prefixes, as the scheduler's policy sees them (edgechat.prefixes does the
+"""The room's shared prefixes, as edgechat.room sees them (edgechat.prefixes does the
 indexing): which cache a newcomer's prompt can start from, whether a prefix it wants is being
 prefilled right now, the room's pinned prefixes, and the prompt-token counters.
 
@@ -146,10 +146,9 @@ class Sharing:
 
     def count(self, request: Request) -> None:
         """A request's prompt tokens, once admitted: from its own cache, from another's."""
-        if not request.generated:  # a preempted request coming back was counted once
-            self.tokens["reused"] += request.stats.reused_tokens
-            self.tokens["shared"] += request.stats.shared_tokens
-            self.turns_shared += request.stats.shared_tokens > 0
+        self.tokens["reused"] += request.stats.reused_tokens
+        self.tokens["shared"] += request.stats.shared_tokens
+        self.turns_shared += request.stats.shared_tokens > 0
 
     def figures(self, resident_pins: Sequence[Slot]) -> dict[str, float]:
         """The counters, and the pinned prefixes: parked ones and `resident_pins` (in a sequence)."""

@@ -43,6 +43,18 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    @property
+    def penalized(self) -> bool:
+        """Repetition, frequency or presence penalties on: the sampler remembers past tokens."""
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+    @property
+    def stateless(self) -> bool:
+        """Greedy with no penalties and no grammar: the next token is the argmax of the logits the
+        KV cache gives, with no sampler state carried from token to token, so an answer parked
+        mid-way and restored goes on exactly as it would have (time slicing parks only these)."""
+        return self.greedy and not self.penalized and self.grammar is None
+
 
 class FinishReason(str, enum.Enum):
     """Why an answer ended; the values are what the OpenAI API and the exports write."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgechat.backend import LocalBackend
 from edgechat.clients import client_for
 from edgechat.runtime import Runtime
+from edgechat.stats import BackendStats
 from edgechat.templates import ChatTokenizer
 from edgechat.types import Message, SamplingParams
 from harness.memory import rss_mib
@@ -53,7 +54,7 @@ def handout(words: int = 600) -> str:
 
 
 ENGINE_COUNTERS = (
-    "parks", "turns_reused", "turns_restored", "turns_reprefilled", "restore_failures", "preemptions", "turns_shared",
+    "parks", "turns_reused", "turns_restored", "turns_reprefilled", "restore_failures", "slices", "turns_shared",
     "prompt_tokens_reused", "prompt_tokens_shared", "prompt_tokens_prefilled",
 )  # fmt: skip
 
@@ -140,9 +141,16 @@ def run_room(
     return summarize(results, turns, wall, hung, before, after, max(rss_peak))
 
 
+def counters(stats: BackendStats) -> dict[str, float]:
+    """The scheduler's and the room's figures by field name (both local: the runtime is ours)."""
+    assert stats.scheduler is not None
+    return {**asdict(stats.scheduler), **asdict(stats.scheduler.room)}
+
+
 def summarize(
-    results: list[Person], turns: int, wall: float, hung: int, before: dict, after: dict, rss: float
+    results: list[Person], turns: int, wall: float, hung: int, before: BackendStats, after: BackendStats, rss: float
 ) -> dict[str, Any]:
+    first, last = counters(before), counters(after)
     per_turn = []
     later = [(p.prompt_tokens[t], p.reused_tokens[t]) for p in results for t in range(1, len(p.prompt_tokens))]
     for turn in range(turns):
@@ -162,11 +170,11 @@ def summarize(
         "later_turns_new_tokens": sum(n - r for n, r in later),  # what a later turn must read, at best
         "errors": len(errors) + hung,
         "error_samples": errors[:3],
-        "engine": {k: after.get(k, 0) - before.get(k, 0) for k in ENGINE_COUNTERS},
-        "kv_tokens_budget": after.get("kv_tokens_budget"),
-        "sequences": after.get("max_sequences"),
-        "context_per_answer": after.get("context_per_answer"),
-        "parked_mib_end": round(after.get("parked_mib", 0.0), 1),
+        "engine": {k: last[k] - first[k] for k in ENGINE_COUNTERS},
+        "kv_tokens_budget": last["kv_tokens_budget"],
+        "sequences": last["max_sequences"],
+        "context_per_answer": last["context_per_answer"],
+        "parked_mib_end": round(last["parked_mib"], 1),
         "rss_peak_mib": round(rss, 1),
     }
 

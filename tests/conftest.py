@@ -20,7 +20,8 @@ SHARED = REPO.parent / "shared"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from edgechat.config import default_model_path, parse_settings  # noqa: E402
+from edgechat.config import parse_settings  # noqa: E402
+from edgechat.config_values import default_model_path  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
 from edgechat.types import SamplingParams  # noqa: E402
 
@@ -46,12 +47,12 @@ def model_path() -> Path:
 def make_engine(model_path: Path) -> Iterator[Callable[..., object]]:
     """A llama.cpp engine of the test's own on the embedded model (context 512, one sequence
     unless told), closed after the test."""
-    from edgechat.engines.llamacpp import LlamaCppEngine
+    from edgechat.engines.llamacpp import LlamaCppEngine, LlamaCppModel
 
     made: list[LlamaCppEngine] = []
 
     def make(cls: type[LlamaCppEngine] = LlamaCppEngine, **options: object) -> LlamaCppEngine:
-        engine = cls(model_path, **{"context_length": 512, "max_sequences": 1, **options})  # type: ignore[arg-type]
+        engine = cls(LlamaCppModel(model_path), **{"context_length": 512, "max_sequences": 1, **options})  # type: ignore[arg-type]
         made.append(engine)
         return engine
 

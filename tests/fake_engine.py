@@ -1,10 +1,10 @@
-"""A deterministic token engine for scheduler POLICY tests (issue 10), not a stand-in for the
+"""A deterministic token engine for scheduler PLANNER tests (issue 10), not a stand-in for the
 product: every product behaviour is tested on llama.cpp.
 
 Each sequence's next token is a function of everything in its cache, so an answer continues the
 same way whether its cache was kept, parked and restored, or recomputed, and differs as soon as
 a single cached token is wrong. The engine is as strict as a real one: it refuses tokens beyond a
-sequence's length, a shared pool's size (`pool_tokens`, like one unified KV buffer), unopened or
+sequence's length, unopened or
 busy sequences, a batch wider than `max_batch`, and calls from more than one thread. It records
 every call in `calls` so tests can assert what the scheduler asked, in which step.
 """
@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from edgechat.stats import ChipLoad, EngineTimings
 from edgechat.types import SamplingParams
 
 VOCAB = 997
@@ -55,7 +56,6 @@ class FakeEngine:
         prefill_chunk: int | None = 32,
         batch_prefill: bool = True,
         prefix_cache: bool = True,
-        pool_tokens: int | None = None,
         kv_bytes_per_token: int = 64,
     ) -> None:
         self.max_sequences = max_sequences
@@ -67,7 +67,6 @@ class FakeEngine:
         self.prefix_cache = prefix_cache
         self.logprobs = False
         self.grammar = False
-        self.pool_tokens = pool_tokens
         self.kv_bytes_per_token = kv_bytes_per_token
         self.calls: list[tuple[Any, ...]] = []
         self.fail_seq: int | None = None  # step/decode raises while this sequence is in the batch
@@ -99,7 +98,6 @@ class FakeEngine:
         for seq, tokens, _ in feeds:
             if len(self._cache[seq]) + len(tokens) > self.max_len:
                 raise RuntimeError(f"sequence {seq} is full")
-        self._check_pool(sum(len(tokens) for _, tokens, _ in feeds))  # all or nothing, like a batch
         self.calls.append(("step", [(seq, len(tokens), sample) for seq, tokens, sample in feeds]))
         for seq, tokens, _ in feeds:
             self._cache[seq].extend(tokens)
@@ -136,7 +134,6 @@ class FakeEngine:
         ok = isinstance(restored, list) and len(restored) == tokens
         self.calls.append(("restore", seq, tokens, ok))
         if ok:
-            self._check_pool(len(restored))
             cache.extend(restored)
         return ok
 
@@ -145,7 +142,6 @@ class FakeEngine:
         cache, held = self._open(seq), self._open(source)
         assert not cache, "copy into a sequence that holds tokens"
         self.calls.append(("copy", seq, source, len(held)))
-        self._check_pool(len(held))
         cache.extend(held)
         return True
 
@@ -160,6 +156,12 @@ class FakeEngine:
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model_path, "context_length": self.max_len}
 
+    def timings(self) -> EngineTimings | None:
+        return None
+
+    def chip_load(self) -> tuple[ChipLoad, ...]:
+        return ()
+
     def close(self) -> None:
         self._cache.clear()
 
@@ -171,10 +173,6 @@ class FakeEngine:
     @property
     def open_sequences(self) -> int:
         return len(self._cache)
-
-    @property
-    def tokens_held(self) -> int:
-        return sum(len(c) for c in self._cache.values())
 
     def steps(self) -> list[list[tuple[int, int, bool]]]:
         return [call[1] for call in self.calls if call[0] == "step"]
@@ -207,9 +205,4 @@ class FakeEngine:
         cache = self._cache[seq]
         if len(cache) + len(tokens) > self.max_len:
             raise RuntimeError(f"sequence {seq} is full")
-        self._check_pool(len(tokens))
         cache.extend(tokens)
-
-    def _check_pool(self, more: int) -> None:
-        if self.pool_tokens is not None and self.tokens_held + more > self.pool_tokens:
-            raise RuntimeError("KV pool full: no slot for the batch")

@@ -260,7 +260,7 @@ def test_a_dead_engine_is_503_on_every_route(one_slot: Runtime) -> None:
     def broken_decide(*_: object) -> None:
         raise RuntimeError("scheduler bug")
 
-    scheduler._policy.decide = broken_decide  # the worker dies on its next step, as in test_faults
+    scheduler._planner.decide = broken_decide  # the worker dies on its next step, as in test_faults
     list(one_slot.backend.generate(ChatRequest([Message(role="user", content="hi")], SamplingParams())))
     try:
         assert not one_slot.alive

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edgechat.config import Settings
 from edgechat.metrics import ServingMetrics
 from edgechat.openai_schema import ApiError, ChatCall, chunk, completion, parse_chat
+from edgechat.stats import BackendStats, RoomStats, SchedulerStats
 from edgechat.types import FinishReason, TurnStats
 
 DEFAULTS = Settings().sampling
@@ -159,27 +160,29 @@ def value(metrics: ServingMetrics, name: str, **labels: str) -> float:
     raise KeyError(name)
 
 
-def test_scrape_time_gauges_follow_the_backend_and_skip_missing_keys() -> None:
-    figures: dict[str, Any] = {"running": 2, "prefilling": 1, "waiting": 3, "kv_tokens_used": 100,
-                               "kv_tokens_budget": 400, "alive": True, "refused": 5}  # fmt: skip
+def test_scrape_time_gauges_follow_the_backend_and_skip_missing_records() -> None:
+    remote = BackendStats(running=2, prefilling=1, waiting=3)  # a remote server: no scheduler of ours
+    figures = [remote]
     m = ServingMetrics()
-    m.bind(lambda: figures, lambda: {"backend": "llamacpp", "model_name": "M", "model": "/secret/path.gguf"},
+    m.bind(lambda: figures[0], lambda: {"backend": "llamacpp", "model_name": "M", "model": "/secret/path.gguf"},
            lambda: 4)  # fmt: skip
     assert value(m, "edgechat:num_requests_running") == 3
     assert value(m, "edgechat:num_requests_waiting") == 3
-    assert value(m, "edgechat:kv_cache_usage_perc") == 0.25
-    assert value(m, "edgechat:requests_refused_total") == 5
     assert value(m, "edgechat:page_sessions_open") == 4
     assert value(m, "edgechat:engine_alive") == 1
     info = families(m)["edgechat:model_info"].samples[0].labels
     assert info == {"backend": "llamacpp", "model_name": "M"}  # no path, URL or key in a label
-    assert "edgechat:sessions_parked" not in families(m)  # the backend does not report it
-    figures.update(sessions_parked=2, parked_mib=1.5, turns_restored=3, idle_sessions=4, alive=False)
+    assert "edgechat:sessions_parked" not in families(m)  # the backend has no room of ours
+    room = RoomStats(kv_tokens_used=100, kv_tokens_budget=400, sessions_parked=2, parked_mib=1.5, sessions_cached=5)
+    local = SchedulerStats(refused=5, turns_restored=3, room=room)
+    figures[0] = BackendStats(alive=False, running=2, prefilling=1, waiting=3, scheduler=local)
+    assert value(m, "edgechat:kv_cache_usage_perc") == 0.25
+    assert value(m, "edgechat:requests_refused_total") == 5
     assert value(m, "edgechat:sessions_parked") == 2 and value(m, "edgechat:engine_alive") == 0
     assert value(m, "edgechat:parked_cache_bytes") == 1.5 * 2**20  # base units, as Prometheus names want
     assert value(m, "edgechat:turns_restored_total") == 3
-    figures["sessions_cached"] = 5  # the scheduler's newer name wins; one series either way
     assert value(m, "edgechat:sessions_cached") == 5 and len(families(m)["edgechat:sessions_cached"].samples) == 1
+    assert "edgechat:engine_decode_seconds_total" not in families(m)  # this engine does not time its steps
 
 
 def test_each_answer_is_counted_by_reason_and_source() -> None:

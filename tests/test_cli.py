@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgechat.config import default_model_path
+from edgechat.config_values import default_model_path
 from tests.conftest import REPO, run_terminal
 
 

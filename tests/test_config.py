@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from edgechat.config import HANDOUT_MAX_BYTES, default_model_path, parse_settings
+from edgechat.config import parse_settings
+from edgechat.config_values import HANDOUT_MAX_BYTES, default_model_path
 from edgechat.errors import ConfigError
 
 
@@ -49,7 +50,7 @@ def test_bad_configuration_is_one_clear_line(argv: list[str], env: dict[str, str
 
 
 def test_kv_budget_in_tokens_or_mebibytes() -> None:
-    from edgechat.config import parse_kv_budget
+    from edgechat.config_values import parse_kv_budget
 
     assert parse_kv_budget("4096", bytes_per_token=23040) == 4096
     assert parse_kv_budget("90MiB", bytes_per_token=23040) == 90 * 2**20 // 23040

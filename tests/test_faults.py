@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgechat.engines.llamacpp import LlamaCppEngine
+from edgechat.engines.llamacpp import LlamaCppEngine, LlamaCppModel
 from edgechat.errors import RequestError
 from edgechat.runtime import Runtime
 from edgechat.scheduler import Scheduler
@@ -45,7 +45,7 @@ class FaultInjectingEngine(LlamaCppEngine):
 @pytest.fixture
 def faulty(runtime: Runtime) -> Iterator[tuple[Scheduler, FaultInjectingEngine]]:
     engine = FaultInjectingEngine(
-        Path(runtime.backend.scheduler.engine.model_path), context_length=512, max_sequences=3
+        LlamaCppModel(Path(runtime.backend.scheduler.engine.model_path)), context_length=512, max_sequences=3
     )
     sched = Scheduler(engine)
     yield sched, engine
@@ -85,7 +85,7 @@ def test_engine_error_in_one_request_spares_the_others(runtime: Runtime, faulty)
     assert results[1] == (solo[1], []) and results[2] == (solo[2], [])
     engine.fail_seq = None
     assert collect(sched.submit(prompt(runtime, questions[0]), LONG, NO_STOP)) == (solo[0], [])
-    assert sched.stats()["errors"] == 1 and sched.stats()["sequences_in_use"] == 0
+    assert sched.stats().scheduler.errors == 1 and sched.stats().scheduler.room.sequences_in_use == 0
 
 
 def test_dead_scheduler_is_reported_and_a_new_runtime_serves(runtime: Runtime, faulty) -> None:  # noqa: ANN001
@@ -94,14 +94,16 @@ def test_dead_scheduler_is_reported_and_a_new_runtime_serves(runtime: Runtime, f
     def broken_schedule(*_: object):  # noqa: ANN202
         raise RuntimeError("scheduler bug")
 
-    sched._policy.decide = broken_schedule  # type: ignore[method-assign]
+    sched._planner.decide = broken_schedule  # type: ignore[method-assign]
     tokens, errors = collect(sched.submit(prompt(runtime, "Hi"), LONG, NO_STOP))
     assert tokens == [] and "scheduler bug" in errors[0]
-    assert sched.stats()["alive"] is False
+    assert sched.stats().alive is False
     with pytest.raises(RequestError, match="engine stopped"):
         sched.submit(prompt(runtime, "Hi"), LONG, NO_STOP)
     fresh = Scheduler(
-        LlamaCppEngine(Path(runtime.backend.scheduler.engine.model_path), context_length=512, max_sequences=1)
+        LlamaCppEngine(
+            LlamaCppModel(Path(runtime.backend.scheduler.engine.model_path)), context_length=512, max_sequences=1
+        )
     )
     try:
         assert collect(fresh.submit(prompt(runtime, "What is 2+2?"), LONG, NO_STOP))[0]

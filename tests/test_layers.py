@@ -15,6 +15,7 @@ LAYERS: dict[str, int] = {
     "edgechat": 0,
     "edgechat.types": 0,
     "edgechat.errors": 0,
+    "edgechat.stats": 0,  # typed engine-wide figures, one record per layer
     "edgechat.tokenizers": 1,
     "edgechat.tokenizers.gguf": 1,
     "edgechat.tokenizers.baichuan": 2,
@@ -31,6 +32,7 @@ LAYERS: dict[str, int] = {
     "edgechat.token_config": 4,  # --token DIR: tokenizer + chat template of a TPU model
     "edgechat.export": 2,
     "edgechat.config": 2,
+    "edgechat.config_values": 1,  # settings' values from text, checked; the embedded model's path
     "edgechat.metrics": 1,
     "edgechat.openai_schema": 3,
     "edgechat.structured": 2,  # response_format -> GBNF with llama-cpp-python's converter
@@ -52,32 +54,33 @@ LAYERS: dict[str, int] = {
     "edgechat.prefixes": 1,  # block-hash index of token prefixes
     "edgechat.sequences": 2,
     "edgechat.sharing": 3,  # prefixes shared across sessions, pinned prefixes
-    "edgechat.kvpool": 3,  # the policy's KV pool: admission by tokens, preemption
-    "edgechat.policy": 4,
-    "edgechat.scheduler": 5,
-    "edgechat.backend": 6,
-    "edgechat.client": 7,
-    "edgechat.conversation": 8,
-    "edgechat.chats": 9,
-    "edgechat.runtime": 9,
-    "edgechat.clients": 10,  # a person's client and conversation over the runtime
-    "edgechat.api.errors": 9,  # a failure as OpenAI's error body, with its status
-    "edgechat.api": 10,  # the package's face: hands on api_routes
-    "edgechat.api.completion": 10,  # one admitted chat completion, whole or SSE
-    "edgechat.api.routes": 11,  # the routes, and the steps that admit a request
-    "edgechat.server": 11,
-    "baichuan2": 12,
-    "edgechat.tls": 12,  # --tls: the certificate Streamlit serves (uses server.box_names)
-    "edgechat.page": 13,
-    "edgechat.page.session": 13,
-    "edgechat.page.copy_button": 12,  # one click copies an answer's Markdown, on plain HTTP too
-    "edgechat.page.tab_title": 12,  # the tab title says queued / answering / answered
-    "edgechat.page.messages": 13,
-    "edgechat.page.join_qr": 13,  # the page's address as text and QR code, the HTTPS fingerprint
-    "edgechat.page.sidebar": 14,
-    "web_demo": 15,
+    "edgechat.room": 4,  # the KV manager: layout, resident / idle / parked caches
+    "edgechat.planner": 5,  # decide / update: the queue, admissions, feeds, finishing
+    "edgechat.execute": 5,  # the execute step: every engine call of a plan
+    "edgechat.scheduler": 6,
+    "edgechat.backend": 7,
+    "edgechat.client": 8,
+    "edgechat.conversation": 9,
+    "edgechat.chats": 10,
+    "edgechat.runtime": 10,
+    "edgechat.clients": 11,  # a person's client and conversation over the runtime
+    "edgechat.api.errors": 10,  # a failure as OpenAI's error body, with its status
+    "edgechat.api": 11,  # the package's face: hands on api_routes
+    "edgechat.api.completion": 11,  # one admitted chat completion, whole or SSE
+    "edgechat.api.routes": 12,  # the routes, and the steps that admit a request
+    "edgechat.server": 12,
+    "baichuan2": 13,
+    "edgechat.tls": 13,  # --tls: the certificate Streamlit serves (uses server.box_names)
+    "edgechat.page": 14,
+    "edgechat.page.session": 14,
+    "edgechat.page.copy_button": 13,  # one click copies an answer's Markdown, on plain HTTP too
+    "edgechat.page.tab_title": 13,  # the tab title says queued / answering / answered
+    "edgechat.page.messages": 14,
+    "edgechat.page.join_qr": 14,  # the page's address as text and QR code, the HTTPS fingerprint
+    "edgechat.page.sidebar": 15,
+    "web_demo": 16,
 }
-PLAIN = {"edgechat", "edgechat.types", "edgechat.errors"}  # import nothing of ours at all
+PLAIN = {"edgechat", "edgechat.types", "edgechat.errors", "edgechat.stats"}  # import nothing of ours at all
 
 
 def module_name(path: Path) -> str:

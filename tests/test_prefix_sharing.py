@@ -55,8 +55,8 @@ def test_second_session_prefills_only_its_own_tokens_and_answers_as_alone(runtim
         assert rows == len(second) - common + ANSWER - 1  # its own tokens, then the decodes
         assert answer == expected
         stats = shared.stats()
-        assert stats["prompt_tokens_shared"] == common and stats["turns_shared"] == 1
-        assert stats["prompt_tokens_prefilled"] == len(first) + len(second) - common
+        assert stats.scheduler.room.prompt_tokens_shared == common and stats.scheduler.room.turns_shared == 1
+        assert stats.scheduler.room.prompt_tokens_prefilled == len(first) + len(second) - common
     finally:
         alone.close()
         shared.close()
@@ -96,13 +96,13 @@ def test_a_parked_owners_record_is_restored_as_the_source_of_a_copy(runtime: Run
         expected, _, _ = ask(alone, newcomer, "n")
         ask(shared, owner, "owner")
         ask(shared, other, "other")  # parks the owner's cache in host RAM
-        assert shared.stats()["sessions_parked"] == 1
+        assert shared.stats().scheduler.room.sessions_parked == 1
         answer, copied, rows = ask(shared, newcomer, "n")
         assert copied == common_prefix(owner, newcomer) >= MIN_SHARED_TOKENS
         assert rows == len(newcomer) - copied + ANSWER - 1 and answer == expected
         handle = shared.submit(owner, GREEDY_ANSWER, NO_STOP, session="owner")  # the owner's record is still whole
         list(news(handle))
-        assert handle.stats.reused_tokens == len(owner) - 1 and shared.stats()["turns_restored"] == 1
+        assert handle.stats.reused_tokens == len(owner) - 1 and shared.stats().scheduler.turns_restored == 1
     finally:
         alone.close()
         shared.close()
@@ -127,8 +127,8 @@ def test_a_room_answers_the_same_with_sharing_on_and_off(runtime: Runtime, make_
     on = Scheduler(make_engine(max_sequences=3, context_length=512))
     try:
         assert room(on) == room(off)
-        assert on.stats()["turns_shared"] == 2 and off.stats()["turns_shared"] == 0
-        assert on.stats()["prompt_tokens_prefilled"] < off.stats()["prompt_tokens_prefilled"]
+        assert on.stats().scheduler.room.turns_shared == 2 and off.stats().scheduler.room.turns_shared == 0
+        assert on.stats().scheduler.room.prompt_tokens_prefilled < off.stats().scheduler.room.prompt_tokens_prefilled
     finally:
         off.close()
         on.close()
@@ -141,8 +141,13 @@ def test_the_rooms_system_prompt_is_read_once_and_pinned(tmp_path) -> None:  # n
     room = load_runtime(parse_settings(flags, env={}))
     try:
         scheduler = room.backend.scheduler
-        assert wait_for(lambda: scheduler.stats()["pinned_prefixes"] == 1, 60)  # read once, kept in a sequence
-        assert scheduler.stats()["completed"] == 0 and scheduler.stats()["pinned_tokens"] >= MIN_SHARED_TOKENS
+        assert wait_for(
+            lambda: scheduler.stats().scheduler.room.pinned_prefixes == 1, 60
+        )  # read once, kept in a sequence
+        assert (
+            scheduler.stats().scheduler.completed == 0
+            and scheduler.stats().scheduler.room.pinned_tokens >= MIN_SHARED_TOKENS
+        )
         system = f"{handout(60)}\n\nBe brief."
         for i, question in enumerate(["Hi", "What is honey?", "Hello again"]):  # each one evicts the last
             prompt = room.tokenizer.render(
@@ -152,7 +157,7 @@ def test_the_rooms_system_prompt_is_read_once_and_pinned(tmp_path) -> None:  # n
             list(news(handle))
             assert handle.stats.shared_tokens >= MIN_SHARED_TOKENS, i
         stats = scheduler.stats()
-        assert stats["pinned_prefixes"] == 1 and stats["pinned_tokens"] >= MIN_SHARED_TOKENS
+        assert stats.scheduler.room.pinned_prefixes == 1 and stats.scheduler.room.pinned_tokens >= MIN_SHARED_TOKENS
     finally:
         room.close()
 

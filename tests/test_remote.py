@@ -25,7 +25,8 @@ import pytest
 
 from edgechat.client import ChatClient
 from edgechat.clients import client_for
-from edgechat.config import Settings, default_model_path
+from edgechat.config import Settings
+from edgechat.config_values import default_model_path
 from edgechat.errors import ConfigError
 from edgechat.remote import RemoteBackend
 from edgechat.runtime import Runtime, load_runtime
@@ -142,7 +143,7 @@ def test_three_sessions_at_once_each_answer_while_a_rejected_one_fails_alone(rt:
     # Counted by the barrier's action, before any reader goes on: a released reader drains its
     # short answer at once, and a main thread scheduled after that would see it finished.
     opened = threading.Barrier(
-        len(questions) + 1, action=lambda: peaks.append(rt.backend.stats()["running"]), timeout=WAIT_S
+        len(questions) + 1, action=lambda: peaks.append(rt.backend.stats().running), timeout=WAIT_S
     )
 
     def ask(i: int) -> None:
@@ -164,7 +165,7 @@ def test_three_sessions_at_once_each_answer_while_a_rejected_one_fails_alone(rt:
         assert clients[i].last_stats.completion_tokens > 0 and clients[i].last_stats.first_token_s is not None
     assert "4" in answers[0]
     assert answers[3] == "" and "input length is too long" in (clients[3].last_stats.error or "")
-    assert rt.backend.stats()["running"] == 0
+    assert rt.backend.stats().running == 0
 
 
 def test_cancel_closes_the_http_stream(rt: Runtime, server: Server) -> None:
@@ -181,7 +182,7 @@ def test_cancel_closes_the_http_stream(rt: Runtime, server: Server) -> None:
     while server.log_text().count("Disconnected from client") == before:
         assert time.monotonic() < deadline, "the server never saw the stream close"
         time.sleep(0.05)
-    assert rt.backend.stats()["running"] == 0
+    assert rt.backend.stats().running == 0
     # And it is free: a new question is answered without waiting out 800 tokens.
     after = session(rt)
     assert "4" in "".join(after.chat_stream("What is 2+2?"))

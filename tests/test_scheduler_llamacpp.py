@@ -1,7 +1,7 @@
 """The scheduler on real llama.cpp: batched answers equal solo ones, cancel and closed streams free
 or keep the cache as they should, a session's next turn reuses its cache, a parked and restored
 cache answers exactly as if it had stayed, a restore llama.cpp rejects falls back to re-prefill,
-the queue cap. Policy details are tested on the FakeEngine in test_scheduler_fake_engine.py."""
+the queue cap. Planner details are tested on the FakeEngine in test_scheduler_fake_engine.py."""
 
 from __future__ import annotations
 
@@ -73,16 +73,16 @@ def test_concurrent_requests_equal_solo_runs(runtime: Runtime) -> None:
 
 def test_cancel_frees_the_sequence_within_a_step(runtime: Runtime) -> None:
     sched = runtime.backend.scheduler
-    before = sched.stats()["sequences_in_use"]
+    before = sched.stats().scheduler.room.sequences_in_use
     handle = sched.submit(
         prompt(runtime, "Tell me a very long story."), replace(GREEDY, max_new_tokens=400), frozenset()
     )
     events = news(handle)
     assert isinstance(next(events), Token)
-    assert sched.stats()["sequences_in_use"] == before + 1
+    assert sched.stats().scheduler.room.sequences_in_use == before + 1
     handle.cancel()
     assert [e for e in events if isinstance(e, Finished)] == [Finished(FinishReason.CANCELLED)]
-    assert sched.stats()["sequences_in_use"] == before  # counted before the Finished was sent
+    assert sched.stats().scheduler.room.sequences_in_use == before  # counted before the Finished was sent
     assert handle.stats.completion_tokens < 400
 
 
@@ -90,13 +90,13 @@ def test_closing_the_stream_stops_the_answer_and_keeps_its_cache(runtime: Runtim
     from edgechat.clients import client_for
 
     client = client_for(runtime, sampling=replace(GREEDY, max_new_tokens=400))
-    cached = runtime.backend.stats()["sessions_cached"]
+    cached = runtime.backend.stats().scheduler.room.sessions_cached
     stream = client.chat_stream("Tell me a very long story.", [])
     next(stream)
     stream.close()  # the browser tab went away / Stop
     stats = runtime.backend.stats()  # chat_stream's close waits for the request to end
-    assert stats["running"] == 0 and stats["prefilling"] == 0
-    assert stats["sessions_cached"] == cached + 1  # kept for a Continue
+    assert stats.running == 0 and stats.prefilling == 0
+    assert stats.scheduler.room.sessions_cached == cached + 1  # kept for a Continue
     assert client.last_stats.finish_reason is FinishReason.CANCELLED and client.last_stats.completion_tokens < 400
     client.backend.forget_cache(client.cache_key)
 
@@ -137,12 +137,16 @@ def test_parked_and_restored_cache_answers_as_if_it_had_stayed(runtime: Runtime,
     parked = Scheduler(make_engine(max_sequences=1))  # a second session takes the one sequence
     try:
         kept, kept_reuse = second_turn(runtime, stayed, "a", lambda: run(stayed, prompt(runtime, "Hi"), stop, "b"))
-        assert stayed.stats()["turns_reused"] == 1 and stayed.stats()["parks"] == 0
+        assert stayed.stats().scheduler.turns_reused == 1 and stayed.stats().scheduler.room.parks == 0
         restored, restored_reuse = second_turn(
             runtime, parked, "a", lambda: run(parked, prompt(runtime, "Hi"), stop, "b")
         )
         stats = parked.stats()
-        assert stats["parks"] == 2 and stats["turns_restored"] == 1 and stats["restore_failures"] == 0
+        assert (
+            stats.scheduler.room.parks == 2
+            and stats.scheduler.turns_restored == 1
+            and stats.scheduler.restore_failures == 0
+        )
         assert restored == kept and restored_reuse == kept_reuse > 0
     finally:
         stayed.close()
@@ -167,7 +171,11 @@ def test_a_restore_llama_cpp_rejects_falls_back_to_reprefill(runtime: Runtime, m
         again, reused = second_turn(runtime, broken, "a", lambda: run(broken, prompt(runtime, "Hi"), stop, "b"))
         stats = broken.stats()
         assert again == kept and reused == 0
-        assert stats["restore_failures"] == 1 and stats["turns_reprefilled"] == 1 and stats["errors"] == 0
+        assert (
+            stats.scheduler.restore_failures == 1
+            and stats.scheduler.turns_reprefilled == 1
+            and stats.scheduler.errors == 0
+        )
     finally:
         stayed.close()
         broken.close()

@@ -238,7 +238,7 @@ def test_a_dead_engine_is_rebuilt_without_restarting_the_server() -> None:
     old.scheduler.failure = "simulated scheduler death"  # what the worker records when its thread dies
     ask(at, "What is 3+3?")
     new = at.session_state.conversation.client.backend
-    assert new is not old and new.alive and new.stats()["alive"]
+    assert new is not old and new.alive and new.stats().alive
     assert [r for r, _ in transcript(at)] == ["user", "assistant", "user", "assistant"]
     assert "6" in transcript(at)[3][1]
     ask(other, "What is 2+2?")  # another session moves to the new runtime too

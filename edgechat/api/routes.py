@@ -32,6 +32,7 @@ from edgechat.errors import ConfigError
 from edgechat.metrics import ServingMetrics, process_metrics
 from edgechat.openai_schema import ApiError, ChatCall
 from edgechat.runtime import Runtime, current_runtime, shared_runtime
+from edgechat.stats import BackendStats
 from edgechat.types import Message
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ class OpenAIApi:
 
     # ---- probes ----
 
-    def backend_stats(self) -> dict[str, Any] | None:
+    def backend_stats(self) -> BackendStats | None:
         rt = self.current()
-        return None if rt is None else {**rt.backend.stats(), "alive": rt.alive}
+        return None if rt is None else dataclasses.replace(rt.backend.stats(), alive=rt.alive)
 
     def backend_info(self) -> dict[str, Any] | None:
         rt = self.current()

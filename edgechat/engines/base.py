@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from edgechat.stats import ChipLoad, EngineTimings
 from edgechat.types import SamplingParams, TokenLogprobs
 
 # (sequence, tokens to append to its cache, whether to sample the token that follows them)
@@ -101,6 +102,17 @@ class Engine(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Facts for the server panel: device, model file, context length."""
+        ...
+
+    def timings(self) -> EngineTimings | None:
+        """Where the engine's step time went so far (/metrics); None for an engine that does not
+        time its steps."""
+        ...
+
+    def chip_load(self) -> tuple[ChipLoad, ...]:
+        """Per device of an engine over several (TPUs of --dev_ids): in service, sequences in use,
+        KV slots; empty for a single-device engine. The scheduler admits no more answers than the
+        slots of the devices in service."""
         ...
 
     def close(self) -> None: ...

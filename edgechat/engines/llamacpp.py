@@ -1,7 +1,9 @@
 """GGUF on CPU/ARM through llama-cpp-python's low-level API: one context, many sequences.
 
 The high-level `Llama` class holds one sequence per context, so the context is built directly
-with `n_seq_max` sequences, each with its own KV buffer (`kv_layout` splits the KV budget). Every
+with `n_seq_max` sequences, each with its own KV buffer. Two steps: `LlamaCppModel` loads the
+weights and tells what a cached token costs; the KV layout is computed from that (edgechat.room)
+and `LlamaCppEngine` creates the context with it. Every
 step fills ONE `llama_batch` with the running sequences' next tokens and the prompt chunks of
 newcomers and calls `llama_decode` once. A greedy sequence's next token is the argmax of its
 logits row (numpy, no sampler call); other sequences use llama.cpp's sampler chain, one per
@@ -17,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +38,12 @@ from edgechat.engines.base import Feed  # noqa: E402
 from edgechat.engines.sampling import Samplers  # noqa: E402
 from edgechat.engines.streams import StreamMap  # noqa: E402
 from edgechat.errors import ConfigError  # noqa: E402
+from edgechat.stats import ChipLoad, EngineTimings  # noqa: E402
 from edgechat.types import SamplingParams, TokenLogprobs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
-MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ (llama_max_parallel_sequences)
 UBATCH = 63  # rows per llama.cpp micro-batch: below the 64 where flash attention switches kernel
 STATE_FLAGS = 0  # llama_state_seq_*_ext flags: the whole sequence, copied to host memory
 GGML_LOG_LEVEL_ERROR = 4  # ggml.h's enum ggml_log_level; llama-cpp-python does not export it
@@ -81,12 +83,35 @@ def check_gguf(path: Path) -> None:
         raise ConfigError(f"{path} is not a GGUF file — pass --model PATH to a .gguf model (or --bmodel for a TPU)")
 
 
-def kv_layout(budget_tokens: int, context_length: int, max_running: int) -> tuple[int, int]:
-    """(sequences, tokens each) for a KV budget: full contexts when the budget holds at least
-    `max_running` of them (any beyond keep idle sessions without parking), else `max_running`
-    shorter ones, so that every answer generating at once has its own buffer."""
-    sequences = min(MAX_SEQUENCES, max(max_running, budget_tokens // max(1, context_length)))
-    return sequences, min(context_length, budget_tokens // sequences)
+class LlamaCppModel:
+    """Step one: a GGUF's weights, and what a KV layout needs of them (bytes a cached token
+    takes, the context it was trained for). The engine built on it owns it from then on."""
+
+    def __init__(self, path: Path) -> None:
+        check_gguf(path)
+        _init_backend()
+        self.path = str(path)
+        self.model = lc.llama_model_load_from_file(self.path.encode(), lc.llama_model_default_params())
+        if not self.model:
+            raise ConfigError(f"llama.cpp could not load {path}: the file is damaged or of an unsupported architecture")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.metadata = _read_metadata(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        head_dim = lc.llama_model_n_embd(self.model) // max(1, lc.llama_model_n_head(self.model))
+        # K and V, f16, every layer: what one cached token costs (for --kv-budget in MiB).
+        self.kv_bytes_per_token = (
+            2 * 2 * lc.llama_model_n_layer(self.model) * lc.llama_model_n_head_kv(self.model) * head_dim
+        )
+        self.trained_context = lc.llama_model_n_ctx_train(self.model)
+
+    def context(self, wanted: int) -> int:
+        """Tokens a sequence can hold: `wanted`, capped by the trained context when the GGUF says it."""
+        return min(wanted, self.trained_context) if self.trained_context > 0 else wanted
+
+    def free(self) -> None:
+        if self.model:
+            lc.llama_model_free(self.model)
+            self.model = None
 
 
 class LlamaCppEngine:
@@ -100,48 +125,22 @@ class LlamaCppEngine:
 
     def __init__(
         self,
-        model_path: Path,
+        model: LlamaCppModel,
         *,
         context_length: int = 4096,
         max_sequences: int = 8,
         threads: int | None = None,
         prefill_chunk: int = 256,
-        kv_budget_tokens: int | Callable[[int, int], int] | None = None,
         ubatch: int = UBATCH,
     ) -> None:
-        """`kv_budget_tokens` (or a function of the KV bytes per token and the context length,
-        for a budget in MiB or a default) is split by `kv_layout` into sequences; without it every
-        sequence holds `context_length`. `ubatch` above UBATCH (at most a step's rows) reads long
-        prompts faster at the price of UBATCH's bit-identical answers (--ubatch)."""
-        check_gguf(model_path)
-        _init_backend()
-        self.model_path = str(model_path)
-        mparams = lc.llama_model_default_params()
-        self.model = lc.llama_model_load_from_file(self.model_path.encode(), mparams)
-        if not self.model:
-            raise ConfigError(
-                f"llama.cpp could not load {model_path}: the file is damaged or of an unsupported architecture"
-            )
-        self.vocab = lc.llama_model_get_vocab(self.model)
-        self.metadata = _read_metadata(self.model)
-        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        head_dim = lc.llama_model_n_embd(self.model) // max(1, lc.llama_model_n_head(self.model))
-        # K and V, f16, every layer: what one cached token costs (for --kv-budget in MiB).
-        self.kv_bytes_per_token = (
-            2 * 2 * lc.llama_model_n_layer(self.model) * lc.llama_model_n_head_kv(self.model) * head_dim
-        )
-        trained = lc.llama_model_n_ctx_train(self.model)
-        self.trained_context = trained if trained > 0 else context_length
-        context = min(context_length, self.trained_context)
-        try:
-            budget = (
-                kv_budget_tokens(self.kv_bytes_per_token, context) if callable(kv_budget_tokens) else kv_budget_tokens
-            )
-        except ConfigError:
-            lc.llama_model_free(self.model)
-            raise
-        if budget is not None:
-            max_sequences, context = kv_layout(budget, context, max_sequences)
+        """Step two: a context of `max_sequences` sequences of `context_length` tokens each (capped
+        by the model's trained context): the KV layout (edgechat.room.layout). `ubatch` above
+        UBATCH (at most a step's rows) reads long prompts faster at the price of UBATCH's
+        bit-identical answers (--ubatch)."""
+        self.model_path = model.path
+        self.model, self.vocab, self.metadata = model.model, model.vocab, model.metadata
+        self.n_vocab, self.kv_bytes_per_token = model.n_vocab, model.kv_bytes_per_token
+        context = model.context(context_length)
         self.max_sequences = max_sequences
         self.max_batch = max_sequences
         self.prefill_chunk = prefill_chunk
@@ -167,7 +166,7 @@ class LlamaCppEngine:
         cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = lc.llama_init_from_model(self.model, cparams)
         if not self.ctx:
-            lc.llama_model_free(self.model)
+            model.free()
             raise ConfigError(
                 f"llama.cpp could not create a KV cache of {cparams.n_ctx} tokens; "
                 "lower --kv-budget or --context-length"
@@ -191,7 +190,7 @@ class LlamaCppEngine:
         self.tokens_computed = 0  # rows through llama_decode: prompt tokens prefilled and decodes
         # Where a step's time goes (seconds, monotonic; /metrics shows them): llama_decode, the
         # cache moves that pack a step's sequences onto consecutive streams, and sampling.
-        self.timings = {"decode_s": 0.0, "cache_moves_s": 0.0, "cache_moves": 0, "sampling_s": 0.0}
+        self._timings = {"decode_s": 0.0, "cache_moves_s": 0.0, "cache_moves": 0, "sampling_s": 0.0}
 
     # ---- Engine contract ----
 
@@ -214,7 +213,7 @@ class LlamaCppEngine:
         """One llama_decode over `feeds`, their sequences first packed onto consecutive streams
         and the batch ordered by stream (see streams.py: otherwise llama.cpp runs a forward pass
         per sequence). Tokens come back in the order of `feeds`."""
-        timings = self.timings
+        timings = self._timings
         began = time.perf_counter()
         for seq, other in self._streams.moves_to_pack([f[0] for f in feeds]):
             self._swap_caches(seq, other)
@@ -319,11 +318,16 @@ class LlamaCppEngine:
             "model_name": Path(self.model_path).stem,  # general.name is often a training-run label
             "device": f"CPU, {self.threads} threads (llama.cpp {lc.__version__})",
             "context_length": self.max_len,
-            "max_sessions": self.max_sequences,
             "kv_sequences": self.max_sequences,
             "kv_budget_tokens": self.kv_budget_tokens,
             "kv_bytes_per_token": self.kv_bytes_per_token,
         }
+
+    def timings(self) -> EngineTimings:
+        return EngineTimings(**self._timings)
+
+    def chip_load(self) -> tuple[ChipLoad, ...]:
+        return ()
 
     def close(self) -> None:
         self._sampling.close()

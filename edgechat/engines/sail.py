@@ -53,6 +53,7 @@ from edgechat.engines.sail_heads import Draw, Heads
 from edgechat.engines.sail_history import HistoryPrefill, dynamic_graphs, kv_problem, restore, save
 from edgechat.engines.sail_memory import allocated, shortfall, target
 from edgechat.errors import ConfigError
+from edgechat.stats import ChipLoad, EngineTimings
 from edgechat.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,12 @@ class SailEngine:
             "sampling": self._heads.sampling(),
             "sampling_fixed": self._heads.fixed,
         }
+
+    def timings(self) -> EngineTimings | None:
+        return None  # the step's time is the graphs'; sail reports no finer split
+
+    def chip_load(self) -> tuple[ChipLoad, ...]:
+        return ()  # one engine per TPU: ChipsEngine reports each
 
     def close(self) -> None:
         """Drop every device tensor and the loaded bmodel; sail frees them with the last reference."""

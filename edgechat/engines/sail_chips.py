@@ -2,11 +2,11 @@
 per TPU (its own sail.Handle, the bmodel's weights on that chip, its own KV slots) and presents
 their sequences as ONE engine.
 
-Why one engine and not one scheduler per chip: the scheduler, the policy (sessions, parking,
-fairness, the queue) and everything above them stay as they are, one queue for the whole box, so
+Why one engine and not one scheduler per chip: the scheduler, the planner and the room (sessions,
+parking, fairness, the queue) and everything above them stay as they are, one queue for the whole box, so
 a person waits for the first free slot on any chip instead of behind one chip's queue. A
 sequence id names a chip's slot; a session's idle sequence (history K/V bmodels) is reused by the
-policy, so the session stays on the chip that holds its cache, and a new sequence goes to the
+room, so the session stays on the chip that holds its cache, and a new sequence goes to the
 least loaded chip. It is a `batch_prefill` engine: in each scheduler step every chip decodes its
 answers and reads its new prompts, the chips at the same time (one worker thread per chip, each
 chip touched by one thread at a time), so one chip's prefill does not hold up the others.
@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from edgechat.engines.sail import DEFAULT_PROMPT_SHARE, SailEngine, load_sail
 from edgechat.engines.sail_api import ChipError, check_dev_ids, first_line, import_sail
 from edgechat.errors import ConfigError
+from edgechat.stats import ChipLoad, EngineTimings
 from edgechat.types import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -258,12 +259,12 @@ class ChipsEngine:
         if chip.engine is not None:
             chip.engine.release(local)
 
-    def chip_load(self) -> list[dict[str, Any]]:
+    def chip_load(self) -> tuple[ChipLoad, ...]:
         """Per TPU: in service or why not, sequences in use, KV slots (the server panel, /metrics)."""
-        return [
-            {"tpu": c.dev_id, "alive": c.alive, "busy": len(c.busy), "slots": c.slots, "problem": c.problem}
-            for c in self.chips
-        ]
+        return tuple(ChipLoad(c.dev_id, c.alive, len(c.busy), c.slots, c.problem) for c in self.chips)
+
+    def timings(self) -> EngineTimings | None:
+        return None
 
     def describe(self) -> dict[str, Any]:
         live = [c for c in self.chips if c.alive]

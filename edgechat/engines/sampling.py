@@ -45,7 +45,7 @@ class Samplers:
     def start(self, seq: int, sampling: SamplingParams) -> None:
         """Fresh sampling state for a request on `seq` (the previous request's is freed)."""
         self.release(seq)
-        if not (sampling.greedy and not _penalties(sampling) and sampling.grammar is None):
+        if not sampling.stateless:
             self._samplers[seq], penalties = _sampler_chain(sampling)
             if penalties is not None:
                 self._penalized[seq] = penalties
@@ -128,10 +128,6 @@ class Samplers:
         return int(array.data[array.selected].id)
 
 
-def _penalties(s: SamplingParams) -> bool:
-    return s.repetition_penalty != 1.0 or s.frequency_penalty != 0.0 or s.presence_penalty != 0.0
-
-
 def _logprobs_of(row: np.ndarray, token: int, top: int) -> TokenLogprobs:
     """log-softmax of the raw logits: the token's log-probability and the `top` most likely."""
     row = row.astype(np.float64)
@@ -158,7 +154,7 @@ def _sampler_chain(s: SamplingParams) -> tuple[Any, Any]:
     dist; and the chain's penalties sampler, if any."""
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     penalties = None
-    if _penalties(s):
+    if s.penalized:
         # llama.h takes (last_n, repeat, freq, present); llama-cpp-python 0.3.36 still declares a
         # leading n_vocab int, so last_n goes first and the stale int slot is passed 0 (ignored).
         penalties = lc.llama_sampler_init_penalties(

@@ -7,7 +7,6 @@ import time
 from dataclasses import asdict
 from html import escape
 from pathlib import Path
-from typing import Any
 
 import streamlit as st
 
@@ -21,6 +20,7 @@ from edgechat.records import IMPORT_MAX_CHARS
 from edgechat.runtime import Runtime, shared_runtime
 from edgechat.safe_markdown import display_url, plain_text
 from edgechat.server import LOAD_PATH, load_figures
+from edgechat.stats import BackendStats
 from edgechat.store import UNDO_S, StoreUnavailable
 from edgechat.ui_text import stats_line, t
 
@@ -63,14 +63,18 @@ def server_panel(runtime: Runtime, lang: str) -> None:
         st.caption(plain_text(health))
     stats = runtime.backend.stats()
     load_line(stats, lang)
-    if stats.get("prompt_tokens_prefilled"):  # a local engine: where prompt tokens came from (as of this run)
-        st.caption(t(lang, "server_prompt", reused=stats["prompt_tokens_reused"],
-                     shared=stats["prompt_tokens_shared"], prefilled=stats["prompt_tokens_prefilled"]))  # fmt: skip
-    if stats.get("chips"):  # a TPU box serving on several chips: each chip's slots in use (as of this run)
-        st.caption(" · ".join(t(lang, "server_chip" if c["alive"] else "server_chip_out", **c) for c in stats["chips"]))
+    local = stats.scheduler  # None for a remote server
+    room = local.room if local is not None else None
+    if room is not None and room.prompt_tokens_prefilled:  # where prompt tokens came from (as of this run)
+        st.caption(t(lang, "server_prompt", reused=room.prompt_tokens_reused,
+                     shared=room.prompt_tokens_shared, prefilled=room.prompt_tokens_prefilled))  # fmt: skip
+    if local is not None and local.chips:  # a TPU box serving on several chips: each chip's slots in use
+        st.caption(
+            " · ".join(t(lang, "server_chip" if c.alive else "server_chip_out", **asdict(c)) for c in local.chips)
+        )
 
 
-def load_line(stats: dict[str, Any], lang: str) -> None:
+def load_line(stats: BackendStats, lang: str) -> None:
     """Answers generating and waiting, and tok/s: now, then refreshed in the browser once a second.
     Only numbers go into it (its template is this page's own string)."""
     now = t(lang, "server_load", **load_figures(stats))

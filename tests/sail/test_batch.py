@@ -121,8 +121,11 @@ def test_batch_4_with_history_kv_keeps_parks_and_restores_each_row(tmp_path: Pat
                     reused[name] = h.stats.reused_tokens
                 history[name] = prompt + answer
         stats = scheduler.stats()
-        assert stats["turns_restored"] > 0, (stats, reused)  # parked rows came back into other rows
-        assert sum(v > 0 for v in reused.values()) == stats["turns_reused"] + stats["turns_restored"], (stats, reused)
+        assert stats.scheduler.turns_restored > 0, (stats, reused)  # parked rows came back into other rows
+        assert sum(v > 0 for v in reused.values()) == stats.scheduler.turns_reused + stats.scheduler.turns_restored, (
+            stats,
+            reused,
+        )
     finally:
         scheduler.close()
         engine.close()

@@ -73,8 +73,8 @@ def test_sessions_spread_over_the_chips_and_keep_theirs(bmodel: Path, cfg: Path)
             # the whole session ran on the least loaded chip: each earlier one holds a cached session
             assert fed[chip]["block"] == len(turns[0].prompt) and fed[chip]["block_kv"] > 0
             assert all(not fed[d] for d in by_chip if d != chip), fed
-        chips = rt.backend.stats()["chips"]
-        assert [(c["tpu"], c["alive"], c["busy"], c["slots"]) for c in chips] == [(d, True, 1, 2) for d in range(3)]
+        chips = rt.backend.stats().scheduler.chips
+        assert [(c.tpu, c.alive, c.busy, c.slots) for c in chips] == [(d, True, 1, 2) for d in range(3)]
         metrics = ServingMetrics()
         metrics.bind(rt.backend.stats, lambda: rt.info)
         text = metrics.exposition().decode()
@@ -97,7 +97,7 @@ def test_a_chip_that_fails_to_load_is_left_out_in_one_line(
         assert turns[0].answer == QwenReference(bmodel).generate(
             turns[0].prompt, GREEDY_24.max_new_tokens, rt.tokenizer.stop_ids
         )
-        assert [(c["tpu"], c["alive"]) for c in rt.backend.stats()["chips"]] == [(0, True), (1, False), (2, True)]
+        assert [(c.tpu, c.alive) for c in rt.backend.stats().scheduler.chips] == [(0, True), (1, False), (2, True)]
     finally:
         rt.close()
     monkeypatch.setenv("SAIL_EMULATOR_BROKEN_TPUS", "0 1 2")
@@ -143,7 +143,7 @@ def test_a_chip_that_dies_mid_answer_fails_only_its_answers(
             else:
                 assert isinstance(ev[-1], Finished), ev[-1]
                 assert [e.id for e in ev if isinstance(e, Token)] == ref.generate(prompt, 12, frozenset())
-        assert [(c["tpu"], c["alive"]) for c in engine.chip_load()] == [(0, True), (1, False), (2, True)]
+        assert [(c.tpu, c.alive) for c in engine.chip_load()] == [(0, True), (1, False), (2, True)]
         late = scheduler.submit([9, 9, 9], sampling, frozenset())
         out: list = []
         for _ in range(40):
@@ -229,7 +229,7 @@ def test_after_a_chip_dies_its_idle_sessions_move_and_the_room_waits_for_fewer_s
             assert isinstance(
                 finish(scheduler, [scheduler.submit(prompt, sampling, frozenset(), session=name)])[0][-1], Finished
             )
-        assert [c["busy"] for c in engine.chip_load()] == [1, 1, 1]
+        assert [c.busy for c in engine.chip_load()] == [1, 1, 1]
         running = [scheduler.submit([30 + i, 31], sampling, frozenset()) for i in range(3)]
         scheduler.step()
         on = [engine._where[h._request.slot.seq][0].dev_id for h in running]
@@ -237,7 +237,7 @@ def test_after_a_chip_dies_its_idle_sessions_move_and_the_room_waits_for_fewer_s
         sail.kill(1)
         ends = finish(scheduler, running)
         assert [isinstance(ev[-1], Failed) for ev in ends] == [chip == 1 for chip in on]
-        assert engine.live_sequences == 4 and scheduler._policy.max_running == 4
+        assert engine.live_sequences == 4 and scheduler._planner.max_running == 4
         # B's cache was on TPU 1: its next turn moves to a chip in service and reads its prompt again
         follow = sessions["B"] + [40, 41]
         ev = finish(scheduler, [scheduler.submit(follow, sampling, frozenset(), session="B")])[0]

@@ -112,7 +112,7 @@ def test_a_one_tpu_bmodel_on_two_ids_loads_on_both(
     rt = open_runtime(bmodel, token_dir, "--dev_ids", *ids, "--max-running", "2")
     try:
         assert rt.info["tpus"] == [0, 1] and rt.info["kv_slots"] == 4 and "TPU [0, 1]" in rt.info["device"]
-        assert [c["tpu"] for c in rt.backend.stats()["chips"]] == [0, 1]
+        assert [c.tpu for c in rt.backend.stats().scheduler.chips] == [0, 1]
     finally:
         rt.close()
     assert "names a TPU twice" in load_error(bmodel, token_dir, "--dev_ids", "1,1")

@@ -1,0 +1,190 @@
+"""Time slicing (--time-slice, issue 29): while people wait and every sequence is busy, an answer
+that has made a slice of tokens is parked in host RAM and the next person in line gets its place;
+it resumes, unchanged, when its turn comes round again. The planner on the deterministic FakeEngine
+(stepped by hand: which step each first token comes in), then the product on the real GGUF:
+sliced answers equal the answers each question gets alone."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgechat.config import parse_settings
+from edgechat.metrics import ServingMetrics
+from edgechat.runtime import load_runtime
+from edgechat.scheduler import RequestEvents, Scheduler
+from edgechat.types import Failed, Finished, FinishReason, Message, SamplingParams, Tick, Token
+from tests.conftest import GREEDY
+from tests.fake_engine import FakeEngine, expected_answer
+
+MIB = 1 << 20
+NO_STOP: frozenset[int] = frozenset()
+MAX_STEPS = 500
+WAIT_S = 120.0  # the longest the real-model test may wait for its answers
+
+
+def fake_scheduler(slots: int, time_slice: int, **options) -> tuple[Scheduler, FakeEngine]:  # noqa: ANN003
+    engine = FakeEngine(max_sequences=slots, max_len=256)
+    options.setdefault("available_ram", lambda: 8 << 30)
+    sched = Scheduler(engine, host_cache_bytes=64 * MIB, time_slice=time_slice, start=False, **options)
+    return sched, engine
+
+
+def prompt(n: int, seed: int) -> list[int]:
+    return [(seed * 7 + i) % 50 + 3 for i in range(n)]
+
+
+def step_all(sched: Scheduler, handles: list[RequestEvents]) -> tuple[dict[int, int], dict[int, int]]:
+    """Step until idle: the step of each request's first token, and of its end."""
+    first: dict[int, int] = {}
+    done: dict[int, int] = {}
+    for step in range(MAX_STEPS):
+        if not sched.step():
+            return first, done
+        for i, handle in enumerate(handles):
+            if i not in first and handle.stats.first_token_at is not None:
+                first[i] = step
+            if i not in done and handle.stats.finished_at is not None:
+                done[i] = step
+    raise AssertionError("the scheduler never went idle")
+
+
+def tokens_of(handle: RequestEvents) -> list[int]:
+    events = handle.poll()
+    assert isinstance(events[-1], (Finished, Failed)), events[-1:]
+    assert not any(isinstance(e, Failed) for e in events)
+    return [e.id for e in events if isinstance(e, Token)]
+
+
+def test_people_waiting_get_a_place_after_a_slice_and_every_answer_is_unchanged() -> None:
+    sched, engine = fake_scheduler(slots=2, time_slice=4)
+    greedy = replace(GREEDY, max_new_tokens=16)
+    prompts = [prompt(6, i) for i in range(4)]
+    handles = [sched.submit(p, greedy, NO_STOP, session=f"s{i}") for i, p in enumerate(prompts)]
+    first, done = step_all(sched, handles)
+    assert [tokens_of(h) for h in handles] == [expected_answer(p, 16) for p in prompts]
+    # The two who waited had their first token long before the first two answers ended ...
+    assert max(first[2], first[3]) < min(done[0], done[1])
+    assert max(first[2], first[3]) <= first[0] + 6  # a slice of 4 tokens, a step to park, one to prefill
+    # ... because the running answers were parked and restored, whole (no recompute).
+    stats = sched.stats().scheduler
+    assert stats is not None
+    assert stats.slices >= 4 and stats.errors == 0 and stats.restore_failures == 0
+    restores = [c for c in engine.calls if c[0] == "restore"]
+    assert len(restores) >= stats.slices
+    sched.close()
+
+
+def test_without_slicing_the_queue_is_first_come_first_served() -> None:
+    sched, _ = fake_scheduler(slots=2, time_slice=0)
+    greedy = replace(GREEDY, max_new_tokens=16)
+    handles = [sched.submit(prompt(6, i), greedy, NO_STOP) for i in range(4)]
+    first, done = step_all(sched, handles)
+    assert min(first[2], first[3]) > min(done[0], done[1])
+    assert sched.stats().scheduler.slices == 0
+    sched.close()
+
+
+def test_nobody_waiting_means_no_slice() -> None:
+    sched, engine = fake_scheduler(slots=2, time_slice=2)
+    greedy = replace(GREEDY, max_new_tokens=20)
+    handles = [sched.submit(prompt(6, i), greedy, NO_STOP) for i in range(2)]
+    step_all(sched, handles)
+    assert [tokens_of(h) for h in handles] == [expected_answer(prompt(6, i), 20) for i in range(2)]
+    assert sched.stats().scheduler.slices == 0 and not any(c[0] == "save" for c in engine.calls)
+    sched.close()
+
+
+def test_answers_with_sampler_state_keep_their_place() -> None:
+    """A sampled answer's random stream (and penalties, a grammar) lives in the engine's sampler,
+    which parking does not carry: such answers are never sliced, so they stay what they would be."""
+    sched, _ = fake_scheduler(slots=1, time_slice=2)
+    sampled = SamplingParams(temperature=0.7, max_new_tokens=10)
+    penalized = SamplingParams(temperature=0.0, repetition_penalty=1.2, max_new_tokens=10)
+    handles = [sched.submit(prompt(6, 0), sampled, NO_STOP), sched.submit(prompt(6, 1), penalized, NO_STOP)]
+    handles.append(sched.submit(prompt(6, 2), replace(GREEDY, max_new_tokens=4), NO_STOP))
+    first, done = step_all(sched, handles)
+    assert first[1] > done[0] and first[2] > done[1]
+    assert sched.stats().scheduler.slices == 0
+    sched.close()
+
+
+def test_a_parked_answer_cancelled_while_it_waits_frees_everything() -> None:
+    sched, engine = fake_scheduler(slots=1, time_slice=3)
+    greedy = replace(GREEDY, max_new_tokens=12)
+    first = sched.submit(prompt(6, 0), greedy, NO_STOP)
+    second = sched.submit(prompt(6, 1), greedy, NO_STOP)
+    for _ in range(MAX_STEPS):
+        sched.step()
+        if sched.stats().scheduler.slices:
+            break
+    assert first.stats.first_token_at is not None and first.stats.finished_at is None
+    first.cancel(FinishReason.CANCELLED)
+    step_all(sched, [second])
+    assert tokens_of(second) == expected_answer(prompt(6, 1), 12)
+    events = first.poll()
+    assert isinstance(events[-1], Finished) and events[-1].reason is FinishReason.CANCELLED
+    assert sched.stats().scheduler.room.sequences_in_use <= 1 and sched.stats().scheduler.errors == 0
+    assert set(engine._cache) == {s.seq for s in sched._planner.room.resident if s.seq >= 0}  # nothing leaked
+    sched.close()
+
+
+# ---- the product, on the real GGUF ----
+
+QUESTIONS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how bread is made, step by step.",
+    "Describe a walk through a forest in autumn.",
+    "Tell me about the history of sailing ships.",
+]
+
+
+def collect(handle: RequestEvents) -> list[int]:
+    end = time.monotonic() + WAIT_S
+    out: list[int] = []
+    for event in handle:
+        assert time.monotonic() < end, "no end of the answer in time"
+        if isinstance(event, Token):
+            out.append(event.id)
+        elif isinstance(event, Failed):
+            raise AssertionError(event.message)
+        elif isinstance(event, Finished):
+            return out
+        elif not isinstance(event, Tick):
+            continue
+    return out
+
+
+def test_sliced_answers_equal_their_solo_answers_on_llamacpp() -> None:
+    """Four people ask at once on two sequences with a slice of 8 tokens: the two who wait get
+    their first token before either running answer ends, and every greedy answer, parked and
+    restored several times on the way, equals the answer its question gets alone."""
+    settings = parse_settings(["--context-length", "512", "--max-running", "2", "--time-slice", "8"], env={})
+    runtime = load_runtime(settings)
+    try:
+        sched, chat = runtime.backend.scheduler, runtime.tokenizer
+        greedy = replace(GREEDY, max_new_tokens=40)
+        prompts = [chat.render([Message(role="user", content=q)]) for q in QUESTIONS]
+        solo = [collect(sched.submit(p, greedy, chat.stop_ids)) for p in prompts]
+        assert all(len(s) > 24 for s in solo), [len(s) for s in solo]  # long enough to be sliced twice
+        assert sched.stats().scheduler.slices == 0  # alone, nobody waited
+        handles = [sched.submit(p, greedy, chat.stop_ids) for p in prompts]
+        together = [collect(h) for h in handles]
+        assert together == solo
+        stats = sched.stats().scheduler
+        assert stats is not None
+        assert stats.slices >= 4 and stats.restore_failures == 0 and stats.errors == 0
+        ran_first = min(h.stats.finished_at for h in handles[:2])  # type: ignore[type-var]
+        assert all(h.stats.first_token_at < ran_first for h in handles[2:])  # type: ignore[operator]
+        metrics = ServingMetrics()  # what an operator's Prometheus reads
+        metrics.bind(runtime.backend.stats, lambda: runtime.info)
+        exported = {
+            s.name: s.value
+            for family in text_string_to_metric_families(metrics.exposition().decode())
+            for s in family.samples
+        }
+        assert exported["edgechat:time_slices_total"] == stats.slices
+    finally:
+        runtime.close()
