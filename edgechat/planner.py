@@ -190,9 +190,10 @@ class Planner:
                     self.turns["restored"] -= 1
                     self.turns["reprefilled"] += 1
                 log.warning("restoring a parked cache failed: request %d re-prefills", request.id)
-            request.stats.reused_tokens = min(request.stats.reused_tokens, len(admit.slot.tokens))
-            request.stats.shared_tokens = min(request.stats.shared_tokens, len(admit.slot.tokens))
-            self.room.sharing.count(request)
+            if admit.kind != "resumed":  # a sliced answer back in service: its prompt counted when it came
+                request.stats.reused_tokens = min(request.stats.reused_tokens, len(admit.slot.tokens))
+                request.stats.shared_tokens = min(request.stats.shared_tokens, len(admit.slot.tokens))
+                self.room.sharing.count(request)
             request.settle()
         for request, message in out.failed.items():
             log.error("request %d failed: %s", request.id, message)

@@ -77,6 +77,30 @@ def test_people_waiting_get_a_place_after_a_slice_and_every_answer_is_unchanged(
     sched.close()
 
 
+def test_a_resumed_answer_counts_its_prompt_once() -> None:
+    """What /metrics says was read from a kept cache counts each turn's prompt once, however often
+    its answer was parked and resumed (a resume is no new prompt)."""
+    sched, _ = fake_scheduler(slots=2, time_slice=4)
+    greedy = replace(GREEDY, max_new_tokens=16)
+    firsts = [prompt(6, i) for i in range(4)]
+    turn_one = []
+    for i, first in enumerate(firsts):  # one at a time: nobody waits, nothing is sliced
+        handle = sched.submit(first, greedy, NO_STOP, session=f"s{i}")
+        step_all(sched, [handle])
+        turn_one.append((first + tokens_of(handle), handle))
+    seconds = [held + prompt(3, 10 + i) for i, (held, _) in enumerate(turn_one)]
+    handles = [sched.submit(p, greedy, NO_STOP, session=f"s{i}") for i, p in enumerate(seconds)]
+    step_all(sched, handles)
+    assert [tokens_of(h) for h in handles] == [expected_answer(p, 16) for p in seconds]
+    stats = sched.stats().scheduler
+    assert stats is not None and stats.slices >= 4
+    everyone = [h for _, h in turn_one] + handles
+    reused = sum(h.stats.reused_tokens for h in everyone)
+    assert reused >= 4 * 6  # every second turn read its first turn from its own cache
+    assert stats.room.prompt_tokens_reused == reused
+    sched.close()
+
+
 def test_without_slicing_the_queue_is_first_come_first_served() -> None:
     sched, _ = fake_scheduler(slots=2, time_slice=0)
     greedy = replace(GREEDY, max_new_tokens=16)
