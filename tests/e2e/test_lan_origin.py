@@ -45,6 +45,7 @@ def lan_browser():  # noqa: ANN201
 def lan() -> Iterator[Server]:
     s = Server(
         "--temperature", "0", "--max-new-tokens", "600", "--context-length", "1024", "--max-running", "1",
+        "--time-slice", "0",  # first come, first served: the second person waits until Stop
         "--show-qr", "--allowed-hosts", f"{HOST},127.0.0.1",
         streamlit_options=("--browser.serverAddress", HOST),
     )  # fmt: skip

@@ -27,6 +27,7 @@ def gated() -> Iterator[Server]:
     s = Server(
         "--temperature", "0", "--max-new-tokens", "800", "--context-length", "1024",
         "--max-sessions", "4", "--max-running", "1", "--password", PASSWORD,
+        "--time-slice", "0",  # first come, first served: the waiter waits for the writer
     )  # fmt: skip
     yield s
     s.stop()
