@@ -1,4 +1,5 @@
-"""A second process for tests/test_store.py: `python -m tests.store_worker COMMAND DB [ARGS]`.
+"""A second process for tests/test_store_faults.py and tests/test_store_writers.py:
+`python -m tests.store_worker COMMAND DB [ARGS]`.
 
 The owner token comes in EDGECHAT_TEST_OWNER (never on the command line). Each command prints
 JSON lines the test reads; every wait here ends when the parent closes stdin or kills us.
