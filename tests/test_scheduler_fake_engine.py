@@ -1,43 +1,22 @@
-"""The scheduler's planner and room on the deterministic FakeEngine, stepped by hand with an injected clock: FIFO,
-LRU parking, restore and its fallback, chunked and multi-newcomer
-prefill, timeouts, cancel, expiry. No threads, no sleeps: every test is a fixed sequence of steps.
-Product behaviour (real answers) is tested on llama.cpp in test_scheduler_llamacpp.py."""
+"""The scheduler's planner and room on the deterministic FakeEngine, stepped by hand with an
+injected clock (tests/fake_scheduler.py): FIFO, LRU parking, restore and its fallback, chunked and
+multi-newcomer prefill, timeouts, cancel, expiry, prompt prefixes shared across conversations. No
+threads, no sleeps: every test is a fixed sequence of steps. Random traffic against the engine's
+caches is test_scheduler_fake_engine_random_traffic.py. Product behaviour (real answers) is tested
+on llama.cpp in test_scheduler_llamacpp.py."""
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
 from edgechat.errors import RequestError
-from edgechat.scheduler import RequestEvents, Scheduler
-from edgechat.types import Failed, Finished, FinishReason, Queued, SamplingParams, Token
-from tests.conftest import GREEDY
+from edgechat.scheduler import Scheduler
+from edgechat.types import Failed, Finished, FinishReason, Queued, SamplingParams
 from tests.fake_engine import FakeEngine, expected_answer
-
-MIB = 1 << 20
-GREEDY_8 = replace(GREEDY, max_new_tokens=8)
-NO_STOP: frozenset[int] = frozenset()
-MAX_STEPS = 500
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def build(engine: FakeEngine | None = None, **options) -> tuple[Scheduler, FakeEngine, Clock]:  # noqa: ANN003
-    engine = engine or FakeEngine()
-    clock = Clock()
-    options.setdefault("host_cache_bytes", 64 * MIB)
-    options.setdefault("available_ram", lambda: 8 << 30)
-    return Scheduler(engine, clock=clock, start=False, **options), engine, clock
+from tests.fake_scheduler import GREEDY_8, MAX_STEPS, MIB, NO_STOP, Clock, answer, answer_of, build, prompt, run
 
 
 @pytest.fixture
@@ -45,24 +24,6 @@ def fake() -> Iterator[tuple[Scheduler, FakeEngine, Clock]]:
     sched, engine, clock = build()
     yield sched, engine, clock
     sched.close()
-
-
-def run(sched: Scheduler) -> int:
-    """Step until nothing is left to do; how many steps it took."""
-    for n in range(MAX_STEPS):
-        if not sched.step():
-            return n
-    raise AssertionError("the scheduler never went idle")
-
-
-def answer(handle: RequestEvents) -> list[int]:
-    events = handle.poll()
-    assert isinstance(events[-1], (Finished, Failed)), events[-1:]
-    return [e.id for e in events if isinstance(e, Token)]
-
-
-def prompt(n: int, seed: int = 0) -> list[int]:
-    return [(seed * 7 + i) % 50 + 3 for i in range(n)]
 
 
 def test_requests_start_in_arrival_order() -> None:
@@ -137,12 +98,6 @@ def test_an_idle_conversation_reuses_its_cached_prefix(fake) -> None:  # noqa: A
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == len(first) + len(reply) - 1  # all but the unfed last token
     assert sched.stats().scheduler.turns_reused == 1
-
-
-def answer_of(sched: Scheduler, ids: list[int], cache_key: str | None, n: int = 8) -> list[int]:
-    handle = sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=n), NO_STOP, cache_key=cache_key)
-    run(sched)
-    return answer(handle)
 
 
 def test_least_recently_used_idle_cache_is_parked_and_restored() -> None:
@@ -329,57 +284,6 @@ def test_stats_report_kv_use_the_layout_and_one_idle_cache(fake) -> None:  # noq
     assert room.kv_tokens_used == 17 and room.kv_tokens_budget == 4 * 256
     assert room.max_sequences == 4 and room.context_per_answer == 256 and stats.scheduler.max_running == 4
     assert room.sessions_cached == 1 and room.sequences_in_use == 1 and stats.scheduler.completed == 1
-
-
-@pytest.mark.parametrize("time_slice", [0, 3])
-@pytest.mark.parametrize("head", [0, 64])
-@pytest.mark.parametrize("seed", range(12))
-def test_random_traffic_keeps_every_cache_record_exact(seed: int, head: int, time_slice: int) -> None:
-    """Questions, follow-ups that share some or none of the cache, Stop, New chat and expiry in a
-    random order: after every step the scheduler's record of each sequence equals what the engine
-    holds, so every keep, park and restore is planned on the truth. With `head`, every new chat
-    starts with the same tokens (a room's system prompt): sources are copied, parked, restored and
-    rewritten too, and every answer is still the one its prompt gets alone. With `time_slice`,
-    answers are also parked mid-way and resumed whenever people wait (issue 29)."""
-    rng = random.Random(seed)
-    sched, engine, clock = build(
-        FakeEngine(max_sequences=3, max_len=400, prefill_chunk=16), cache_ttl_s=30, time_slice=time_slice
-    )
-    history: dict[str, list[int]] = {f"s{i}": [] for i in range(6)}
-    live: dict[str, tuple[RequestEvents, list[int], list[int]]] = {}
-    for _ in range(250):
-        cache_key = rng.choice(sorted(history))
-        roll = rng.random()
-        if cache_key not in live and roll < 0.3:
-            past = history[cache_key][-200:]
-            past = past[: rng.randint(len(past) // 2, len(past))]  # an edited or regenerated turn
-            ids = (past or list(range(900, 900 + head))) + prompt(rng.randint(3, 12), rng.randrange(50))
-            n = rng.randint(1, 20)
-            live[cache_key] = (
-                sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=n), NO_STOP, cache_key),
-                ids,
-                [],
-            )
-        elif cache_key in live and roll < 0.4:
-            live[cache_key][0].cancel(rng.choice([FinishReason.CANCELLED, FinishReason.STOP]))
-        elif roll < 0.42:
-            sched.forget_cache(cache_key)
-            history[cache_key] = []
-        sched.step()
-        clock.now += rng.random() * 2
-        for slot in sched._planner.room.resident:  # the records, against the engine
-            if slot.seq >= 0:
-                assert engine.cache(slot.seq) == slot.tokens
-        for name, (handle, ids, got) in list(live.items()):
-            events = handle.poll()
-            got += [e.id for e in events if isinstance(e, Token)]
-            if any(isinstance(e, (Finished, Failed)) for e in events):
-                assert got == expected_answer(ids, len(got))  # a kept, restored or fresh cache: same answer
-                history[name] = ids + got
-                del live[name]
-    assert sched.stats().scheduler.errors == 0 and sched.stats().scheduler.restore_failures == 0
-    assert (sched.stats().scheduler.room.turns_shared > 0) == (head > 0)
-    assert (sched.stats().scheduler.slices > 0) == (time_slice > 0)
 
 
 # ---- prompt prefixes shared across conversations (issue 25) ----
