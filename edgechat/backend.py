@@ -91,7 +91,7 @@ class LocalBackend:
     def generate(self, request: ChatRequest) -> Generation:
         ids = self.chat.render(request.messages, continue_last=request.continue_last)
         try:
-            events = self.scheduler.submit(ids, request.sampling, self.chat.stop_ids, session=request.cache_key)
+            events = self.scheduler.submit(ids, request.sampling, self.chat.stop_ids, cache_key=request.cache_key)
         except RequestError as err:
             stats = TurnStats.measured(RequestStats(prompt_tokens=len(ids), finish_reason=FinishReason.ERROR))
             stats.error = str(err)
@@ -156,7 +156,7 @@ class LocalBackend:
         return None
 
     def forget_cache(self, cache_key: str) -> None:
-        self.scheduler.forget_session(cache_key)
+        self.scheduler.forget_cache(cache_key)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)

@@ -61,7 +61,7 @@ def execute(engine: Engine, plan: Plan) -> Outputs:
 
 
 def _copy(engine: Engine, seq: int, source: Slot, saved: dict[Slot, bytearray]) -> bool:
-    """A prefix shared across sessions: the source sequence's cache, or its copy saved when it
+    """A prefix shared across conversations: the source sequence's cache, or its copy saved when it
     was parked this step (its sequence may be this very one now)."""
     if source in saved:
         return engine.restore(seq, saved[source], len(source.tokens))

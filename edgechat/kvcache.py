@@ -1,12 +1,13 @@
-"""Parked sessions: idle KV caches copied to host RAM, so a person's next turn restores instead of
-re-prefilling the whole chat.
+"""Parked caches: idle conversations' KV caches copied to host RAM, so a person's next turn
+restores instead of re-prefilling the whole chat.
 
-The scheduler parks a session when its sequence is needed by someone else (llama-server's
-`prompt_save` does the same when a slot changes hands) and restores it, keeping the longest
-common prefix, when the session asks again. The store is least-recently-used within
-`capacity_bytes`, forgets a session after `ttl_s` without use, and stops taking new states while
-the machine's available RAM is below a floor (then a session is dropped and simply re-prefills
-later: nobody's answer fails for it). Only the scheduler's worker thread touches a HostCache.
+The scheduler parks a conversation's cache when its sequence is needed by someone else
+(llama-server's `prompt_save` does the same when a slot changes hands) and restores it, keeping
+the longest common prefix, when its cache key asks again. The store is least-recently-used within
+`capacity_bytes`, forgets a cache key after `ttl_s` without use, and stops taking new states while
+the machine's available RAM is below a floor (then a cache is dropped and its conversation simply
+re-prefills later: nobody's answer fails for it). Only the scheduler's worker thread touches a
+HostCache.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ RAM_FLOOR_MIN = 256 * MIB  # ... or below this, whichever is larger
 
 @dataclass(eq=False)
 class ParkedState:
-    """One session's KV cache in host RAM: the tokens it holds and the engine's opaque bytes."""
+    """One cache key's KV cache in host RAM: the tokens it holds and the engine's opaque bytes."""
 
-    session: str
+    cache_key: str
     tokens: list[int]
     data: bytearray
     last_used: float
@@ -65,7 +66,7 @@ def ram_floor_bytes() -> int:
 
 
 class HostCache:
-    """LRU of parked sessions, bounded in bytes and by a time-to-live."""
+    """LRU of parked caches (by cache key), bounded in bytes and by a time-to-live."""
 
     def __init__(
         self,
@@ -82,15 +83,15 @@ class HostCache:
         self._entries: OrderedDict[str, ParkedState] = OrderedDict()
         self._bytes = 0
         self.ram_short = False  # parking refused for RAM: logged once per episode
-        self.dropped = 0  # sessions forgotten for room, age or RAM (they re-prefill)
+        self.dropped = 0  # caches forgotten for room, age or RAM (they re-prefill)
         # told (state, True) when a state is kept, (state, False) when it goes: the prefix index
         self.listener: Callable[[ParkedState, bool], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, session: object) -> bool:
-        return session in self._entries
+    def __contains__(self, cache_key: object) -> bool:
+        return cache_key in self._entries
 
     @property
     def nbytes(self) -> int:
@@ -98,54 +99,54 @@ class HostCache:
 
     def can_take(self, nbytes: int) -> bool:
         """Whether a state of about `nbytes` would be kept: it fits the capacity and the machine
-        has RAM to spare. False means the scheduler drops the session instead of parking it."""
+        has RAM to spare. False means the scheduler drops the cache instead of parking it."""
         if nbytes > self.capacity_bytes:
             return False
         available = self._available_ram()
         short = available is not None and available - nbytes < self._ram_floor
         if short and not self.ram_short:
             log.warning(
-                "host RAM is short (%d MiB available): idle sessions are dropped instead of parked; "
-                "their next turn re-prefills",
+                "host RAM is short (%d MiB available): idle caches are dropped instead of parked; "
+                "their conversations' next turn re-prefills",
                 (available or 0) // MIB,
             )
         elif not short and self.ram_short:
-            log.warning("host RAM recovered: parking idle sessions again")
+            log.warning("host RAM recovered: parking idle caches again")
         self.ram_short = short
         return not short
 
     def put(self, state: ParkedState) -> bool:
         """Keep `state`, evicting the least recently used beyond the capacity; False if it could
         not be kept (then nothing was stored)."""
-        self.drop(state.session)
+        self.drop(state.cache_key)
         if not self.can_take(state.nbytes):
             self.dropped += 1
             return False
         while self._entries and self._bytes + state.nbytes > self.capacity_bytes:
             self._remove(next(iter(self._entries)))
             self.dropped += 1
-        self._entries[state.session] = state
+        self._entries[state.cache_key] = state
         self._bytes += state.nbytes
         if self.listener is not None:
             self.listener(state, True)
         return True
 
-    def get(self, session: str) -> ParkedState | None:
-        """A session's parked state, left in place (its LRU position unchanged)."""
-        return self._entries.get(session)
+    def get(self, cache_key: str) -> ParkedState | None:
+        """A cache key's parked state, left in place (its LRU position unchanged)."""
+        return self._entries.get(cache_key)
 
-    def take(self, session: str) -> ParkedState | None:
-        """Remove and return a session's parked state (it goes back into a sequence)."""
-        return self._remove(session)
+    def take(self, cache_key: str) -> ParkedState | None:
+        """Remove and return a cache key's parked state (it goes back into a sequence)."""
+        return self._remove(cache_key)
 
-    def drop(self, session: str) -> bool:
-        return self._remove(session) is not None
+    def drop(self, cache_key: str) -> bool:
+        return self._remove(cache_key) is not None
 
     def expire(self, now: float) -> list[str]:
-        """Forget sessions unused for longer than the time-to-live; their names."""
+        """Forget caches unused for longer than the time-to-live; their cache keys."""
         old = [s for s, state in self._entries.items() if now - state.last_used > self.ttl_s]
-        for session in old:
-            self._remove(session)
+        for cache_key in old:
+            self._remove(cache_key)
         self.dropped += len(old)
         return old
 
@@ -156,12 +157,12 @@ class HostCache:
         return next(iter(self._entries.values())).last_used + self.ttl_s
 
     def clear(self) -> None:
-        for session in list(self._entries):
-            self._remove(session)
+        for cache_key in list(self._entries):
+            self._remove(cache_key)
         self._bytes = 0
 
-    def _remove(self, session: str) -> ParkedState | None:
-        state = self._entries.pop(session, None)
+    def _remove(self, cache_key: str) -> ParkedState | None:
+        state = self._entries.pop(cache_key, None)
         if state is not None:
             self._bytes -= state.nbytes
             if self.listener is not None:

@@ -26,7 +26,7 @@ from edgechat.types import Failed, Finished, FinishReason, Queued, Token, TokenE
 
 log = logging.getLogger(__name__)
 
-SEEN_SESSIONS = 4096  # sessions remembered to count re-prefilled turns
+SEEN_CACHE_KEYS = 4096  # cache keys remembered to count re-prefilled turns
 
 
 class Planner:
@@ -39,7 +39,7 @@ class Planner:
         self.time_slice = time_slice  # tokens per turn on a sequence while people wait; 0 = FIFO
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []  # PREFILL or RUNNING, in admission order (last = youngest)
-        self._seen: OrderedDict[str, None] = OrderedDict()  # sessions that completed a turn
+        self._seen: OrderedDict[str, None] = OrderedDict()  # cache keys that completed a turn
         self._rr = 0  # round-robin offset for engines that batch fewer than all running
         self.counts = dict.fromkeys(("completed", "cancelled", "errors", "restore_failures", "slices"), 0)
         self.turns = dict.fromkeys(("reused", "restored", "reprefilled"), 0)
@@ -69,9 +69,9 @@ class Planner:
     def decide(self, inbox: deque[Request], forget: list[str], now: float) -> Plan:
         plan = Plan()
         self.room.begin_step(plan)
-        for session in forget:
-            self.room.drop(session, plan)
-            self._seen.pop(session, None)
+        for cache_key in forget:
+            self.room.drop(cache_key, plan)
+            self._seen.pop(cache_key, None)
         self.waiting.extend(inbox)
         self.room.expire(now, plan)
         for request in [*self.waiting, *self.active]:
@@ -129,8 +129,8 @@ class Planner:
         admit = self.room.place(request, now, plan)
         if admit is None:
             return None
-        if request.session is not None and admit.kind not in ("shared", "resumed"):  # a resume is no turn
-            self._count_turn(admit.kind, request.session)
+        if request.cache_key is not None and admit.kind not in ("shared", "resumed"):  # a resume is no turn
+            self._count_turn(admit.kind, request.cache_key)
         request.slot = admit.slot
         request.slice_start = len(request.generated)
         if request.stats.started_at is None:
@@ -143,10 +143,10 @@ class Planner:
         self.room.sharing.promise(request)
         return admit
 
-    def _count_turn(self, kind: str, session: str) -> None:
+    def _count_turn(self, kind: str, cache_key: str) -> None:
         if kind != "fresh":
             self.turns[kind] += 1
-        elif session in self._seen:
+        elif cache_key in self._seen:
             self.turns["reprefilled"] += 1
 
     def _plan_feeds(self, plan: Plan) -> None:
@@ -230,7 +230,7 @@ class Planner:
     def _fail(self, request: Request, message: str, now: float) -> None:
         self.counts["errors"] += 1
         self._emit(request, Failed(message))
-        request.session = None  # its cache state is unknown: never reuse it
+        request.cache_key = None  # its cache state is unknown: never reuse it
         self._finish(request, FinishReason.ERROR, now, notify=False)
 
     def _finish(
@@ -247,9 +247,9 @@ class Planner:
             slot = request.slot
             request.slot = None
             if slot is not None:
-                if request.session is not None and reason.keeps_cache and self.engine.prefix_cache:
-                    self.room.keep_idle(slot, request.session, now, plan)
-                    self._saw(request.session)
+                if request.cache_key is not None and reason.keeps_cache and self.engine.prefix_cache:
+                    self.room.keep_idle(slot, request.cache_key, now, plan)
+                    self._saw(request.cache_key)
                 else:
                     self.room.release(slot, plan)
         request.status = Status.FINISHED
@@ -258,18 +258,18 @@ class Planner:
         stats.finish_reason = reason
         if reason is FinishReason.CANCELLED:
             self.counts["cancelled"] += 1
-        elif reason is not FinishReason.ERROR and not is_pin(request.session):  # a pin is no answer
+        elif reason is not FinishReason.ERROR and not is_pin(request.cache_key):  # a pin is no answer
             self.counts["completed"] += 1
         if not was_waiting and stats.started_at is not None:
             self.service_s = 0.8 * self.service_s + 0.2 * (now - stats.started_at)
         if notify:
             self._emit(request, Finished(reason))
 
-    def _saw(self, session: str) -> None:
-        """`session` completed a turn: its next fresh prompt counts as re-prefilled."""
-        self._seen[session] = None
-        self._seen.move_to_end(session)
-        while len(self._seen) > SEEN_SESSIONS:
+    def _saw(self, cache_key: str) -> None:
+        """`cache_key` completed a turn: its next fresh prompt counts as re-prefilled."""
+        self._seen[cache_key] = None
+        self._seen.move_to_end(cache_key)
+        while len(self._seen) > SEEN_CACHE_KEYS:
             self._seen.popitem(last=False)
 
     def _report_queue(self) -> None:

@@ -1,8 +1,8 @@
-"""Prompt prefixes shared across sessions: which cache holds which prefix, found without a scan.
+"""Prompt prefixes shared across conversations: which cache holds which prefix, found without a scan.
 
 In a room everyone's prompt starts with the same long text (the operator's system prompt, a
 handout, an API caller's instructions). A newcomer's sequence starts from a *copy* of the longest
-prefix any cache holds (another session's sequence, running or idle, a parked record, or the
+prefix any cache holds (another conversation's sequence, running or idle, a parked record, or the
 room's pinned prefix) and prefills only the rest. Ownership is by copy: the newcomer's later turns
 change its own sequence, never the source.
 
@@ -20,7 +20,7 @@ from collections.abc import Hashable, Iterator, Sequence
 
 BLOCK = 16  # tokens per indexed block: a prefix is found to the last whole block, then extended
 MIN_SHARED_TOKENS = 48  # a shorter common prefix is prefilled: a copy costs more than it saves
-PIN_PREFIX = "\x00pin:"  # session keys of the room's pinned prefixes (never a chat's id)
+PIN_PREFIX = "\x00pin:"  # cache keys of the room's pinned prefixes (never a chat's id)
 
 
 def block_keys(tokens: Sequence[int], start: int = 0, parent: int = 0) -> Iterator[int]:
@@ -90,5 +90,5 @@ def pin_key(n: int) -> str:
     return f"{PIN_PREFIX}{n}"
 
 
-def is_pin(session: str | None) -> bool:
-    return session is not None and session.startswith(PIN_PREFIX)
+def is_pin(cache_key: str | None) -> bool:
+    return cache_key is not None and cache_key.startswith(PIN_PREFIX)

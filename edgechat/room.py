@@ -5,11 +5,11 @@ KV bytes per token and trained context become known, `layout()` splits --kv-budg
 and the engine creates its context with them (no callback into the runtime). Then one `Room` per
 scheduler owns what the sequences and host RAM hold:
 
-- resident caches: every engine sequence given to an answer or keeping an idle session's cache;
-- idle caches (LRU): a session that finished its turn keeps its sequence while nobody needs it
+- resident caches: every engine sequence given to an answer or keeping an idle conversation's cache;
+- idle caches (LRU): a conversation that finished its turn keeps its sequence while nobody needs it
   (`keep_idle`); when someone does, the least recently used one is parked in host RAM or dropped;
-- parked caches (edgechat.kvcache.HostCache, LRU in bytes): restored on the session's next turn;
-- prefixes shared across sessions and the room's pinned prefix (edgechat.sharing).
+- parked caches (edgechat.kvcache.HostCache, LRU in bytes): restored on the conversation's next turn;
+- prefixes shared across conversations and the room's pinned prefix (edgechat.sharing).
 
 `place` gives a request a sequence (its idle one, a restored one, a copy of a shared prefix, or a
 fresh one); `keep_idle`, `release`, `drop` and `expire` end a cache's stay; `park_answer` takes a
@@ -49,8 +49,8 @@ class KvLayout:
 
 def split_budget(budget_tokens: int, context_length: int, max_running: int) -> KvLayout:
     """Full contexts when the budget holds at least `max_running` of them (any beyond keep idle
-    sessions without parking), else `max_running` shorter ones, so that every answer generating
-    at once has its own buffer."""
+    conversations' caches without parking), else `max_running` shorter ones, so that every answer
+    generating at once has its own buffer."""
     sequences = min(MAX_SEQUENCES, max(max_running, budget_tokens // max(1, context_length)))
     return KvLayout(sequences, min(context_length, budget_tokens // sequences))
 
@@ -87,23 +87,23 @@ class Room:
         engine: EngineFacts,
         *,
         host_cache_bytes: int | None,
-        session_ttl_s: float,
+        cache_ttl_s: float,
         available_ram: Callable[[], int | None] = lambda: meminfo_bytes("MemAvailable"),
         share_prefixes: bool = True,
     ) -> None:
         """`host_cache_bytes` None: the default share of available RAM (--host-cache); engines
         without a prefix cache park nothing."""
         self.engine = engine
-        self.session_ttl_s = session_ttl_s
+        self.cache_ttl_s = cache_ttl_s
         self.host: HostCache | None = None
         if engine.prefix_cache:
             size = default_host_cache_bytes() if host_cache_bytes is None else host_cache_bytes
-            self.host = HostCache(size, session_ttl_s, available_ram=available_ram)
+            self.host = HostCache(size, cache_ttl_s, available_ram=available_ram)
         self.sharing = Sharing(enabled=share_prefixes and engine.prefix_cache)
         if self.host is not None:
             self.host.listener = self.sharing.record_changed
         self.resident: list[Slot] = []  # every slot holding (or about to hold) an engine sequence
-        self.idle: OrderedDict[str, Slot] = OrderedDict()  # session -> its idle slot, LRU first
+        self.idle: OrderedDict[str, Slot] = OrderedDict()  # cache key -> its idle slot, LRU first
         self.to_release: list[Slot] = []  # freed outside a step's decisions; released by the next execute
         self.parks = 0
         self._placed: set[Slot] = set()  # this step's: sequences that get their cache now, no source yet
@@ -117,22 +117,22 @@ class Room:
         self.to_release = []
         self._placed, self._sources = set(), set()
 
-    def owns_cache(self, session: str | None) -> bool:
-        """Whether `session` has a cache of its own here, idle or parked."""
-        return session is not None and (session in self.idle or session in (self.host or ()))
+    def owns_cache(self, cache_key: str | None) -> bool:
+        """Whether `cache_key` has a cache of its own here, idle or parked."""
+        return cache_key is not None and (cache_key in self.idle or cache_key in (self.host or ()))
 
     def place(self, request: Request, now: float, plan: Plan) -> Admit | None:
-        """A sequence for `request`: its session's idle one, one restored from host RAM, a copy of
+        """A sequence for `request`: its cache key's idle one, one restored from host RAM, a copy of
         a shared prefix, or a fresh one (parking or evicting the least recently used idle cache
         for it); None when every sequence is busy. A parked cache leaves host RAM only once the
         request is placed. A time-sliced answer goes on from its own parked cache, restored whole."""
         target = request.target()
-        session = request.session
+        cache_key = request.cache_key
         resume = request.resume
-        idle = self.idle.pop(session, None) if session is not None and resume is None else None
+        idle = self.idle.pop(cache_key, None) if cache_key is not None and resume is None else None
         parked = None
-        if idle is None and resume is None and session is not None and self.host is not None:
-            parked = self.host.get(session)
+        if idle is None and resume is None and cache_key is not None and self.host is not None:
+            parked = self.host.get(cache_key)
         # Before any eviction: the least recently used cache may be the best source (then its
         # parked copy is the source: the scheduler saves it before this admit runs).
         source = self.sharing.find(target, self._placed) if idle is None and resume is None else None
@@ -160,11 +160,11 @@ class Room:
         else:
             source = None
             if parked is not None:
-                self.host.take(session)  # type: ignore[union-attr, arg-type] — restored, or useless: gone
+                self.host.take(cache_key)  # type: ignore[union-attr, arg-type] — restored, or useless: gone
         if source is not None and source.slot is not None and source.slot not in self.resident:
             if not any(park.slot is source.slot for park in plan.parks):  # evicted and dropped
                 slot, keep, kind, source = Slot(), 0, "fresh", None
-        slot.session, slot.request, slot.last_used = session, request, now
+        slot.cache_key, slot.request, slot.last_used = cache_key, request, now
         if slot not in self.resident:
             self.resident.append(slot)
         del slot.tokens[keep:]
@@ -175,7 +175,7 @@ class Room:
 
     def waits_for_prefix(self, request: Request) -> bool:
         """A newcomer without a cache of its own whose prefix someone is prefilling right now."""
-        own = request.resume is not None or self.owns_cache(request.session)
+        own = request.resume is not None or self.owns_cache(request.cache_key)
         return not own and self.sharing.should_wait(request, self._placed)
 
     def _free_sequence(self, plan: Plan) -> bool:
@@ -189,16 +189,16 @@ class Room:
 
     # ---- the end of a cache's stay ----
 
-    def park(self, session: str, plan: Plan) -> None:
+    def park(self, cache_key: str, plan: Plan) -> None:
         """Free an idle slot: park its cache in host RAM when it will be kept, else drop it. A
         pinned prefix, and the source of a copy this step (the copy is made from the parked
         bytes: parks run first), are always parked."""
-        slot = self.idle.pop(session)
+        slot = self.idle.pop(cache_key)
         self._unresident(slot)
         est = len(slot.tokens) * self.engine.kv_bytes_per_token
         kept = self.host is not None and slot.tokens and self.host.can_take(est)
-        if is_pin(session) or slot in self._sources or kept:
-            plan.parks.append(Park(slot, list(slot.tokens), session=session))
+        if is_pin(cache_key) or slot in self._sources or kept:
+            plan.parks.append(Park(slot, list(slot.tokens), cache_key=cache_key))
         else:
             plan.releases.append(slot)
 
@@ -210,24 +210,24 @@ class Room:
 
     def park_answer(self, request: Request, plan: Plan) -> None:
         """Time slicing: take `request`'s sequence back mid-answer. Its cache is parked for the
-        request itself (`request.resume`, set by `parked`), outside the sessions' LRU, and `place`
+        request itself (`request.resume`, set by `parked`), outside the idle caches' LRU, and `place`
         restores it whole when the request's turn comes round again."""
         slot = request.slot
         assert slot is not None and slot.seq >= 0
         self._unresident(slot)
         self.sharing.settled(request)
-        plan.parks.append(Park(slot, list(slot.tokens), session=request.session or "", request=request))
+        plan.parks.append(Park(slot, list(slot.tokens), cache_key=request.cache_key or "", request=request))
 
-    def keep_idle(self, slot: Slot, session: str, now: float, plan: Plan | None) -> None:
-        """A finished answer's cache stays in its sequence for the session's next turn."""
+    def keep_idle(self, slot: Slot, cache_key: str, now: float, plan: Plan | None) -> None:
+        """A finished answer's cache stays in its sequence for the conversation's next turn."""
         slot.request = None
-        old = self.idle.pop(session, None)
-        if old is not None:  # two requests of one session: the newer cache wins
+        old = self.idle.pop(cache_key, None)
+        if old is not None:  # two requests of one cache key: the newer cache wins
             self.release(old, plan)
         if self.host is not None:
-            self.host.drop(session)
-        slot.session, slot.last_used = session, now
-        self.idle[session] = slot
+            self.host.drop(cache_key)
+        slot.cache_key, slot.last_used = cache_key, now
+        self.idle[cache_key] = slot
 
     def release(self, slot: Slot, plan: Plan | None) -> None:
         """Free `slot`'s sequence: in this step's plan, or the next step's when outside one."""
@@ -235,25 +235,25 @@ class Room:
         self._unresident(slot)
         (plan.releases if plan is not None else self.to_release).append(slot)
 
-    def drop(self, session: str, plan: Plan) -> None:
-        """Forget a session's cache wherever it is (New chat, a closed tab, its TTL)."""
-        slot = self.idle.pop(session, None)
+    def drop(self, cache_key: str, plan: Plan) -> None:
+        """Forget a cache key's cache wherever it is (New chat, a closed tab, its TTL)."""
+        slot = self.idle.pop(cache_key, None)
         if slot is not None:
             self.release(slot, plan)
         if self.host is not None:
-            self.host.drop(session)
+            self.host.drop(cache_key)
 
     def expire(self, now: float, plan: Plan) -> None:
-        """Idle and parked caches unused for longer than the session TTL are dropped."""
-        old = [s for s, slot in self.idle.items() if now - slot.last_used > self.session_ttl_s and not is_pin(s)]
-        for session in old:
-            self.drop(session, plan)
+        """Idle and parked caches unused for longer than the cache TTL (--session-ttl) are dropped."""
+        old = [s for s, slot in self.idle.items() if now - slot.last_used > self.cache_ttl_s and not is_pin(s)]
+        for cache_key in old:
+            self.drop(cache_key, plan)
         if self.host is not None:
             self.host.expire(now)
 
     def next_expiry(self) -> float | None:
-        """When the oldest idle or parked cache outlives the session TTL."""
-        times = [slot.last_used + self.session_ttl_s for slot in list(self.idle.values())[:1]]
+        """When the oldest idle or parked cache outlives the cache TTL."""
+        times = [slot.last_used + self.cache_ttl_s for slot in list(self.idle.values())[:1]]
         if self.host is not None and self.host.next_expiry() is not None:
             times.append(self.host.next_expiry())  # type: ignore[arg-type]
         return min(times) if times else None
@@ -264,10 +264,10 @@ class Room:
             data = out.saved.get(park)
             if data is None:
                 continue  # a sliced answer without its bytes re-reads its prompt and answer so far
-            state = ParkedState(park.session, park.tokens, data, now)
+            state = ParkedState(park.cache_key, park.tokens, data, now)
             if park.request is not None:
                 park.request.resume = state
-            elif is_pin(park.session):
+            elif is_pin(park.cache_key):
                 self.sharing.pin(state)
             elif self.host is not None and self.host.put(state):
                 self.parks += 1
@@ -293,7 +293,7 @@ class Room:
             host_ram_short=host.ram_short if host is not None else False,
             sessions_dropped=host.dropped if host is not None else 0,
             parks=self.parks,
-            **self.sharing.figures([slot for session, slot in self.idle.items() if is_pin(session)]),
+            **self.sharing.figures([slot for cache_key, slot in self.idle.items() if is_pin(cache_key)]),
         )
 
     def drain(self) -> list[Slot]:

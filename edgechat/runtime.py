@@ -142,7 +142,7 @@ def _scheduler(engine: Any, settings: Settings, max_running: int | None, share_p
         time_slice=settings.time_slice,
         request_timeout_s=settings.request_timeout,
         host_cache_bytes=None if settings.host_cache is None else parse_host_cache(settings.host_cache),
-        session_ttl_s=settings.session_ttl,
+        cache_ttl_s=settings.session_ttl,
         share_prefixes=share_prefixes,
     )
 

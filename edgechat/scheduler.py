@@ -14,11 +14,11 @@ and the engine (vLLM's engine-core loop: its Scheduler role is the planner and t
 The lock guards only the hand-off (inbox, forget list, close); `stats()` reads the snapshot the
 worker publishes after each step.
 
-A request with a `session` key leaves its sequence idle when it ends (a failed one frees it: its
-cache state is unknown). The session's next request keeps the
+A request with a `cache_key` leaves its sequence idle when it ends (a failed one frees it: its
+cache state is unknown). The cache key's next request keeps the
 longest common token prefix of that cache and prefills only the rest (llama.cpp server's "keep
 the common prefix, drop the rest"). When a sequence is needed, the least recently used idle cache
-is parked in host RAM (edgechat.kvcache) instead of dropped, and restored on the session's next
+is parked in host RAM (edgechat.kvcache) instead of dropped, and restored on the cache key's next
 turn; a restore the engine rejects falls back to a re-prefill.
 """
 
@@ -106,7 +106,7 @@ class Scheduler:
         max_queue: int = Settings.max_queue,
         request_timeout_s: float | None = None,
         host_cache_bytes: int | None = None,
-        session_ttl_s: float = Settings.session_ttl,
+        cache_ttl_s: float = Settings.session_ttl,
         clock: Callable[[], float] = time.monotonic,
         available_ram: Callable[[], int | None] = lambda: meminfo_bytes("MemAvailable"),
         share_prefixes: bool = True,
@@ -114,7 +114,7 @@ class Scheduler:
         start: bool = True,
     ) -> None:
         """`clock` and `available_ram` are injectable for tests; `share_prefixes=False` turns off prompt prefixes
-        shared across sessions (benches compare); `time_slice` > 0 parks an answer after that many
+        shared across conversations (benches compare); `time_slice` > 0 parks an answer after that many
         tokens while people wait and every place is busy (--time-slice, which the runtime passes;
         0 here, so a scheduler built by hand serves first come, first served unless it asks);
         `start=False` leaves the stepping to the caller."""
@@ -133,7 +133,7 @@ class Scheduler:
         room = Room(
             facts,
             host_cache_bytes=host_cache_bytes,
-            session_ttl_s=session_ttl_s,
+            cache_ttl_s=cache_ttl_s,
             available_ram=available_ram,
             share_prefixes=share_prefixes,
         )
@@ -163,7 +163,7 @@ class Scheduler:
         prompt: Sequence[int],
         sampling: SamplingParams,
         stop_ids: frozenset[int],
-        session: str | None = None,
+        cache_key: str | None = None,
     ) -> RequestEvents:
         if self.failure is not None:
             raise RequestError(f"the engine stopped: {self.failure}; reload the runtime")
@@ -179,7 +179,7 @@ class Scheduler:
             sampling=sampling,
             max_new_tokens=min(sampling.max_new_tokens, room),
             stop_ids=stop_ids,
-            session=session,
+            cache_key=cache_key,
             deadline=None if self.request_timeout_s is None else now + self.request_timeout_s,
         )
         request.stats.submitted_at = now
@@ -204,13 +204,13 @@ class Scheduler:
         if not self._planner.room.sharing.enabled:
             return None
         greedy = SamplingParams(temperature=0.0, max_new_tokens=1)
-        return self.submit(prompt, greedy, frozenset(), session=pin_key(next(self._pins)))
+        return self.submit(prompt, greedy, frozenset(), cache_key=pin_key(next(self._pins)))
 
-    def forget_session(self, session: str) -> None:
-        """Drop a session's cache, in KV or parked (New chat, a closed tab): its next request
+    def forget_cache(self, cache_key: str) -> None:
+        """Drop a cache key's cache, in KV or parked (New chat, a closed tab): its next request
         starts from scratch."""
         with self._cond:
-            self._forget.append(session)
+            self._forget.append(cache_key)
             self._cond.notify()
 
     def stats(self) -> BackendStats:

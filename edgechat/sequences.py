@@ -49,8 +49,8 @@ class Slot:
     """One engine sequence and what its KV cache holds, as the scheduler knows it."""
 
     tokens: list[int] = field(default_factory=list)
-    session: str | None = None
-    request: Request | None = None  # None while the slot idles with a session's cache
+    cache_key: str | None = None
+    request: Request | None = None  # None while the slot idles with a conversation's cache
     last_used: float = 0.0
     seq: int = -1  # the engine's id; -1 until the execute step opens the sequence
 
@@ -62,7 +62,7 @@ class Request:
     sampling: SamplingParams
     max_new_tokens: int
     stop_ids: frozenset[int]
-    session: str | None
+    cache_key: str | None
     deadline: float | None
     events: queue.Queue[TokenEvent] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -90,20 +90,20 @@ class Request:
 
 @dataclass(eq=False)
 class Park:
-    """Copy a sequence's cache to host RAM, then free it: for the session's next turn, or for a
+    """Copy a sequence's cache to host RAM, then free it: for the conversation's next turn, or for a
     time-sliced answer to go on from (`request`) when its turn comes round again."""
 
     slot: Slot
     tokens: list[int]
-    session: str
+    cache_key: str
     request: Request | None = None
 
 
 @dataclass(eq=False)
 class Admit:
-    """Give a waiting request a sequence: a new one (opened in execute), or its session's idle one;
+    """Give a waiting request a sequence: a new one (opened in execute), or its cache key's idle one;
     keep the first `keep` cached tokens, restoring `restore` first when it comes from host RAM,
-    or copying the cache of `share` (another session's sequence) first (edgechat.sharing). `kind`
+    or copying the cache of `share` (another conversation's sequence) first (edgechat.sharing). `kind`
     says where the kept tokens come from: reused, restored, shared, resumed (a time-sliced answer's
     own cache) or fresh (nothing kept)."""
 

@@ -2,7 +2,7 @@
 indexing): which cache a newcomer's prompt can start from, whether a prefix it wants is being
 prefilled right now, the room's pinned prefixes, and the prompt-token counters.
 
-Sources, cheapest first at equal length: a record in host RAM (a parked session or a pinned prefix:
+Sources, cheapest first at equal length: a record in host RAM (a parked conversation or a pinned prefix:
 one restore), then a resident sequence, running or idle (its cache saved and restored into the
 newcomer's). Measured on the 2-core dev box (README, "Prefixes shared across sessions"): llama.cpp's
 own `llama_memory_seq_cp` between sequences with a KV buffer each copies the whole buffer at the
@@ -70,7 +70,7 @@ class Sharing:
             self.parked.put(record, record.tokens)
 
     def record_removed(self, record: ParkedState) -> None:
-        if self.pins.get(record.session) is not record:
+        if self.pins.get(record.cache_key) is not record:
             self.parked.remove(record)
 
     def promise(self, request: Request) -> None:
@@ -83,10 +83,10 @@ class Sharing:
 
     def pin(self, record: ParkedState) -> None:
         """A pinned prefix parked in host RAM: never dropped for room or age."""
-        old = self.pins.pop(record.session, None)
+        old = self.pins.pop(record.cache_key, None)
         if old is not None:
             self.parked.remove(old)
-        self.pins[record.session] = record
+        self.pins[record.cache_key] = record
         self.parked.put(record, record.tokens)
 
     # ---- lookups ----

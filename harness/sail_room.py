@@ -97,7 +97,7 @@ def timed(engine: Any, clock: SimClock) -> None:
 
 @dataclass
 class Person:
-    session: str
+    cache_key: str
     questions: list[list[int]]
     history: list[int] = field(default_factory=list)
     handle: Any = None
@@ -128,7 +128,7 @@ def simulate(
     _, engine = load_engines(bmodel, VOCAB, list(dev_ids), slots)
     clock = SimClock()
     timed(engine, clock)
-    scheduler = Scheduler(engine, start=False, clock=clock, max_queue=4 * people, session_ttl_s=1e9)
+    scheduler = Scheduler(engine, start=False, clock=clock, max_queue=4 * people, cache_ttl_s=1e9)
     rng = random.Random(seed)
     system = [rng.randrange(3, VOCAB) for _ in range(system_tokens)]
     room = [
@@ -143,7 +143,7 @@ def simulate(
                 if p.handle is None and len(p.turns) < turns:
                     p.prompt = p.history + p.questions[len(p.turns)]
                     p.answer = []
-                    p.handle = scheduler.submit(p.prompt, sampling, frozenset(), session=p.session)
+                    p.handle = scheduler.submit(p.prompt, sampling, frozenset(), cache_key=p.cache_key)
             scheduler.step()
             for p in room:
                 for event in p.handle.poll() if p.handle is not None else []:

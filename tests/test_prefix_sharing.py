@@ -1,6 +1,6 @@
-"""Prompt prefixes shared across sessions on real llama.cpp (issue 25): a newcomer whose prompt
-starts with another session's system prompt prefills only its own tokens (the engine's own count
-of computed rows) and answers exactly as alone; a session that copied a prefix and then goes its
+"""Prompt prefixes shared across conversations on real llama.cpp (issue 25): a newcomer whose prompt
+starts with another conversation's system prompt prefills only its own tokens (the engine's own count
+of computed rows) and answers exactly as alone; a conversation that copied a prefix and then goes its
 own way never changes the owner's answers; a parked owner's record is a source too; the room's
 --system and --handout are read once at start and pinned. Speed is bench/room.py's (config e)."""
 
@@ -34,15 +34,15 @@ def ids(runtime: Runtime, *turns: str) -> list[int]:
     return runtime.tokenizer.render([Message(role="system", content=SYSTEM), *messages])
 
 
-def ask(scheduler: Scheduler, prompt: list[int], session: str) -> tuple[list[int], int, int]:
-    """(answer, tokens copied from another session, rows the engine computed for it)."""
+def ask(scheduler: Scheduler, prompt: list[int], cache_key: str) -> tuple[list[int], int, int]:
+    """(answer, tokens copied from another conversation, rows the engine computed for it)."""
     before = scheduler.engine.tokens_computed
-    handle = scheduler.submit(prompt, GREEDY_ANSWER, NO_STOP, session=session)
+    handle = scheduler.submit(prompt, GREEDY_ANSWER, NO_STOP, cache_key=cache_key)
     answer = tokens(handle)
     return answer, handle.stats.shared_tokens, scheduler.engine.tokens_computed - before
 
 
-def test_second_session_prefills_only_its_own_tokens_and_answers_as_alone(runtime: Runtime, make_engine) -> None:  # noqa: ANN001
+def test_second_conversation_prefills_only_its_own_tokens_and_answers_as_alone(runtime: Runtime, make_engine) -> None:  # noqa: ANN001
     first, second = ids(runtime, "What is a lighthouse for?"), ids(runtime, "Tell me about bees.")
     alone = Scheduler(make_engine(max_sequences=2), share_prefixes=False)
     shared = Scheduler(make_engine(max_sequences=2))
@@ -100,7 +100,7 @@ def test_a_parked_owners_record_is_restored_as_the_source_of_a_copy(runtime: Run
         answer, copied, rows = ask(shared, newcomer, "n")
         assert copied == common_prefix(owner, newcomer) >= MIN_SHARED_TOKENS
         assert rows == len(newcomer) - copied + ANSWER - 1 and answer == expected
-        handle = shared.submit(owner, GREEDY_ANSWER, NO_STOP, session="owner")  # the owner's record is still whole
+        handle = shared.submit(owner, GREEDY_ANSWER, NO_STOP, cache_key="owner")  # the owner's record is still whole
         list(news(handle))
         assert handle.stats.reused_tokens == len(owner) - 1 and shared.stats().scheduler.turns_restored == 1
     finally:
@@ -114,7 +114,8 @@ def test_a_room_answers_the_same_with_sharing_on_and_off(runtime: Runtime, make_
 
     def room(scheduler: Scheduler) -> list[list[int]]:
         handles = [
-            scheduler.submit(ids(runtime, q), GREEDY_ANSWER, NO_STOP, session=f"p{i}") for i, q in enumerate(questions)
+            scheduler.submit(ids(runtime, q), GREEDY_ANSWER, NO_STOP, cache_key=f"p{i}")
+            for i, q in enumerate(questions)
         ]
         first = [tokens(h) for h in handles]
         seconds = [
@@ -153,7 +154,7 @@ def test_the_rooms_system_prompt_is_read_once_and_pinned(tmp_path) -> None:  # n
             prompt = room.tokenizer.render(
                 [Message(role="system", content=system), Message(role="user", content=question)]
             )
-            handle = scheduler.submit(prompt, GREEDY_ANSWER, NO_STOP, session=f"s{i}")
+            handle = scheduler.submit(prompt, GREEDY_ANSWER, NO_STOP, cache_key=f"s{i}")
             list(news(handle))
             assert handle.stats.shared_tokens >= MIN_SHARED_TOKENS, i
         stats = scheduler.stats()

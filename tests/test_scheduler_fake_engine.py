@@ -1,43 +1,22 @@
-"""The scheduler's planner and room on the deterministic FakeEngine, stepped by hand with an injected clock: FIFO,
-LRU parking, restore and its fallback, chunked and multi-newcomer
-prefill, timeouts, cancel, expiry. No threads, no sleeps: every test is a fixed sequence of steps.
-Product behaviour (real answers) is tested on llama.cpp in test_scheduler_llamacpp.py."""
+"""The scheduler's planner and room on the deterministic FakeEngine, stepped by hand with an
+injected clock (tests/fake_scheduler.py): FIFO, LRU parking, restore and its fallback, chunked and
+multi-newcomer prefill, timeouts, cancel, expiry, prompt prefixes shared across conversations. No
+threads, no sleeps: every test is a fixed sequence of steps. Random traffic against the engine's
+caches is test_scheduler_fake_engine_random_traffic.py. Product behaviour (real answers) is tested
+on llama.cpp in test_scheduler_llamacpp.py."""
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
 from edgechat.errors import RequestError
-from edgechat.scheduler import RequestEvents, Scheduler
-from edgechat.types import Failed, Finished, FinishReason, Queued, SamplingParams, Token
-from tests.conftest import GREEDY
+from edgechat.scheduler import Scheduler
+from edgechat.types import Failed, Finished, FinishReason, Queued, SamplingParams
 from tests.fake_engine import FakeEngine, expected_answer
-
-MIB = 1 << 20
-GREEDY_8 = replace(GREEDY, max_new_tokens=8)
-NO_STOP: frozenset[int] = frozenset()
-MAX_STEPS = 500
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def build(engine: FakeEngine | None = None, **options) -> tuple[Scheduler, FakeEngine, Clock]:  # noqa: ANN003
-    engine = engine or FakeEngine()
-    clock = Clock()
-    options.setdefault("host_cache_bytes", 64 * MIB)
-    options.setdefault("available_ram", lambda: 8 << 30)
-    return Scheduler(engine, clock=clock, start=False, **options), engine, clock
+from tests.fake_scheduler import GREEDY_8, MAX_STEPS, MIB, NO_STOP, Clock, answer, answer_of, build, prompt, run
 
 
 @pytest.fixture
@@ -45,24 +24,6 @@ def fake() -> Iterator[tuple[Scheduler, FakeEngine, Clock]]:
     sched, engine, clock = build()
     yield sched, engine, clock
     sched.close()
-
-
-def run(sched: Scheduler) -> int:
-    """Step until nothing is left to do; how many steps it took."""
-    for n in range(MAX_STEPS):
-        if not sched.step():
-            return n
-    raise AssertionError("the scheduler never went idle")
-
-
-def answer(handle: RequestEvents) -> list[int]:
-    events = handle.poll()
-    assert isinstance(events[-1], (Finished, Failed)), events[-1:]
-    return [e.id for e in events if isinstance(e, Token)]
-
-
-def prompt(n: int, seed: int = 0) -> list[int]:
-    return [(seed * 7 + i) % 50 + 3 for i in range(n)]
 
 
 def test_requests_start_in_arrival_order() -> None:
@@ -127,25 +88,19 @@ def test_long_prompt_prefills_in_chunks_while_the_runner_streams() -> None:
     assert answer(long) == expected_answer(prompt(50, 3), 8) and before == 1
 
 
-def test_an_idle_session_reuses_its_cached_prefix(fake) -> None:  # noqa: ANN001
+def test_an_idle_conversation_reuses_its_cached_prefix(fake) -> None:  # noqa: ANN001
     sched, engine, _ = fake
     first = prompt(10)
     reply = answer_of(sched, first, "a")
     follow = first + reply + prompt(4, 9)
-    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, cache_key="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == len(first) + len(reply) - 1  # all but the unfed last token
     assert sched.stats().scheduler.turns_reused == 1
 
 
-def answer_of(sched: Scheduler, ids: list[int], session: str | None, n: int = 8) -> list[int]:
-    handle = sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=n), NO_STOP, session=session)
-    run(sched)
-    return answer(handle)
-
-
-def test_least_recently_used_idle_session_is_parked_and_restored() -> None:
+def test_least_recently_used_idle_cache_is_parked_and_restored() -> None:
     sched, engine, _ = build(FakeEngine(max_sequences=2))
     turns = {s: prompt(12, i) for i, s in enumerate("abc")}
     replies = {s: answer_of(sched, turns[s], s) for s in "ab"}
@@ -159,7 +114,7 @@ def test_least_recently_used_idle_session_is_parked_and_restored() -> None:
     )
     assert [c for c in engine.calls if c[0] == "save"] == [("save", 0, len(turns["a"]) + 7)]
     follow = turns["a"] + replies["a"] + prompt(3, 5)
-    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, cache_key="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == len(turns["a"]) + 7
@@ -174,7 +129,7 @@ def test_restore_keeps_only_the_common_prefix_of_a_parked_cache() -> None:
     answer_of(sched, first, "a")
     answer_of(sched, prompt(9, 4), "b")  # parks "a": 12 + 7 tokens
     edited = first[:8] + prompt(6, 7)  # the person edited their first question
-    handle = sched.submit(edited, GREEDY_8, NO_STOP, session="a")
+    handle = sched.submit(edited, GREEDY_8, NO_STOP, cache_key="a")
     run(sched)
     assert answer(handle) == expected_answer(edited, 8) and handle.stats.reused_tokens == 8
     assert ("restore", 0, 19, True) in engine.calls and ("start", 0, 8) in engine.calls
@@ -189,7 +144,7 @@ def test_a_restore_the_engine_rejects_falls_back_to_reprefill() -> None:
     engine.corrupt_saves = True
     answer_of(sched, prompt(9, 4), "b")  # parks "a" with bytes the engine will not take back
     follow = first + reply + prompt(3, 5)
-    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, cache_key="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert handle.stats.reused_tokens == 0
@@ -210,17 +165,17 @@ def test_short_host_ram_stops_parking_with_a_warning_and_nobody_fails(caplog) ->
     assert "host RAM is short" in caplog.text
     assert not any(c[0] == "save" for c in engine.calls) and sched.stats().scheduler.room.sessions_parked == 0
     follow = first + reply + prompt(3, 5)
-    handle = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
+    handle = sched.submit(follow, GREEDY_8, NO_STOP, cache_key="a")
     run(sched)
     assert answer(handle) == expected_answer(follow, 8)
     assert sched.stats().scheduler.turns_reprefilled == 1 and sched.stats().scheduler.room.host_ram_short is True
 
 
-def test_host_cache_keeps_the_most_recent_sessions_within_its_size() -> None:
+def test_host_cache_keeps_the_most_recent_caches_within_its_size() -> None:
     engine = FakeEngine(max_sequences=1, kv_bytes_per_token=1000)
     sched, _, _ = build(engine, host_cache_bytes=25_000)  # room for one parked 20-token cache
-    for i, session in enumerate("abc"):
-        answer_of(sched, prompt(12, i), session)
+    for i, cache_key in enumerate("abc"):
+        answer_of(sched, prompt(12, i), cache_key)
     stats = sched.stats()
     assert (
         stats.scheduler.room.sessions_parked == 1
@@ -229,8 +184,8 @@ def test_host_cache_keeps_the_most_recent_sessions_within_its_size() -> None:
     )
 
 
-def test_idle_and_parked_sessions_expire_after_the_ttl() -> None:
-    sched, engine, clock = build(FakeEngine(max_sequences=1), session_ttl_s=60)
+def test_idle_and_parked_caches_expire_after_the_ttl() -> None:
+    sched, engine, clock = build(FakeEngine(max_sequences=1), cache_ttl_s=60)
     answer_of(sched, prompt(12), "a")
     answer_of(sched, prompt(12, 1), "b")  # "a" parked, "b" idle in the sequence
     assert sched.stats().scheduler.room.sessions_parked == 1 and sched.stats().scheduler.room.sessions_cached == 1
@@ -245,13 +200,13 @@ def test_idle_and_parked_sessions_expire_after_the_ttl() -> None:
     assert engine.open_sequences == 0
 
 
-def test_forget_session_drops_its_cache_wherever_it_is(fake) -> None:  # noqa: ANN001
+def test_forget_cache_drops_its_cache_wherever_it_is(fake) -> None:  # noqa: ANN001
     sched, engine, _ = fake
     answer_of(sched, prompt(12), "a")
-    sched.forget_session("a")
+    sched.forget_cache("a")
     run(sched)
     assert sched.stats().scheduler.room.sessions_cached == 0 and engine.open_sequences == 0
-    handle = sched.submit(prompt(12), GREEDY_8, NO_STOP, session="a")
+    handle = sched.submit(prompt(12), GREEDY_8, NO_STOP, cache_key="a")
     run(sched)
     assert handle.stats.reused_tokens == 0 and sched.stats().scheduler.turns_reprefilled == 0  # New chat: not a miss
 
@@ -271,22 +226,25 @@ def test_timeout_by_the_clock_stops_and_frees() -> None:
 def test_cancel_ends_within_one_step_and_frees_or_keeps_the_cache(fake) -> None:  # noqa: ANN001
     sched, engine, _ = fake
     long = SamplingParams(temperature=0, max_new_tokens=100)
-    anonymous, stopped = sched.submit(prompt(5), long, NO_STOP), sched.submit(prompt(6, 1), long, NO_STOP, session="a")
+    anonymous, stopped = (
+        sched.submit(prompt(5), long, NO_STOP),
+        sched.submit(prompt(6, 1), long, NO_STOP, cache_key="a"),
+    )
     sched.step()
     anonymous.cancel()
     stopped.cancel()
     sched.step()
     assert anonymous.poll()[-1] == stopped.poll()[-1] == Finished(FinishReason.CANCELLED)
-    # Without a session the sequence is freed; a stopped answer keeps its cache for Continue.
+    # Without a cache key the sequence is freed; a stopped answer keeps its cache for Continue.
     assert engine.open_sequences == 1 and sched.stats().scheduler.room.sessions_cached == 1
     assert sched.stats().scheduler.cancelled == 2
 
 
-def test_stop_id_ends_the_answer_and_keeps_the_session_cache(fake) -> None:  # noqa: ANN001
+def test_stop_id_ends_the_answer_and_keeps_the_conversation_cache(fake) -> None:  # noqa: ANN001
     sched, engine, _ = fake
     ids = prompt(7)
     stop = frozenset({expected_answer(ids, 3)[2]})
-    handle = sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=50), stop, session="a")
+    handle = sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=50), stop, cache_key="a")
     run(sched)
     assert answer(handle) == expected_answer(ids, 50, stop) and handle.poll() == []
     assert handle.stats.finish_reason is FinishReason.STOP and sched.stats().scheduler.room.sessions_cached == 1
@@ -309,7 +267,7 @@ def test_engine_fault_fails_one_request_and_spares_the_rest(fake) -> None:  # no
 def test_engine_without_batch_prefill_or_prefix_cache() -> None:
     engine = FakeEngine(max_sequences=2, max_batch=1, prefill_chunk=None, batch_prefill=False, prefix_cache=False)
     sched, _, _ = build(engine)
-    handles = [sched.submit(prompt(6, i), GREEDY_8, NO_STOP, session=f"s{i}") for i in range(3)]
+    handles = [sched.submit(prompt(6, i), GREEDY_8, NO_STOP, cache_key=f"s{i}") for i in range(3)]
     run(sched)
     assert [answer(h) for h in handles] == [expected_answer(prompt(6, i), 8) for i in range(3)]
     assert not any(c[0] in ("step", "save", "restore") for c in engine.calls)
@@ -328,58 +286,7 @@ def test_stats_report_kv_use_the_layout_and_one_idle_cache(fake) -> None:  # noq
     assert room.sessions_cached == 1 and room.sequences_in_use == 1 and stats.scheduler.completed == 1
 
 
-@pytest.mark.parametrize("time_slice", [0, 3])
-@pytest.mark.parametrize("head", [0, 64])
-@pytest.mark.parametrize("seed", range(12))
-def test_random_traffic_keeps_every_cache_record_exact(seed: int, head: int, time_slice: int) -> None:
-    """Questions, follow-ups that share some or none of the cache, Stop, New chat and expiry in a
-    random order: after every step the scheduler's record of each sequence equals what the engine
-    holds, so every keep, park and restore is planned on the truth. With `head`, every new chat
-    starts with the same tokens (a room's system prompt): sources are copied, parked, restored and
-    rewritten too, and every answer is still the one its prompt gets alone. With `time_slice`,
-    answers are also parked mid-way and resumed whenever people wait (issue 29)."""
-    rng = random.Random(seed)
-    sched, engine, clock = build(
-        FakeEngine(max_sequences=3, max_len=400, prefill_chunk=16), session_ttl_s=30, time_slice=time_slice
-    )
-    history: dict[str, list[int]] = {f"s{i}": [] for i in range(6)}
-    live: dict[str, tuple[RequestEvents, list[int], list[int]]] = {}
-    for _ in range(250):
-        session = rng.choice(sorted(history))
-        roll = rng.random()
-        if session not in live and roll < 0.3:
-            past = history[session][-200:]
-            past = past[: rng.randint(len(past) // 2, len(past))]  # an edited or regenerated turn
-            ids = (past or list(range(900, 900 + head))) + prompt(rng.randint(3, 12), rng.randrange(50))
-            n = rng.randint(1, 20)
-            live[session] = (
-                sched.submit(ids, SamplingParams(temperature=0, max_new_tokens=n), NO_STOP, session),
-                ids,
-                [],
-            )
-        elif session in live and roll < 0.4:
-            live[session][0].cancel(rng.choice([FinishReason.CANCELLED, FinishReason.STOP]))
-        elif roll < 0.42:
-            sched.forget_session(session)
-            history[session] = []
-        sched.step()
-        clock.now += rng.random() * 2
-        for slot in sched._planner.room.resident:  # the records, against the engine
-            if slot.seq >= 0:
-                assert engine.cache(slot.seq) == slot.tokens
-        for name, (handle, ids, got) in list(live.items()):
-            events = handle.poll()
-            got += [e.id for e in events if isinstance(e, Token)]
-            if any(isinstance(e, (Finished, Failed)) for e in events):
-                assert got == expected_answer(ids, len(got))  # a kept, restored or fresh cache: same answer
-                history[name] = ids + got
-                del live[name]
-    assert sched.stats().scheduler.errors == 0 and sched.stats().scheduler.restore_failures == 0
-    assert (sched.stats().scheduler.room.turns_shared > 0) == (head > 0)
-    assert (sched.stats().scheduler.slices > 0) == (time_slice > 0)
-
-
-# ---- prompt prefixes shared across sessions (issue 25) ----
+# ---- prompt prefixes shared across conversations (issue 25) ----
 
 HEAD = list(range(900, 964))  # a room's system prompt: 64 tokens every chat starts with
 
@@ -387,9 +294,9 @@ HEAD = list(range(900, 964))  # a room's system prompt: 64 tokens every chat sta
 def test_a_newcomer_waits_for_the_prefix_being_prefilled_and_copies_it() -> None:
     sched, engine, _ = build(FakeEngine(prefill_chunk=16))
     first, second, other = HEAD + prompt(5, 1), HEAD + prompt(5, 2), prompt(6, 9)
-    a = sched.submit(first, GREEDY_8, NO_STOP, session="a")
-    b = sched.submit(second, GREEDY_8, NO_STOP, session="b")
-    c = sched.submit(other, GREEDY_8, NO_STOP, session="c")  # shares nothing: goes ahead of the waiting b
+    a = sched.submit(first, GREEDY_8, NO_STOP, cache_key="a")
+    b = sched.submit(second, GREEDY_8, NO_STOP, cache_key="b")
+    c = sched.submit(other, GREEDY_8, NO_STOP, cache_key="c")  # shares nothing: goes ahead of the waiting b
     sched.step()
     assert a.stats.started_at is not None and c.stats.started_at is not None and b.stats.started_at is None
     run(sched)
@@ -407,11 +314,11 @@ def test_the_only_sequences_idle_owner_is_parked_and_its_copy_is_the_source() ->
     sched, engine, _ = build(FakeEngine(max_sequences=1))
     first, second = HEAD + prompt(5, 1), HEAD + prompt(5, 2)
     reply = answer_of(sched, first, "a")
-    handle = sched.submit(second, GREEDY_8, NO_STOP, session="b")
+    handle = sched.submit(second, GREEDY_8, NO_STOP, cache_key="b")
     run(sched)
     assert answer(handle) == expected_answer(second, 8) and handle.stats.shared_tokens == len(HEAD)
     follow = first + reply + prompt(3, 7)  # the owner comes back: its own parked cache, whole
-    again = sched.submit(follow, GREEDY_8, NO_STOP, session="a")
+    again = sched.submit(follow, GREEDY_8, NO_STOP, cache_key="a")
     run(sched)
     assert answer(again) == expected_answer(follow, 8) and again.stats.reused_tokens == len(first) + len(reply) - 1
     assert sched.stats().scheduler.turns_restored == 1 and sched.stats().scheduler.restore_failures == 0
@@ -424,8 +331,8 @@ def test_a_source_evicted_by_a_later_newcomer_of_the_same_step_is_copied_from_it
     answer_of(sched, prompt(6, 9), "z")  # the least recently used idle cache
     answer_of(sched, HEAD + prompt(5, 1), "a")  # the source
     second, other = HEAD + prompt(5, 2), prompt(7, 11)
-    b = sched.submit(second, GREEDY_8, NO_STOP, session="b")  # copies a; z is evicted for it
-    c = sched.submit(other, GREEDY_8, NO_STOP, session="c")  # a is evicted for it, in the same step
+    b = sched.submit(second, GREEDY_8, NO_STOP, cache_key="b")  # copies a; z is evicted for it
+    c = sched.submit(other, GREEDY_8, NO_STOP, cache_key="c")  # a is evicted for it, in the same step
     run(sched)
     assert answer(b) == expected_answer(second, 8) and b.stats.shared_tokens == len(HEAD)
     assert answer(c) == expected_answer(other, 8) and sched.stats().scheduler.errors == 0

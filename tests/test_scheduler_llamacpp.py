@@ -1,5 +1,5 @@
 """The scheduler on real llama.cpp: batched answers equal solo ones, cancel and closed streams free
-or keep the cache as they should, a session's next turn reuses its cache, a parked and restored
+or keep the cache as they should, a conversation's next turn reuses its cache, a parked and restored
 cache answers exactly as if it had stayed, a restore llama.cpp rejects falls back to re-prefill,
 the queue cap. Planner details are tested on the FakeEngine in test_scheduler_fake_engine.py."""
 
@@ -27,8 +27,8 @@ def prompt(runtime: Runtime, question: str, history: list[Message] | None = None
     return runtime.tokenizer.render([*(history or []), Message(role="user", content=question)])
 
 
-def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], session: str | None = None) -> list[int]:
-    return tokens(scheduler.submit(ids, GREEDY, stop, session=session))
+def run(scheduler: Scheduler, ids: list[int], stop: frozenset[int], cache_key: str | None = None) -> list[int]:
+    return tokens(scheduler.submit(ids, GREEDY, stop, cache_key=cache_key))
 
 
 def tokens(handle: RequestEvents) -> list[int]:
@@ -104,37 +104,39 @@ def test_closing_the_stream_stops_the_answer_and_keeps_its_cache(runtime: Runtim
 def test_next_turn_reuses_the_cached_prefix_and_matches_reprefill(runtime: Runtime) -> None:
     sched, stop, chat = runtime.backend.scheduler, runtime.tokenizer.stop_ids, runtime.tokenizer
     first = prompt(runtime, "What is 2+2?")
-    answer = run(sched, first, stop, session="reuse-test")
+    answer = run(sched, first, stop, cache_key="reuse-test")
     history = [Message(role="user", content="What is 2+2?"), Message(role="assistant", content=chat.decode(answer))]
     second = prompt(runtime, "And 3+3?", history)
-    handle = sched.submit(second, GREEDY, stop, session="reuse-test")
+    handle = sched.submit(second, GREEDY, stop, cache_key="reuse-test")
     reused_tokens = tokens(handle)
     assert handle.stats.reused_tokens >= len(first)
-    fresh = run(sched, second, stop)  # no session: full prefill
+    fresh = run(sched, second, stop)  # no cache key: full prefill
     assert reused_tokens == fresh
-    sched.forget_session("reuse-test")  # New chat: the next request starts from scratch
-    handle = sched.submit(second, GREEDY, stop, session="reuse-test")
+    sched.forget_cache("reuse-test")  # New chat: the next request starts from scratch
+    handle = sched.submit(second, GREEDY, stop, cache_key="reuse-test")
     assert tokens(handle) == fresh and handle.stats.reused_tokens == 0
 
 
-def second_turn(runtime: Runtime, sched: Scheduler, session: str, between: Callable[[], None]) -> tuple[list[int], int]:
-    """Session's first turn, `between()`, then its second turn: (answer tokens, reused tokens)."""
+def second_turn(
+    runtime: Runtime, sched: Scheduler, cache_key: str, between: Callable[[], None]
+) -> tuple[list[int], int]:
+    """The conversation's first turn, `between()`, then its second turn: (answer tokens, reused tokens)."""
     stop = runtime.tokenizer.stop_ids
     first = prompt(runtime, "Name three colors of the rainbow.")
-    answer = run(sched, first, stop, session=session)
+    answer = run(sched, first, stop, cache_key=cache_key)
     history = [
         Message(role="user", content="Name three colors of the rainbow."),
         Message(role="assistant", content=runtime.tokenizer.decode(answer)),
     ]
     between()
-    handle = sched.submit(prompt(runtime, "And two more?", history), GREEDY, stop, session=session)
+    handle = sched.submit(prompt(runtime, "And two more?", history), GREEDY, stop, cache_key=cache_key)
     return tokens(handle), handle.stats.reused_tokens
 
 
 def test_parked_and_restored_cache_answers_as_if_it_had_stayed(runtime: Runtime, make_engine) -> None:  # noqa: ANN001
     stop = runtime.tokenizer.stop_ids
     stayed = Scheduler(make_engine(max_sequences=2))
-    parked = Scheduler(make_engine(max_sequences=1))  # a second session takes the one sequence
+    parked = Scheduler(make_engine(max_sequences=1))  # a second conversation takes the one sequence
     try:
         kept, kept_reuse = second_turn(runtime, stayed, "a", lambda: run(stayed, prompt(runtime, "Hi"), stop, "b"))
         assert stayed.stats().scheduler.turns_reused == 1 and stayed.stats().scheduler.room.parks == 0

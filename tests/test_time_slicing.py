@@ -62,7 +62,7 @@ def test_people_waiting_get_a_place_after_a_slice_and_every_answer_is_unchanged(
     sched, engine = fake_scheduler(slots=2, time_slice=4)
     greedy = replace(GREEDY, max_new_tokens=16)
     prompts = [prompt(6, i) for i in range(4)]
-    handles = [sched.submit(p, greedy, NO_STOP, session=f"s{i}") for i, p in enumerate(prompts)]
+    handles = [sched.submit(p, greedy, NO_STOP, cache_key=f"s{i}") for i, p in enumerate(prompts)]
     first, done = step_all(sched, handles)
     assert [tokens_of(h) for h in handles] == [expected_answer(p, 16) for p in prompts]
     # The two who waited had their first token long before the first two answers ended ...
@@ -85,11 +85,11 @@ def test_a_resumed_answer_counts_its_prompt_once() -> None:
     firsts = [prompt(6, i) for i in range(4)]
     turn_one = []
     for i, first in enumerate(firsts):  # one at a time: nobody waits, nothing is sliced
-        handle = sched.submit(first, greedy, NO_STOP, session=f"s{i}")
+        handle = sched.submit(first, greedy, NO_STOP, cache_key=f"s{i}")
         step_all(sched, [handle])
         turn_one.append((first + tokens_of(handle), handle))
     seconds = [held + prompt(3, 10 + i) for i, (held, _) in enumerate(turn_one)]
-    handles = [sched.submit(p, greedy, NO_STOP, session=f"s{i}") for i, p in enumerate(seconds)]
+    handles = [sched.submit(p, greedy, NO_STOP, cache_key=f"s{i}") for i, p in enumerate(seconds)]
     step_all(sched, handles)
     assert [tokens_of(h) for h in handles] == [expected_answer(p, 16) for p in seconds]
     stats = sched.stats().scheduler

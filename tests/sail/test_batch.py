@@ -106,7 +106,7 @@ def test_batch_4_with_history_kv_keeps_parks_and_restores_each_row(tmp_path: Pat
             handles = {}
             for name, tokens in history.items():
                 prompt = tokens + [30 + turn, 31]
-                handles[name] = (prompt, scheduler.submit(prompt, sampling, frozenset(), session=name))
+                handles[name] = (prompt, scheduler.submit(prompt, sampling, frozenset(), cache_key=name))
             events = {name: [] for name in handles}
             for _ in range(300):
                 if all(ev and isinstance(ev[-1], Finished) for ev in events.values()):

@@ -227,7 +227,7 @@ def test_after_a_chip_dies_its_idle_sessions_move_and_the_room_waits_for_fewer_s
         sessions = {name: [20 + i, 21, 22] for i, name in enumerate("ABC")}
         for name, prompt in sessions.items():  # one idle cached session on each chip
             assert isinstance(
-                finish(scheduler, [scheduler.submit(prompt, sampling, frozenset(), session=name)])[0][-1], Finished
+                finish(scheduler, [scheduler.submit(prompt, sampling, frozenset(), cache_key=name)])[0][-1], Finished
             )
         assert [c.busy for c in engine.chip_load()] == [1, 1, 1]
         running = [scheduler.submit([30 + i, 31], sampling, frozenset()) for i in range(3)]
@@ -240,7 +240,7 @@ def test_after_a_chip_dies_its_idle_sessions_move_and_the_room_waits_for_fewer_s
         assert engine.live_sequences == 4 and scheduler._planner.max_running == 4
         # B's cache was on TPU 1: its next turn moves to a chip in service and reads its prompt again
         follow = sessions["B"] + [40, 41]
-        ev = finish(scheduler, [scheduler.submit(follow, sampling, frozenset(), session="B")])[0]
+        ev = finish(scheduler, [scheduler.submit(follow, sampling, frozenset(), cache_key="B")])[0]
         assert isinstance(ev[-1], Finished) and [e.id for e in ev if isinstance(e, Token)] == ref.generate(
             follow, 6, frozenset()
         )
