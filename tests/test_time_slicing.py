@@ -18,10 +18,8 @@ from edgechat.scheduler import RequestEvents, Scheduler
 from edgechat.types import Failed, Finished, FinishReason, Message, SamplingParams, Tick, Token
 from tests.conftest import GREEDY
 from tests.fake_engine import FakeEngine, expected_answer
+from tests.fake_scheduler import MAX_STEPS, MIB, NO_STOP, prompt
 
-MIB = 1 << 20
-NO_STOP: frozenset[int] = frozenset()
-MAX_STEPS = 500
 WAIT_S = 120.0  # the longest the real-model test may wait for its answers
 
 
@@ -30,10 +28,6 @@ def fake_scheduler(slots: int, time_slice: int, **options) -> tuple[Scheduler, F
     options.setdefault("available_ram", lambda: 8 << 30)
     sched = Scheduler(engine, host_cache_bytes=64 * MIB, time_slice=time_slice, start=False, **options)
     return sched, engine
-
-
-def prompt(n: int, seed: int) -> list[int]:
-    return [(seed * 7 + i) % 50 + 3 for i in range(n)]
 
 
 def step_all(sched: Scheduler, handles: list[RequestEvents]) -> tuple[dict[int, int], dict[int, int]]:
