@@ -6,8 +6,10 @@ The scheduler parks a conversation's cache when its sequence is needed by someon
 the longest common prefix, when its cache key asks again. The store is least-recently-used within
 `capacity_bytes`, forgets a cache key after `ttl_s` without use, and stops taking new states while
 the machine's available RAM is below a floor (then a cache is dropped and its conversation simply
-re-prefills later: nobody's answer fails for it). Only the scheduler's worker thread touches a
-HostCache.
+re-prefills later: nobody's answer fails for it). Answers taking turns (time slicing) park their
+caches here too, as held states outside the LRU: they count against the same bytes, so
+--host-cache bounds every parked cache, and an idle conversation's cache makes way for an answer's.
+Only the scheduler's worker thread touches a HostCache.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class HostCache:
         self._available_ram = available_ram
         self._ram_floor = ram_floor_bytes() if ram_floor is None else ram_floor
         self._entries: OrderedDict[str, ParkedState] = OrderedDict()
-        self._bytes = 0
+        self._bytes = 0  # the entries' and the held states'
+        self._held: set[ParkedState] = set()  # sliced answers' caches: never evicted, only released
         self.ram_short = False  # parking refused for RAM: logged once per episode
         self.dropped = 0  # caches forgotten for room, age or RAM (they re-prefill)
         # told (state, True) when a state is kept, (state, False) when it goes: the prefix index
@@ -97,10 +100,15 @@ class HostCache:
     def nbytes(self) -> int:
         return self._bytes
 
+    @property
+    def held_bytes(self) -> int:
+        return sum(state.nbytes for state in self._held)
+
     def can_take(self, nbytes: int) -> bool:
-        """Whether a state of about `nbytes` would be kept: it fits the capacity and the machine
-        has RAM to spare. False means the scheduler drops the cache instead of parking it."""
-        if nbytes > self.capacity_bytes:
+        """Whether a state of about `nbytes` would be kept: it fits the capacity beside the held
+        states (idle entries make way) and the machine has RAM to spare. False means the scheduler
+        drops the cache instead of parking it (or, for an answer, keeps it running)."""
+        if self.held_bytes + nbytes > self.capacity_bytes:
             return False
         available = self._available_ram()
         short = available is not None and available - nbytes < self._ram_floor
@@ -122,14 +130,30 @@ class HostCache:
         if not self.can_take(state.nbytes):
             self.dropped += 1
             return False
-        while self._entries and self._bytes + state.nbytes > self.capacity_bytes:
-            self._remove(next(iter(self._entries)))
-            self.dropped += 1
+        self._make_room(state.nbytes)
         self._entries[state.cache_key] = state
         self._bytes += state.nbytes
         if self.listener is not None:
             self.listener(state, True)
         return True
+
+    def hold(self, state: ParkedState) -> None:
+        """Keep an answer's cache until `release`: its bytes exist already (`can_take` said they
+        fit), so least recently used idle entries go to make room for them."""
+        self._make_room(state.nbytes)
+        self._held.add(state)
+        self._bytes += state.nbytes
+
+    def release(self, state: ParkedState) -> None:
+        """A held state went back into a sequence, or its answer ended while it waited."""
+        if state in self._held:
+            self._held.remove(state)
+            self._bytes -= state.nbytes
+
+    def _make_room(self, nbytes: int) -> None:
+        while self._entries and self._bytes + nbytes > self.capacity_bytes:
+            self._remove(next(iter(self._entries)))
+            self.dropped += 1
 
     def get(self, cache_key: str) -> ParkedState | None:
         """A cache key's parked state, left in place (its LRU position unchanged)."""
@@ -159,6 +183,7 @@ class HostCache:
     def clear(self) -> None:
         for cache_key in list(self._entries):
             self._remove(cache_key)
+        self._held.clear()
         self._bytes = 0
 
     def _remove(self, cache_key: str) -> ParkedState | None:

@@ -242,6 +242,7 @@ class Planner:
         was_waiting = request.status is Status.WAITING
         if was_waiting:
             self.waiting.remove(request)
+            self.room.forget_resume(request)  # a sliced answer that ended while it waited
         else:
             self.active.remove(request)
             slot = request.slot

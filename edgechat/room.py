@@ -13,8 +13,8 @@ scheduler owns what the sequences and host RAM hold:
 
 `place` gives a request a sequence (its idle one, a restored one, a copy of a shared prefix, or a
 fresh one); `keep_idle`, `release`, `drop` and `expire` end a cache's stay; `park_answer` takes a
-sequence back from a running answer (time slicing), its cache parked for that answer to resume
-from, whole, when it is placed again; `parked` folds the
+sequence back from a running answer (time slicing), its cache parked (within --host-cache) for
+that answer to resume from, whole, when it is placed again; `parked` folds the
 saved bytes of a step's parks back in; `stats` returns a typed `RoomStats`. The planner
 (edgechat.planner) asks the room and never touches a cache itself; the scheduler makes every
 engine call the plan names. Only the scheduler's worker thread uses a Room.
@@ -143,7 +143,7 @@ class Room:
         if resume is not None:
             slot, restore, kind = Slot(tokens=list(resume.tokens)), resume, "resumed"
             keep = common_prefix(resume.tokens, target)
-            request.resume = None
+            self.forget_resume(request)
         elif idle is not None:
             slot, restore, keep = idle, None, min(common_prefix(idle.tokens, target), len(target) - 1)
             kind = "reused"
@@ -218,6 +218,12 @@ class Room:
         self.sharing.settled(request)
         plan.parks.append(Park(slot, list(slot.tokens), cache_key=request.cache_key or "", request=request))
 
+    def forget_resume(self, request: Request) -> None:
+        """`request`'s parked cache is restored, or no longer needed: its host RAM is free again."""
+        if request.resume is not None and self.host is not None:
+            self.host.release(request.resume)
+        request.resume = None
+
     def keep_idle(self, slot: Slot, cache_key: str, now: float, plan: Plan | None) -> None:
         """A finished answer's cache stays in its sequence for the conversation's next turn."""
         slot.request = None
@@ -265,7 +271,8 @@ class Room:
             if data is None:
                 continue  # a sliced answer without its bytes re-reads its prompt and answer so far
             state = ParkedState(park.cache_key, park.tokens, data, now)
-            if park.request is not None:
+            if park.request is not None and self.host is not None:  # only engines with a host cache slice
+                self.host.hold(state)
                 park.request.resume = state
             elif is_pin(park.cache_key):
                 self.sharing.pin(state)

@@ -26,7 +26,8 @@ WAIT_S = 120.0  # the longest the real-model test may wait for its answers
 def fake_scheduler(slots: int, time_slice: int, **options) -> tuple[Scheduler, FakeEngine]:  # noqa: ANN003
     engine = FakeEngine(max_sequences=slots, max_len=256)
     options.setdefault("available_ram", lambda: 8 << 30)
-    sched = Scheduler(engine, host_cache_bytes=64 * MIB, time_slice=time_slice, start=False, **options)
+    options.setdefault("host_cache_bytes", 64 * MIB)
+    sched = Scheduler(engine, time_slice=time_slice, start=False, **options)
     return sched, engine
 
 
@@ -146,6 +147,28 @@ def test_a_parked_answer_cancelled_while_it_waits_frees_everything() -> None:
     assert isinstance(events[-1], Finished) and events[-1].reason is FinishReason.CANCELLED
     assert sched.stats().scheduler.room.sequences_in_use <= 1 and sched.stats().scheduler.errors == 0
     assert set(engine._cache) == {s.seq for s in sched._planner.room.resident if s.seq >= 0}  # nothing leaked
+    sched.close()
+
+
+def test_answers_waiting_for_their_turn_stay_within_the_host_cache() -> None:
+    """--host-cache bounds every parked cache, an answer's waiting for its next slice too: the
+    parked bytes /metrics reports count them and never pass the bound; an answer whose cache would
+    not fit beside the others keeps its sequence instead (FakeEngine: 64 bytes a cached token)."""
+    capacity = 1000  # one sliced answer (6 prompt tokens + a slice of 3: 9 x 64 = 576 bytes), not two
+    sched, _ = fake_scheduler(slots=1, time_slice=3, host_cache_bytes=capacity)
+    greedy = replace(GREEDY, max_new_tokens=12)
+    prompts = [prompt(6, i) for i in range(3)]
+    handles = [sched.submit(p, greedy, NO_STOP, cache_key=f"s{i}") for i, p in enumerate(prompts)]
+    most_waiting = 0
+    for _ in range(MAX_STEPS):
+        if not sched.step():
+            break
+        waiting = sum(r.resume.nbytes for r in sched._planner.waiting if r.resume is not None)
+        parked = sched.stats().scheduler.room.parked_mib * MIB
+        assert waiting <= parked <= capacity, (waiting, parked)
+        most_waiting = max(most_waiting, waiting)
+    assert [tokens_of(h) for h in handles] == [expected_answer(p, 12) for p in prompts]
+    assert most_waiting > 0 and sched.stats().scheduler.slices >= 1  # still taking turns, within the bound
     sched.close()
 
 
