@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,13 @@ def worker(command: str, db: Path, *args: str, token: str = "", **popen) -> subp
 
 
 def read_line(proc: subprocess.Popen) -> dict:
-    line = proc.stdout.readline()
-    assert line, f"worker exited early with {proc.wait(WAIT_S)}"
-    return json.loads(line)
+    """The worker's next JSON line, within WAIT_S: a worker that hangs fails the test (killed)."""
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(WAIT_S)
+    if reader.is_alive():
+        proc.kill()
+        raise AssertionError(f"the worker printed nothing in {WAIT_S} s")
+    assert lines[0], f"worker exited early with {proc.wait(WAIT_S)}"
+    return json.loads(lines[0])
