@@ -43,7 +43,11 @@ class Planner:
         self._rr = 0  # round-robin offset for engines that batch fewer than all running
         self.counts = dict.fromkeys(("completed", "cancelled", "errors", "restore_failures", "slices"), 0)
         self.turns = dict.fromkeys(("reused", "restored", "reprefilled"), 0)
-        self.service_s = 10.0  # moving average of a request's time in service, for queue ETAs
+        # Queue ETAs: moving averages of a step's time while busy (a token of every running answer)
+        # and of an answer's tokens (None until one ends: the answers in service's maximum then).
+        self.step_s = 0.1
+        self.answer_tokens: float | None = None
+        self._last_update: float | None = None
         self.outbox: list[tuple[Request, TokenEvent]] = []  # delivered once the step's stats are out
 
     def _emit(self, request: Request, event: TokenEvent) -> None:
@@ -72,6 +76,8 @@ class Planner:
         for cache_key in forget:
             self.room.drop(cache_key, plan)
             self._seen.pop(cache_key, None)
+        if not self.active:
+            self._last_update = None  # an idle gap is no step
         self.waiting.extend(inbox)
         self.room.expire(now, plan)
         for request in [*self.waiting, *self.active]:
@@ -177,6 +183,9 @@ class Planner:
 
     def update(self, plan: Plan, out: Outputs, now: float) -> int:
         """Fold the engine's outputs in; how many tokens were produced."""
+        if self._last_update is not None:
+            self.step_s = 0.8 * self.step_s + 0.2 * (now - self._last_update)
+        self._last_update = now
         self.room.parked(plan, out, now)
         for admit in plan.admits:
             request = admit.request
@@ -261,8 +270,9 @@ class Planner:
             self.counts["cancelled"] += 1
         elif reason is not FinishReason.ERROR and not is_pin(request.cache_key):  # a pin is no answer
             self.counts["completed"] += 1
-        if not was_waiting and stats.started_at is not None:
-            self.service_s = 0.8 * self.service_s + 0.2 * (now - stats.started_at)
+        if not was_waiting and reason is not FinishReason.ERROR:
+            made = stats.completion_tokens
+            self.answer_tokens = made if self.answer_tokens is None else 0.8 * self.answer_tokens + 0.2 * made
         if notify:
             self._emit(request, Finished(reason))
 
@@ -274,11 +284,18 @@ class Planner:
             self._seen.popitem(last=False)
 
     def _report_queue(self) -> None:
+        """Each waiting request's place and rough wait: rounds of whole answers, or of time slices
+        while the answers in service take turns, each round that many steps."""
+        answer = self.answer_tokens
+        if answer is None:
+            answer = max((r.max_new_tokens for r in self.active), default=0)
+        if self.time_slice > 0 and all(r.sampling.stateless for r in self.active):
+            answer = min(answer, self.time_slice)
         for position, request in enumerate(self.waiting, start=1):
             if request.last_position != position:
                 request.last_position = position
                 rounds = math.ceil(position / max(1, self.max_running))
-                self._emit(request, Queued(position, rounds * self.service_s))
+                self._emit(request, Queued(position, rounds * answer * self.step_s))
 
     def snapshot(self) -> BackendStats:
         """The figures `Scheduler.stats()` starts from, as of the end of a step."""

@@ -15,10 +15,10 @@ from edgechat.config import parse_settings
 from edgechat.metrics import ServingMetrics
 from edgechat.runtime import load_runtime
 from edgechat.scheduler import RequestEvents, Scheduler
-from edgechat.types import Failed, Finished, FinishReason, Message, SamplingParams, Tick, Token
+from edgechat.types import Failed, Finished, FinishReason, Message, Queued, SamplingParams, Tick, Token
 from tests.conftest import GREEDY
 from tests.fake_engine import FakeEngine, expected_answer
-from tests.fake_scheduler import MAX_STEPS, MIB, NO_STOP, prompt
+from tests.fake_scheduler import MAX_STEPS, MIB, NO_STOP, Clock, prompt
 
 WAIT_S = 120.0  # the longest the real-model test may wait for its answers
 
@@ -170,6 +170,34 @@ def test_answers_waiting_for_their_turn_stay_within_the_host_cache() -> None:
     assert [tokens_of(h) for h in handles] == [expected_answer(p, 12) for p in prompts]
     assert most_waiting > 0 and sched.stats().scheduler.slices >= 1  # still taking turns, within the bound
     sched.close()
+
+
+def told_and_waited(time_slice: int) -> tuple[float, float]:
+    """The third of three people on one sequence, steps of 0.25 s on the clock: the wait the last
+    queue message before their first token announced, and the wait from that message on."""
+    clock = Clock()
+    sched, _ = fake_scheduler(slots=1, time_slice=time_slice, clock=clock)
+    greedy = replace(GREEDY, max_new_tokens=16)
+    handles = [sched.submit(prompt(6, i), greedy, NO_STOP) for i in range(3)]
+    told: tuple[float, float] | None = None  # (when, announced wait)
+    for _ in range(MAX_STEPS):
+        clock.now += 0.25
+        if not sched.step():
+            break
+        for event in handles[2].poll():
+            if isinstance(event, Queued) and handles[2].stats.first_token_at is None:
+                told = (clock.now, event.eta_s)  # (a sliced answer is told its place again later)
+    sched.close()
+    assert told is not None and handles[2].stats.first_token_at is not None
+    return told[1], handles[2].stats.first_token_at - told[0]
+
+
+def test_a_person_in_line_is_told_about_the_wait_they_get() -> None:
+    """The queue message's "about N s" (the page shows it) counts time slices when the answers in
+    service take turns, whole answers when they do not: within a factor of two either way."""
+    for time_slice in (4, 0):
+        told, waited = told_and_waited(time_slice)
+        assert waited / 2 <= told <= waited * 2, (time_slice, told, waited)
 
 
 # ---- the product, on the real GGUF ----
