@@ -41,7 +41,7 @@ SLOTS = {"16": 16, "8": 8}
 PROFILE_KEYS = (
     "steps", "step_s", "step_cpu_s", "decode_s", "cache_moves", "cache_moves_s", "sampling_s",
     "generation_tokens", "engine_prompt_tokens_prefilled", "turns_reused", "turns_restored", "turns_reprefilled",
-    "sessions_dropped", "slices",
+    "sessions_dropped", "slices", "ttft_sum_s", "ttft_count",
 )  # fmt: skip
 EDGECHAT_SERIES = {
     "scheduler_steps_total": "steps", "scheduler_step_seconds_total": "step_s",
@@ -52,6 +52,7 @@ EDGECHAT_SERIES = {
     "turns_reused_total": "turns_reused", "turns_restored_total": "turns_restored",
     "turns_reprefilled_total": "turns_reprefilled", "sessions_dropped_total": "sessions_dropped",
     "time_slices_total": "slices",
+    "time_to_first_token_seconds_sum": "ttft_sum_s", "time_to_first_token_seconds_count": "ttft_count",
 }  # fmt: skip
 
 
@@ -67,8 +68,9 @@ def edgechat_metrics(url: str) -> dict[str, float]:
         name, value = found.group(1), float(found.group(3))
         if name == "generation_tokens_total":
             out["generation_tokens"] = out.get("generation_tokens", 0.0) + value
-        elif name in EDGECHAT_SERIES:
-            out[EDGECHAT_SERIES[name]] = value
+        elif name in EDGECHAT_SERIES:  # per-source series (the histograms) are summed
+            key = EDGECHAT_SERIES[name]
+            out[key] = out.get(key, 0.0) + value if found.group(2) and name.startswith("time_to") else value
     return out
 
 
@@ -82,9 +84,11 @@ def served_model(url: str) -> str:
     return openai.OpenAI(base_url=url + "/v1", api_key="none").models.list().data[0].id
 
 
-def run_edgechat(slots: int, people: int, turns: int, tokens: int, threads: int) -> dict[str, Any]:
+def run_edgechat(
+    slots: int, people: int, turns: int, tokens: int, threads: int, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     flags = ["--context-length", str(CONTEXT), "--max-running", str(slots), "--temperature", "0"]
-    flags += ["--max-new-tokens", str(tokens), "--threads", str(threads), "--trusted-proxy", "127.0.0.1"]
+    flags += ["--max-new-tokens", str(tokens), "--threads", str(threads), "--trusted-proxy", "127.0.0.1", *extra]
     server = Server(*flags)
     try:
         load = over_http(server.url, served_model(server.url), tokens)
@@ -102,6 +106,8 @@ def run_edgechat(slots: int, people: int, turns: int, tokens: int, threads: int)
     spent["process_cpu_s"] = round(cpu_after["total"] - cpu_before["total"], 2)
     spent["event_loop_cpu_s"] = round(cpu_after["main_thread"] - cpu_before["main_thread"], 2)
     spent["threads_cpu_end"] = cpu_after["busiest"]
+    # The server's own first-token wait (submit to first token; the client's figure adds HTTP)
+    spent["server_ttft_mean_s"] = round(spent.pop("ttft_sum_s") / max(1.0, spent.pop("ttft_count")), 3)
     return {**result, "flags": " ".join(flags), "ggml_cpu_backend": backend, "profile": spent}
 
 
@@ -138,55 +144,67 @@ def run_peer(binary: Path, slots: int, people: int, turns: int, tokens: int, thr
     }
 
 
-def peer_room(binary: Path, configs: list[str], people: int, turns: int, tokens: int, passes: int) -> dict[str, Any]:
-    """Every configuration, `passes` times, peer and edgechat interleaved (mirrored each pass)."""
+def peer_room(
+    binary: Path, configs: list[str], people: int, turns: int, tokens: int, passes: int, variants: list[str] = ()
+) -> dict[str, Any]:
+    """Every configuration, `passes` times, peer and edgechat interleaved (mirrored each pass);
+    `variants`: more edgechat sides, each with these flags added (e.g. "--ubatch 256")."""
     threads = os.cpu_count() or 1
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {c: {"peer": [], "edgechat": []} for c in configs}
+    sides = ["peer", "edgechat", *(f"edgechat {flags}" for flags in variants)]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {c: {side: [] for side in sides} for c in configs}
     for n in range(passes):
         for name in configs:
-            order = ("peer", "edgechat") if n % 2 == 0 else ("edgechat", "peer")
+            order = sides if n % 2 == 0 else sides[::-1]
             for side in order:
                 slots = SLOTS[name]
                 if side == "peer":
                     run = run_peer(binary, slots, people, turns, tokens, threads)
                 else:
-                    run = run_edgechat(slots, people, turns, tokens, threads)
+                    extra = tuple(side.split()[1:])
+                    run = run_edgechat(slots, people, turns, tokens, threads, extra)
                 run["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
                 runs[name][side].append(run)
                 brief = {k: run[k] for k in ("aggregate_tps", "first_token_p50_s_per_turn", "errors", "loadavg_after")}
                 print(f"pass {n + 1} {name} {side}: {brief}", file=sys.stderr, flush=True)
     out: dict[str, Any] = {
-        "order": "per pass: peer then edgechat, mirrored every other pass; best pass kept",
+        "order": "per pass: peer, edgechat, then its variants, mirrored every other pass; best pass kept",
         # Both servers inherit it (edgechat.engines.llamacpp sets PASSIVE unless it is set): with
         # other work on 2 cores, ggml's spinning OpenMP barriers cost a spinner its time slices.
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "ld_library_path": os.environ.get("LD_LIBRARY_PATH"),  # another ggml CPU backend, for both
     }
-    for name, sides in runs.items():
-        best = {side: max(done, key=lambda r: r["aggregate_tps"]) for side, done in sides.items()}
-        peer, ours = best["peer"], best["edgechat"]
+    for name, by_side in runs.items():
+        best = {side: max(done, key=lambda r: r["aggregate_tps"]) for side, done in by_side.items()}
+        peer = best["peer"]
         out[name] = {
             "slots": SLOTS[name],
             **{
-                side: {**run, "aggregate_tps_passes": [r["aggregate_tps"] for r in sides[side]]}
+                side: {**run, "aggregate_tps_passes": [r["aggregate_tps"] for r in by_side[side]]}
                 for side, run in best.items()
             },
-            "ratios": {
-                "aggregate_vs_peer": round(ours["aggregate_tps"] / peer["aggregate_tps"], 3),
-                "last_turn_ftl_p50_vs_peer": _ratio(
-                    ours["first_token_p50_s_per_turn"][-1], peer["first_token_p50_s_per_turn"][-1]
-                ),
-                "completion_tokens_vs_peer": round(ours["completion_tokens"] / max(1, peer["completion_tokens"]), 3),
-                # tokens per CPU second of the server process: what each side makes of the CPU it
-                # got, less at the mercy of what else the shared box ran during its pass
-                "tokens_per_cpu_s_vs_peer": _ratio(_per_cpu(ours), _per_cpu(peer)),
-            },
         }
-        out[name]["targets_met"] = {
-            "aggregate_vs_peer>=1.0": out[name]["ratios"]["aggregate_vs_peer"] >= 1.0,
-            "last_turn_ftl_p50_vs_peer<=0.5": (out[name]["ratios"]["last_turn_ftl_p50_vs_peer"] or 99) <= 0.5,
-        }
+        for side in sides[1:]:  # "ratios" / "targets_met" for edgechat's defaults, then per variant
+            suffix = side.removeprefix("edgechat")
+            ratios = _ratios(best[side], peer)
+            out[name]["ratios" + suffix] = ratios
+            out[name]["targets_met" + suffix] = {
+                "aggregate_vs_peer>=1.0": ratios["aggregate_vs_peer"] >= 1.0,
+                "last_turn_ftl_p50_vs_peer<=0.5": (ratios["last_turn_ftl_p50_vs_peer"] or 99) <= 0.5,
+            }
     return out
+
+
+def _ratios(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "aggregate_vs_peer": round(ours["aggregate_tps"] / peer["aggregate_tps"], 3),
+        "last_turn_ftl_p50_vs_peer": _ratio(
+            ours["first_token_p50_s_per_turn"][-1], peer["first_token_p50_s_per_turn"][-1]
+        ),
+        "completion_tokens_vs_peer": round(ours["completion_tokens"] / max(1, peer["completion_tokens"]), 3),
+        # tokens per CPU second of the server process: what each side makes of the CPU it got,
+        # less at the mercy of what else the shared box ran during its pass
+        "tokens_per_cpu_s_vs_peer": _ratio(_per_cpu(ours), _per_cpu(peer)),
+    }
 
 
 def _per_cpu(run: dict[str, Any]) -> float | None:

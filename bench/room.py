@@ -226,6 +226,8 @@ def main() -> None:
     parser.add_argument("--overhead-rounds", type=int, default=3, help="raw vs served measurements (0 = skip)")
     parser.add_argument("--peer-server", type=Path, help="a llama-server binary: run the room over HTTP against it")
     parser.add_argument("--peer-configs", default="16,8", help="peer mode: slots = --max-running, in this order")
+    parser.add_argument("--peer-variant", action="append", default=[], metavar="FLAGS",
+                        help="peer mode: one more edgechat side with these flags added (\"--ubatch 256\")")  # fmt: skip
     parser.add_argument("--backend", choices=["llamacpp", "sail-emulated"], default="llamacpp",
                         help="sail-emulated: 30 x 5 on emulated TPUs, simulated (harness/sail_room.py)")  # fmt: skip
     args = parser.parse_args()
@@ -249,8 +251,9 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("cpu", "flags", "ggml_cpu_features")}), file=sys.stderr, flush=True)
     if args.peer_server:  # issue 29: over HTTP against llama.cpp's own server, nothing else
         result["peer"] = peer_room(
-            args.peer_server, args.peer_configs.split(","), args.people, args.turns, args.tokens, args.passes
-        )
+            args.peer_server, args.peer_configs.split(","), args.people, args.turns, args.tokens, args.passes,
+            args.peer_variant,
+        )  # fmt: skip
         result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(result, indent=2))
         return
