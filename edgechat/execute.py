@@ -23,6 +23,8 @@ def execute(engine: Engine, plan: Plan) -> Outputs:
     for park in plan.parks:
         try:
             out.saved[park] = engine.save(park.slot.seq)
+            if park.request is not None and engine.carries_sampling:  # a sliced answer goes on as it was
+                out.sampling[park] = engine.take_sampling(park.slot.seq)
         except Exception as err:  # noqa: BLE001 — a cache that cannot be saved is dropped
             log.warning("could not park a cache (%s); it will be re-prefilled", _describe(err))
         engine.release(park.slot.seq)
@@ -43,7 +45,11 @@ def execute(engine: Engine, plan: Plan) -> Outputs:
                 keep = 0
             if admit.share is not None and not _copy(engine, slot.seq, admit.share, saved):
                 keep = 0  # the newcomer prefills its whole prompt
-            out.kept[request] = engine.start(slot.seq, request.sampling, keep)
+            carried = restore.sampling if restore is not None and keep else None  # a sliced answer's
+            if carried is not None:
+                out.kept[request] = engine.start(slot.seq, request.sampling, keep, carried)
+            else:
+                out.kept[request] = engine.start(slot.seq, request.sampling, keep)
         except Exception as err:  # noqa: BLE001 — this request fails, the step goes on
             out.failed[request] = _describe(err)
     # A request the engine kept fewer tokens for than planned is fed from there next step.

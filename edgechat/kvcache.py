@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class ParkedState:
     tokens: list[int]
     data: bytearray
     last_used: float
+    sampling: Any = None  # a time-sliced answer's sampler state, on engines that carry it
 
     @property
     def nbytes(self) -> int:

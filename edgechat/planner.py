@@ -107,9 +107,10 @@ class Planner:
         answer that has made `time_slice` tokens since it got its sequence gives it up: the room
         parks its cache in host RAM (restored whole when its turn comes round again) and it goes
         to the back of the line, so a newcomer's first token waits for a slice, not for whole
-        answers. The longest-running slices go first. Only answers whose next token the cache
-        alone decides (`SamplingParams.stateless`) and whose cache host RAM can take now: the
-        others keep their place (a sampler's state or a recompute is not worth a slice)."""
+        answers. The longest-running slices go first. Only answers whose cache host RAM can take
+        now, and whose sampler state goes along (engines that carry it: every answer; else those
+        whose next token the cache alone decides, `SamplingParams.stateless`): the others keep
+        their place (a changed random stream or a recompute is not worth a slice)."""
         waiting = len(self.waiting) - (self.max_running - len(self.active))
         if self.time_slice <= 0 or waiting <= 0:
             return []
@@ -118,7 +119,7 @@ class Planner:
             for r in self.active
             if r.status is Status.RUNNING
             and len(r.generated) - r.slice_start >= self.time_slice
-            and r.sampling.stateless
+            and (r.sampling.stateless or self.engine.carries_sampling)
             and self.room.can_park(r.slot)  # type: ignore[arg-type]
         ]
         due.sort(key=lambda r: r.slice_start - len(r.generated))  # stable: oldest admit first among equals
@@ -289,7 +290,7 @@ class Planner:
         answer = self.answer_tokens
         if answer is None:
             answer = max((r.max_new_tokens for r in self.active), default=0)
-        if self.time_slice > 0 and all(r.sampling.stateless for r in self.active):
+        if self.time_slice > 0 and (self.engine.carries_sampling or all(r.sampling.stateless for r in self.active)):
             answer = min(answer, self.time_slice)
         for position, request in enumerate(self.waiting, start=1):
             if request.last_position != position:

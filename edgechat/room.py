@@ -270,7 +270,7 @@ class Room:
             data = out.saved.get(park)
             if data is None:
                 continue  # a sliced answer without its bytes re-reads its prompt and answer so far
-            state = ParkedState(park.cache_key, park.tokens, data, now)
+            state = ParkedState(park.cache_key, park.tokens, data, now, out.sampling.get(park))
             if park.request is not None and self.host is not None:  # only engines with a host cache slice
                 self.host.hold(state)
                 park.request.resume = state

@@ -31,6 +31,7 @@ class EngineFacts:
     batch_prefill: bool
     prefix_cache: bool
     kv_bytes_per_token: int
+    carries_sampling: bool
 
     @classmethod
     def of(cls, engine: Any) -> EngineFacts:
@@ -142,6 +143,7 @@ class Outputs:
     """What the engine did with a plan."""
 
     saved: dict[Park, bytearray] = field(default_factory=dict)
+    sampling: dict[Park, Any] = field(default_factory=dict)  # a sliced answer's sampler state (carries_sampling)
     kept: dict[Request, int] = field(default_factory=dict)  # per admit: tokens the engine kept
     restore_failed: set[Request] = field(default_factory=set)
     tokens: dict[Request, int | None] = field(default_factory=dict)  # per feed that ran

@@ -67,6 +67,7 @@ class FakeEngine:
         self.prefix_cache = prefix_cache
         self.logprobs = False
         self.grammar = False
+        self.carries_sampling = False  # sampled answers are not sliced (no sampler to carry)
         self.kv_bytes_per_token = kv_bytes_per_token
         self.calls: list[tuple[Any, ...]] = []
         self.fail_seq: int | None = None  # step/decode raises while this sequence is in the batch

@@ -257,3 +257,34 @@ def test_sliced_answers_equal_their_solo_answers_on_llamacpp() -> None:
         assert exported["edgechat:time_slices_total"] == stats.slices
     finally:
         runtime.close()
+
+
+SAMPLED = [  # a random stream, penalties' history and a grammar's parse state, each carried along
+    SamplingParams(temperature=0.8, seed=7, max_new_tokens=40),
+    SamplingParams(temperature=0.7, repetition_penalty=1.3, seed=11, max_new_tokens=40),
+    SamplingParams(temperature=0.6, seed=5, max_new_tokens=40, grammar='root ::= "(" [a-z ]+ ")" [a-z ]+'),
+    replace(GREEDY, max_new_tokens=40),
+]
+
+
+def test_sampled_answers_take_turns_and_go_on_as_they_would_have_on_llamacpp() -> None:
+    """The page's answers are sampled (temperature 0.2): they take turns too. llama.cpp's engine
+    carries each answer's sampler (its seeded random stream, the penalties' history, a grammar's
+    parse state) across the park, so every answer sliced on two sequences equals the answer the
+    same request gets alone (same seed)."""
+    settings = parse_settings(["--context-length", "512", "--max-running", "2", "--time-slice", "8"], env={})
+    runtime = load_runtime(settings)
+    try:
+        sched, chat = runtime.backend.scheduler, runtime.tokenizer
+        prompts = [chat.render([Message(role="user", content=q)]) for q in QUESTIONS]
+        solo = [collect(sched.submit(p, s, chat.stop_ids)) for p, s in zip(prompts, SAMPLED, strict=True)]
+        assert all(len(s) > 16 for s in solo), [len(s) for s in solo]  # long enough to be sliced
+        handles = [sched.submit(p, s, chat.stop_ids) for p, s in zip(prompts, SAMPLED, strict=True)]
+        together = [collect(h) for h in handles]
+        assert together == solo
+        stats = sched.stats().scheduler
+        assert stats is not None and stats.slices >= 4 and stats.restore_failures == 0 and stats.errors == 0
+        ran_first = min(h.stats.finished_at for h in handles[:2])  # type: ignore[type-var]
+        assert all(h.stats.first_token_at < ran_first for h in handles[2:])  # type: ignore[operator]
+    finally:
+        runtime.close()

@@ -17,6 +17,10 @@ guess from the engine's type:
   the top alternatives for sequences whose sampling asked (`SamplingParams.logprobs`).
 - `grammar`: `start` honours `SamplingParams.grammar` (GBNF), per sequence, in the same batch.
   Engines without these flags are never given such requests (the API refuses them).
+- `carries_sampling`: a sequence's sampling state (a seeded random stream, the penalties' token
+  history, a grammar's parse state) can be taken out with `take_sampling` before `release` and
+  given back to `start`, so a sampled answer parked for time slicing goes on exactly as it would
+  have. Without it only answers whose next token the cache alone decides are sliced.
 """
 
 from __future__ import annotations
@@ -44,15 +48,22 @@ class Engine(Protocol):
     kv_bytes_per_token: int  # host RAM a parked token takes (estimates before `save`)
     logprobs: bool  # see the module docstring
     grammar: bool  # see the module docstring
+    carries_sampling: bool  # see the module docstring
 
     def open_sequence(self) -> int:
         """Claim a free sequence slot; raises RuntimeError when none is free."""
         ...
 
-    def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
+    def start(self, seq: int, sampling: SamplingParams, keep: int, carried: Any = None) -> int:
         """Begin a request on `seq`: keep at most its first `keep` cached tokens, drop the rest,
-        set up fresh sampling state; return how many were kept (an engine that cannot extend a
-        cached prefix returns 0 and gets the whole prompt through `prefill`)."""
+        set up fresh sampling state (or go on with `carried`, from `take_sampling`); return how
+        many were kept (an engine that cannot extend a cached prefix returns 0 and gets the whole
+        prompt through `prefill`)."""
+        ...
+
+    def take_sampling(self, seq: int) -> Any:
+        """(carries_sampling engines) Take `seq`'s sampling state out before `release`, for
+        `start(carried=)`; an opaque object that frees itself when dropped unused."""
         ...
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:

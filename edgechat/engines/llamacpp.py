@@ -35,7 +35,7 @@ import llama_cpp as lc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgechat.engines.base import Feed  # noqa: E402
-from edgechat.engines.sampling import Samplers  # noqa: E402
+from edgechat.engines.sampling import CarriedSampling, Samplers  # noqa: E402
 from edgechat.engines.streams import StreamMap  # noqa: E402
 from edgechat.errors import ConfigError  # noqa: E402
 from edgechat.stats import ChipLoad, EngineTimings  # noqa: E402
@@ -122,6 +122,7 @@ class LlamaCppEngine:
     prefix_cache = True
     logprobs = True
     grammar = True
+    carries_sampling = True
 
     def __init__(
         self,
@@ -202,12 +203,18 @@ class LlamaCppEngine:
         self._pos[seq] = 0
         return seq
 
-    def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
+    def start(self, seq: int, sampling: SamplingParams, keep: int, carried: CarriedSampling | None = None) -> int:
         keep = max(0, min(keep, self._pos[seq]))
         lc.llama_memory_seq_rm(self.memory, self._streams.stream(seq), keep, -1)
         self._pos[seq] = keep
-        self._sampling.start(seq, sampling)
+        if carried is not None:
+            self._sampling.resume(seq, carried)
+        else:
+            self._sampling.start(seq, sampling)
         return keep
+
+    def take_sampling(self, seq: int) -> CarriedSampling:
+        return self._sampling.take(seq)
 
     def step(self, feeds: Sequence[Feed]) -> list[int | None]:
         """One llama_decode over `feeds`, their sequences first packed onto consecutive streams

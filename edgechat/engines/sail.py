@@ -110,6 +110,7 @@ class SailEngine:
     prefix_cache = False  # block_i re-prefills whole prompts: no prefix to keep, nothing to park
     logprobs = False  # the bmodel's lm_head returns the argmax id only, not the logits
     grammar = False  # ... so nothing can mask the logits either
+    carries_sampling = False  # sampled answers keep their slot (no time slicing)
 
     def __init__(
         self,

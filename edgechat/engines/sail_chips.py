@@ -107,6 +107,7 @@ class ChipsEngine:
     batch_prefill = True  # step(): every chip's prompts and decodes of a step, the chips at the same time
     logprobs = False
     grammar = False
+    carries_sampling = False
 
     def __init__(self, sail: Any, chips: list[Chip]) -> None:
         self._sail = sail

@@ -13,6 +13,7 @@ Imported by the engine module after it set OMP_WAIT_POLICY (see there), never on
 from __future__ import annotations
 
 import ctypes
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,27 @@ from edgechat.types import SamplingParams, TokenLogprobs
 
 PENALTY_LAST_N = 64
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # llama_token_data
+
+
+class CarriedSampling:
+    """One sequence's sampling state taken out of `Samplers` while its answer waits for its next
+    time slice: the chain (its random stream and penalties' history), the grammar's parse state,
+    the last token the chain saw, the logprobs wish. Its llama.cpp samplers are freed when it is
+    dropped without being resumed (an answer cancelled while it waited)."""
+
+    def __init__(self, chain: Any, penalties: Any, last: int | None, grammar: Any, logprobs: int | None) -> None:
+        self.chain, self.penalties, self.last, self.grammar, self.logprobs = chain, penalties, last, grammar, logprobs
+        self._free = weakref.finalize(self, _free_samplers, chain, grammar)
+
+    def hand_over(self) -> None:
+        """`Samplers` owns the samplers again: nothing to free here any more."""
+        self._free.detach()
+
+
+def _free_samplers(*samplers: Any) -> None:
+    for sampler in samplers:
+        if sampler is not None:
+            lc.llama_sampler_free(sampler)
 
 
 class Samplers:
@@ -53,6 +75,26 @@ class Samplers:
             self._grammars[seq] = _grammar_sampler(self.vocab, sampling.grammar)
         if sampling.logprobs is not None:
             self._want_logprobs[seq] = sampling.logprobs
+
+    def take(self, seq: int) -> CarriedSampling:
+        """`seq`'s state, taken out (its sequence is about to be released) for `resume`."""
+        carried = CarriedSampling(
+            self._samplers.pop(seq, None), self._penalized.pop(seq, None), self._last.pop(seq, None),
+            self._grammars.pop(seq, None), self._want_logprobs.pop(seq, None),
+        )  # fmt: skip
+        self._logprobs.pop(seq, None)
+        return carried
+
+    def resume(self, seq: int, carried: CarriedSampling) -> None:
+        """A request going on on `seq` with the state `take` took out of its earlier sequence."""
+        self.release(seq)
+        carried.hand_over()
+        for table, value in (
+            (self._samplers, carried.chain), (self._penalized, carried.penalties), (self._last, carried.last),
+            (self._grammars, carried.grammar), (self._want_logprobs, carried.logprobs),
+        ):  # fmt: skip
+            if value is not None:
+                table[seq] = value
 
     def token_logprobs(self, seq: int) -> TokenLogprobs | None:
         return self._logprobs.pop(seq, None)
