@@ -319,4 +319,6 @@ class Planner:
         pending = [*self.waiting, *self.active]
         self.waiting.clear()
         self.active = []
+        for request in pending:  # a sliced answer's parked state (and sampler) goes now, not at exit
+            self.room.forget_resume(request)
         return pending, self.room.drain()
