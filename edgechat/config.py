@@ -101,9 +101,8 @@ class Settings:
     )  # fmt: skip
     time_slice: int = option(
         16, "tokens an answer makes before it lends its place to someone waiting, while people wait and every "
-        "place is busy: it is parked in host RAM and goes on, unchanged, when its turn comes round again (on the "
-        "TPU only greedy answers without penalties or a grammar; others keep their place); 0 = first come, first "
-        "served",
+        "place is busy: it is parked in host RAM and goes on, unchanged, when its turn comes round again, sampled "
+        "ones with their sampler; 0 = first come, first served",
         "serving", minimum=0, maximum=1 << 20,
     )  # fmt: skip
     max_prompt_share: float = option(

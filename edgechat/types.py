@@ -52,8 +52,8 @@ class SamplingParams:
     def stateless(self) -> bool:
         """Greedy with no penalties and no grammar: the next token is the argmax of the logits the
         KV cache gives, with no sampler state carried from token to token, so an answer parked
-        mid-way and restored goes on exactly as it would have (on engines that cannot carry a
-        sampler's state along, time slicing parks only these)."""
+        mid-way and restored goes on exactly as it would have (time slicing parks only these on
+        an engine that cannot carry a sampler's state along: `carries_sampling`)."""
         return self.greedy and not self.penalized and self.grammar is None
 
 

@@ -110,7 +110,7 @@ class SailEngine:
     prefix_cache = False  # block_i re-prefills whole prompts: no prefix to keep, nothing to park
     logprobs = False  # the bmodel's lm_head returns the argmax id only, not the logits
     grammar = False  # ... so nothing can mask the logits either
-    carries_sampling = False  # sampled answers keep their slot (no time slicing)
+    carries_sampling = True  # a slot's Draw (seeded generator, penalty window) travels with a sliced answer
 
     def __init__(
         self,
@@ -157,13 +157,22 @@ class SailEngine:
                 return seq
         raise RuntimeError(f"all {len(self._slots)} TPU KV slots are in use (--max-running)")
 
-    def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
+    def start(self, seq: int, sampling: SamplingParams, keep: int, carried: Draw | None = None) -> int:
         """0 kept unless the bmodel has history K/V (block_kv_i): a static block_i recomputes the
-        whole prompt. `sampling` is used by a sample_head only (else the argmax is taken)."""
+        whole prompt. `sampling` is used by a sample_head only (else the argmax is taken);
+        `carried`: a time-sliced answer's own Draw, going on where it was."""
         slot = self._slot(seq)
         slot.length = min(keep, slot.length) if self.prefix_cache else 0
-        slot.draw.start(sampling, slot.length)
+        if carried is not None:
+            slot.draw = carried
+        else:
+            slot.draw.start(sampling, slot.length)
         return slot.length
+
+    def take_sampling(self, seq: int) -> Draw:
+        slot = self._slot(seq)
+        carried, slot.draw = slot.draw, Draw()
+        return carried
 
     def prefill(self, seq: int, tokens: Sequence[int]) -> int:
         slot = self._slot(seq)

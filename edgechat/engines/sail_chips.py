@@ -107,7 +107,7 @@ class ChipsEngine:
     batch_prefill = True  # step(): every chip's prompts and decodes of a step, the chips at the same time
     logprobs = False
     grammar = False
-    carries_sampling = False
+    carries_sampling = True  # each chip's engine does
 
     def __init__(self, sail: Any, chips: list[Chip]) -> None:
         self._sail = sail
@@ -151,9 +151,9 @@ class ChipsEngine:
         chip.busy.add(local)
         return chip, local
 
-    def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
+    def start(self, seq: int, sampling: SamplingParams, keep: int, carried: Any = None) -> int:
         """A sequence whose chip went out while it was idle moves to a chip in service, its cache
-        lost: 0 kept, the whole prompt is read again."""
+        lost: 0 kept, the whole prompt is read again (and a carried sampling state with it)."""
         chip, local = self._where[seq]
         if not chip.alive:
             free = [c for c in self.chips if c.alive and len(c.busy) < c.slots]
@@ -161,10 +161,14 @@ class ChipsEngine:
                 raise RuntimeError(f"TPU {chip.dev_id} is out of service and the other TPUs' KV slots are in use")
             chip.busy.discard(local)
             self._where[seq] = chip, local = self._place(free)
-            keep = 0
-        kept = self._call(chip, lambda: chip.engine.start(local, sampling, keep))  # type: ignore[union-attr]
+            keep, carried = 0, None
+        kept = self._call(chip, lambda: chip.engine.start(local, sampling, keep, carried))  # type: ignore[union-attr]
         self._fresh.add(seq)
         return kept
+
+    def take_sampling(self, seq: int) -> Any:
+        chip, local = self._where[seq]
+        return chip.engine.take_sampling(local) if chip.engine is not None else None  # type: ignore[union-attr]
 
     def step(self, feeds: Sequence[tuple[int, Sequence[int], bool]]) -> list[int | None | Exception]:
         """A scheduler step: each chip decodes its running sequences in one call and then reads its

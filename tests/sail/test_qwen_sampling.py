@@ -6,6 +6,7 @@ numpy reference of the same sampler. Without one, sampling is fixed and the runt
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 from edgechat.runtime import Runtime
-from edgechat.types import SamplingParams
+from edgechat.scheduler import RequestEvents
+from edgechat.types import Failed, Finished, Message, SamplingParams, Token
 from tests.sail.harness import GREEDY_24, chat, open_runtime, sail
 from tests.sail.qwen_harness import QwenReference, Variant, write_qwen_bmodel, write_token_config
 
@@ -105,3 +107,51 @@ def test_without_a_sample_head_sampling_is_fixed(tmp_path: Path) -> None:
         assert [t.answer for t in chat(rt, QUESTIONS, hot)] == [t.answer for t in chat(rt, QUESTIONS)]
     finally:
         rt.close()
+
+
+def test_sampled_answers_taking_turns_on_the_tpu_go_on_as_they_would_have(tmp_path: Path) -> None:
+    """Four people on two KV slots of a bmodel with history K/V and a sample_head, slices of 4
+    tokens: each answer's Draw (its seeded generator, the penalty's window) is parked with its K/V
+    and given back, so every sampled answer equals the one the same request gets alone."""
+    site = tmp_path / "site"
+    sail.install_as(site, "3.9.4", "sophon")
+    sys.path.insert(0, str(site))
+    try:
+        from edgechat.tokenizers.hf import HfTokenizer
+
+        cfg = write_token_config(tmp_path / "config")
+        variant = Variant("int4", lm_head_topk=False, greedy_head=True, history_kv=True)
+        bmodel = write_qwen_bmodel(tmp_path / "q.bmodel", variant, HfTokenizer(cfg).vocab_size, "sample_head")
+        rt = open_runtime(bmodel, cfg, "--max-running", "2", "--time-slice", "4", "--max-prompt-share", "0.9")
+        try:
+            sched, chat_template = rt.backend.scheduler, rt.tokenizer
+            asks = [f"Person {i}: what is a TPU?" for i in range(4)]
+            prompts = [chat_template.render([Message(role="user", content=q)]) for q in asks]
+            settings = [
+                SamplingParams(temperature=0.9, top_k=20, repetition_penalty=1.3, max_new_tokens=16, seed=i)
+                for i in range(4)
+            ]
+            solo = [tokens(sched.submit(p, s, chat_template.stop_ids)) for p, s in zip(prompts, settings, strict=True)]
+            assert all(len(s) > 8 for s in solo), [len(s) for s in solo]  # long enough to be sliced
+            handles = [sched.submit(p, s, chat_template.stop_ids) for p, s in zip(prompts, settings, strict=True)]
+            assert [tokens(h) for h in handles] == solo
+            stats = sched.stats().scheduler
+            assert stats is not None and stats.slices >= 2 and stats.errors == 0
+        finally:
+            rt.close()
+    finally:
+        sys.path.remove(str(site))
+
+
+def tokens(handle: RequestEvents) -> list[int]:
+    """An answer's token ids, within 60 s."""
+    end, out = time.monotonic() + 60, []
+    for event in handle:
+        assert time.monotonic() < end, "no end of the answer in time"
+        if isinstance(event, Token):
+            out.append(event.id)
+        elif isinstance(event, Failed):
+            raise AssertionError(event.message)
+        elif isinstance(event, Finished):
+            return out
+    return out
