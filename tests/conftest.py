@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +24,8 @@ if str(REPO) not in sys.path:
 from edgechat.config import parse_settings  # noqa: E402
 from edgechat.config_values import default_model_path  # noqa: E402
 from edgechat.runtime import Runtime, load_runtime  # noqa: E402
-from edgechat.types import SamplingParams  # noqa: E402
+from edgechat.scheduler import RequestEvents  # noqa: E402
+from edgechat.types import Failed, Finished, SamplingParams, Token  # noqa: E402
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=48)
 CI = bool(os.environ.get("EDGECHAT_CI"))  # .ci/run sets it: every test must run, none may skip
@@ -76,6 +78,20 @@ def run_terminal(
         cwd=REPO,
         env={**base, **(env or {})},
     )
+
+
+def answer_ids(handle: RequestEvents, wait_s: float = 120.0) -> list[int]:
+    """A scheduler answer's token ids, read to its end within `wait_s`; a failure fails the test."""
+    end, out = time.monotonic() + wait_s, []
+    for event in handle:
+        assert time.monotonic() < end, "no end of the answer in time"
+        if isinstance(event, Token):
+            out.append(event.id)
+        elif isinstance(event, Failed):
+            raise AssertionError(event.message)
+        elif isinstance(event, Finished):
+            return out
+    return out
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

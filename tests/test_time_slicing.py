@@ -6,7 +6,6 @@ sliced answers equal the answers each question gets alone."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,12 +14,10 @@ from edgechat.config import parse_settings
 from edgechat.metrics import ServingMetrics
 from edgechat.runtime import load_runtime
 from edgechat.scheduler import RequestEvents, Scheduler
-from edgechat.types import Failed, Finished, FinishReason, Message, Queued, SamplingParams, Tick, Token
-from tests.conftest import GREEDY
+from edgechat.types import Failed, Finished, FinishReason, Message, Queued, SamplingParams, Token
+from tests.conftest import GREEDY, answer_ids
 from tests.fake_engine import FakeEngine, expected_answer
 from tests.fake_scheduler import MAX_STEPS, MIB, NO_STOP, Clock, prompt
-
-WAIT_S = 120.0  # the longest the real-model test may wait for its answers
 
 
 def fake_scheduler(slots: int, time_slice: int, **options) -> tuple[Scheduler, FakeEngine]:  # noqa: ANN003
@@ -210,22 +207,6 @@ QUESTIONS = [
 ]
 
 
-def collect(handle: RequestEvents) -> list[int]:
-    end = time.monotonic() + WAIT_S
-    out: list[int] = []
-    for event in handle:
-        assert time.monotonic() < end, "no end of the answer in time"
-        if isinstance(event, Token):
-            out.append(event.id)
-        elif isinstance(event, Failed):
-            raise AssertionError(event.message)
-        elif isinstance(event, Finished):
-            return out
-        elif not isinstance(event, Tick):
-            continue
-    return out
-
-
 def test_sliced_answers_equal_their_solo_answers_on_llamacpp() -> None:
     """Four people ask at once on two sequences with a slice of 8 tokens: the two who wait get
     their first token before either running answer ends, and every greedy answer, parked and
@@ -236,11 +217,11 @@ def test_sliced_answers_equal_their_solo_answers_on_llamacpp() -> None:
         sched, chat = runtime.backend.scheduler, runtime.tokenizer
         greedy = replace(GREEDY, max_new_tokens=40)
         prompts = [chat.render([Message(role="user", content=q)]) for q in QUESTIONS]
-        solo = [collect(sched.submit(p, greedy, chat.stop_ids)) for p in prompts]
+        solo = [answer_ids(sched.submit(p, greedy, chat.stop_ids)) for p in prompts]
         assert all(len(s) > 24 for s in solo), [len(s) for s in solo]  # long enough to be sliced twice
         assert sched.stats().scheduler.slices == 0  # alone, nobody waited
         handles = [sched.submit(p, greedy, chat.stop_ids) for p in prompts]
-        together = [collect(h) for h in handles]
+        together = [answer_ids(h) for h in handles]
         assert together == solo
         stats = sched.stats().scheduler
         assert stats is not None
@@ -277,10 +258,10 @@ def test_sampled_answers_take_turns_and_go_on_as_they_would_have_on_llamacpp() -
     try:
         sched, chat = runtime.backend.scheduler, runtime.tokenizer
         prompts = [chat.render([Message(role="user", content=q)]) for q in QUESTIONS]
-        solo = [collect(sched.submit(p, s, chat.stop_ids)) for p, s in zip(prompts, SAMPLED, strict=True)]
+        solo = [answer_ids(sched.submit(p, s, chat.stop_ids)) for p, s in zip(prompts, SAMPLED, strict=True)]
         assert all(len(s) > 16 for s in solo), [len(s) for s in solo]  # long enough to be sliced
         handles = [sched.submit(p, s, chat.stop_ids) for p, s in zip(prompts, SAMPLED, strict=True)]
-        together = [collect(h) for h in handles]
+        together = [answer_ids(h) for h in handles]
         assert together == solo
         stats = sched.stats().scheduler
         assert stats is not None and stats.slices >= 4 and stats.restore_failures == 0 and stats.errors == 0

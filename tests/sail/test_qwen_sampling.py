@@ -6,7 +6,6 @@ numpy reference of the same sampler. Without one, sampling is fixed and the runt
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import numpy as np
 import pytest
 
 from edgechat.runtime import Runtime
-from edgechat.scheduler import RequestEvents
-from edgechat.types import Failed, Finished, Message, SamplingParams, Token
+from edgechat.types import Message, SamplingParams
+from tests.conftest import answer_ids
 from tests.sail.harness import GREEDY_24, chat, open_runtime, sail
 from tests.sail.qwen_harness import QwenReference, Variant, write_qwen_bmodel, write_token_config
 
@@ -131,27 +130,15 @@ def test_sampled_answers_taking_turns_on_the_tpu_go_on_as_they_would_have(tmp_pa
                 SamplingParams(temperature=0.9, top_k=20, repetition_penalty=1.3, max_new_tokens=16, seed=i)
                 for i in range(4)
             ]
-            solo = [tokens(sched.submit(p, s, chat_template.stop_ids)) for p, s in zip(prompts, settings, strict=True)]
+            solo = [
+                answer_ids(sched.submit(p, s, chat_template.stop_ids)) for p, s in zip(prompts, settings, strict=True)
+            ]
             assert all(len(s) > 8 for s in solo), [len(s) for s in solo]  # long enough to be sliced
             handles = [sched.submit(p, s, chat_template.stop_ids) for p, s in zip(prompts, settings, strict=True)]
-            assert [tokens(h) for h in handles] == solo
+            assert [answer_ids(h) for h in handles] == solo
             stats = sched.stats().scheduler
             assert stats is not None and stats.slices >= 2 and stats.errors == 0
         finally:
             rt.close()
     finally:
         sys.path.remove(str(site))
-
-
-def tokens(handle: RequestEvents) -> list[int]:
-    """An answer's token ids, within 60 s."""
-    end, out = time.monotonic() + 60, []
-    for event in handle:
-        assert time.monotonic() < end, "no end of the answer in time"
-        if isinstance(event, Token):
-            out.append(event.id)
-        elif isinstance(event, Failed):
-            raise AssertionError(event.message)
-        elif isinstance(event, Finished):
-            return out
-    return out
