@@ -70,7 +70,7 @@ def edgechat_metrics(url: str) -> dict[str, float]:
             out["generation_tokens"] = out.get("generation_tokens", 0.0) + value
         elif name in EDGECHAT_SERIES:  # per-source series (the histograms) are summed
             key = EDGECHAT_SERIES[name]
-            out[key] = out.get(key, 0.0) + value if found.group(2) and name.startswith("time_to") else value
+            out[key] = out.get(key, 0.0) + value if found.group(2) else value
     return out
 
 

@@ -46,10 +46,7 @@ def execute(engine: Engine, plan: Plan) -> Outputs:
             if admit.share is not None and not _copy(engine, slot.seq, admit.share, saved):
                 keep = 0  # the newcomer prefills its whole prompt
             carried = restore.sampling if restore is not None and keep else None  # a sliced answer's
-            if carried is not None:
-                out.kept[request] = engine.start(slot.seq, request.sampling, keep, carried)
-            else:
-                out.kept[request] = engine.start(slot.seq, request.sampling, keep)
+            out.kept[request] = engine.start(slot.seq, request.sampling, keep, carried)
         except Exception as err:  # noqa: BLE001 — this request fails, the step goes on
             out.failed[request] = _describe(err)
     # A request the engine kept fewer tokens for than planned is fed from there next step.

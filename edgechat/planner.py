@@ -119,7 +119,7 @@ class Planner:
             for r in self.active
             if r.status is Status.RUNNING
             and len(r.generated) - r.slice_start >= self.time_slice
-            and (r.sampling.stateless or self.engine.carries_sampling)
+            and self._takes_turns(r)
             and self.room.can_park(r.slot)  # type: ignore[arg-type]
         ]
         due.sort(key=lambda r: r.slice_start - len(r.generated))  # stable: oldest admit first among equals
@@ -130,6 +130,10 @@ class Planner:
             request.slot, request.status = None, Status.WAITING
         self.counts["slices"] += len(sliced)
         return sliced
+
+    def _takes_turns(self, request: Request) -> bool:
+        """Whether `request` goes on unchanged after a park: its sampler goes along, or it has none."""
+        return request.sampling.stateless or self.engine.carries_sampling
 
     def _place(self, request: Request, now: float, plan: Plan) -> Admit | None:
         """The room places `request` (None: no sequence this step); it goes into service."""
@@ -290,7 +294,7 @@ class Planner:
         answer = self.answer_tokens
         if answer is None:
             answer = max((r.max_new_tokens for r in self.active), default=0)
-        if self.time_slice > 0 and (self.engine.carries_sampling or all(r.sampling.stateless for r in self.active)):
+        if self.time_slice > 0 and all(self._takes_turns(r) for r in self.active):
             answer = min(answer, self.time_slice)
         for position, request in enumerate(self.waiting, start=1):
             if request.last_position != position:

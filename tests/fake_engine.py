@@ -86,7 +86,7 @@ class FakeEngine:
         self.calls.append(("open", free[0]))
         return free[0]
 
-    def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
+    def start(self, seq: int, sampling: SamplingParams, keep: int, carried: object = None) -> int:
         cache = self._open(seq)
         kept = min(keep, len(cache)) if self.prefix_cache else 0
         del cache[kept:]

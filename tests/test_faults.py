@@ -28,9 +28,9 @@ class FaultInjectingEngine(LlamaCppEngine):
     fail_seq: int | None = None
     fail_after = 5
 
-    def start(self, seq: int, sampling: SamplingParams, keep: int) -> int:
+    def start(self, seq: int, sampling: SamplingParams, keep: int, carried: object = None) -> int:
         self._decoded = {**getattr(self, "_decoded", {}), seq: 0}
-        return super().start(seq, sampling, keep)
+        return super().start(seq, sampling, keep, carried)  # type: ignore[arg-type]
 
     def step(self, feeds: Sequence[tuple[int, Sequence[int], bool]]) -> list[int | None]:
         for seq, fed, _ in feeds:
